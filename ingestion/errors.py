@@ -1,0 +1,53 @@
+"""Errors raised by the ingestion engine.
+
+Every error has a stable ``code`` and a message a person understands; the domain layer stores
+that message as the document's failure reason.
+"""
+from __future__ import annotations
+
+
+class IngestionError(Exception):
+    """Base class of every ingestion error."""
+
+    code = "ingestion_error"
+    #: permanent errors fail the document; transient ones may be retried
+    transient = False
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class UnsupportedFormatError(IngestionError):
+    code = "unsupported_format"
+
+
+class EncryptedDocumentError(IngestionError):
+    code = "encrypted"
+
+
+class DamagedDocumentError(IngestionError):
+    code = "damaged"
+
+
+class EmptyDocumentError(IngestionError):
+    code = "empty"
+
+
+class IndexMismatchError(IngestionError):
+    """The saved index was built by another embedder or dimension than the configured one."""
+
+    code = "index_mismatch"
+
+
+class IndexBusyError(IngestionError):
+    """The index lock could not be taken in time (another writer holds it)."""
+
+    code = "index_busy"
+    transient = True
+
+
+class IndexCorruptError(IngestionError):
+    """The saved index files cannot be read or do not agree with each other."""
+
+    code = "index_corrupt"

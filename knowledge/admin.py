@@ -1,0 +1,186 @@
+"""Django admin: staff upload and manage documents; actions call the services."""
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.contrib import admin
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.utils.html import format_html
+from django.utils.translation import gettext_lazy as _
+
+from knowledge.errors import KnowledgeError
+from knowledge.models import Chunk, Collection, Conversation, Document, Message
+from knowledge.services import documents as document_services
+from knowledge.services import index as index_services
+
+_BADGE_COLOURS = {"queued": "#6b7280", "processing": "#2563eb", "ready": "#15803d", "failed": "#b91c1c"}
+
+
+@admin.register(Collection)
+class CollectionAdmin(admin.ModelAdmin):
+    list_display = ["name", "slug", "is_public", "document_count"]
+    prepopulated_fields = {"slug": ["name"]}
+    filter_horizontal = ["groups"]
+    search_fields = ["name", "slug"]
+
+    @admin.display(description=_("Documents"))
+    def document_count(self, obj: Collection) -> int:
+        return obj.documents.count()
+
+
+class DocumentUploadForm(forms.ModelForm):
+    class Meta:
+        model = Document
+        fields = ["collection", "title", "file"]
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        upload, collection = cleaned.get("file"), cleaned.get("collection")
+        if self.instance.pk is None and upload is not None and collection is not None:
+            try:
+                document_services.document_validate_upload(file=upload, collection=collection)
+            except KnowledgeError as exc:
+                raise forms.ValidationError(exc.message, code=exc.code) from exc
+        return cleaned
+
+
+class ChunkInline(admin.TabularInline):
+    model = Chunk
+    fields = ["ordinal", "page", "heading", "token_count", "text"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    show_change_link = True
+    max_num = 0
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Document)
+class DocumentAdmin(admin.ModelAdmin):
+    list_display = ["title", "collection", "status_badge", "page_count", "chunk_count", "created_at"]
+    list_filter = ["status", "collection"]
+    search_fields = ["title", "original_name", "sha256"]
+    readonly_fields = [
+        "status_badge",
+        "stage",
+        "error",
+        "warnings",
+        "original_name",
+        "mime_type",
+        "size",
+        "sha256",
+        "uploaded_by",
+        "page_count",
+        "chunk_count",
+        "ocr_pages",
+        "embedder",
+        "index_version",
+        "attempts",
+        "created_at",
+        "updated_at",
+        "processed_at",
+    ]
+    inlines = [ChunkInline]
+    form = DocumentUploadForm
+    actions = ["reingest", "delete_with_vectors", "rebuild_index"]
+
+    def get_fields(self, request: HttpRequest, obj: Document | None = None) -> list[str]:
+        if obj is None:
+            return ["collection", "title", "file"]
+        return ["collection", "title", "file", *self.readonly_fields]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Document | None = None) -> list[str]:
+        if obj is None:
+            return []
+        return ["file", *self.readonly_fields]
+
+    def get_inlines(self, request: HttpRequest, obj: Document | None) -> list[Any]:
+        return self.inlines if obj is not None else []
+
+    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)  # it would leave the vectors behind
+        return actions
+
+    @admin.display(description=_("Status"), ordering="status")
+    def status_badge(self, obj: Document) -> str:
+        return format_html(
+            '<span style="color:#fff;background:{};padding:2px 8px;border-radius:8px">{}</span>',
+            _BADGE_COLOURS.get(obj.status, "#6b7280"),
+            obj.get_status_display(),
+        )
+
+    def save_model(self, request: HttpRequest, obj: Document, form: Any, change: bool) -> None:
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        upload = form.cleaned_data["file"]
+        created = document_services.document_create(
+            file=upload,
+            filename=upload.name,
+            collection=form.cleaned_data["collection"],
+            title=form.cleaned_data.get("title") or "",
+            uploaded_by=request.user,
+        )
+        obj.pk = created.pk
+        obj.refresh_from_db()
+
+    def delete_model(self, request: HttpRequest, obj: Document) -> None:
+        document_services.document_delete(document=obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Document]) -> None:
+        for document in queryset:
+            document_services.document_delete(document=document)
+
+    @admin.action(description=_("Re-ingest selected documents"))
+    def reingest(self, request: HttpRequest, queryset: QuerySet[Document]) -> None:
+        for document in queryset:
+            document_services.document_reingest(document=document)
+        self.message_user(request, _("%(n)d document(s) queued.") % {"n": queryset.count()})
+
+    @admin.action(description=_("Delete selected documents (with their vectors)"), permissions=["delete"])
+    def delete_with_vectors(self, request: HttpRequest, queryset: QuerySet[Document]) -> None:
+        count = queryset.count()
+        self.delete_queryset(request, queryset)
+        self.message_user(request, _("%(n)d document(s) deleted.") % {"n": count})
+
+    @admin.action(description=_("Rebuild the search index from the database"))
+    def rebuild_index(self, request: HttpRequest, queryset: QuerySet[Document]) -> None:
+        report = index_services.index_rebuild()
+        self.message_user(request, _("Index rebuilt: %(n)d vectors.") % {"n": report.vectors})
+
+
+@admin.register(Chunk)
+class ChunkAdmin(admin.ModelAdmin):
+    list_display = ["id", "document", "ordinal", "page", "heading", "token_count"]
+    list_filter = ["document__collection"]
+    search_fields = ["text", "heading"]
+    readonly_fields = ["document", "ordinal", "page", "heading", "token_count", "text"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class MessageInline(admin.StackedInline):
+    model = Message
+    extra = 0
+    fields = ["question", "answer", "mode", "model", "prompt_tokens", "completion_tokens", "latency_ms", "feedback"]
+    readonly_fields = fields
+
+
+@admin.register(Conversation)
+class ConversationAdmin(admin.ModelAdmin):
+    list_display = ["__str__", "user", "collection", "updated_at"]
+    list_filter = ["collection"]
+    search_fields = ["title", "user__username"]
+    inlines = [MessageInline]

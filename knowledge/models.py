@@ -1,0 +1,152 @@
+"""The portal's data: collections of documents, their chunks, and chat history.
+
+Fields and constraints only; the rules that change these rows live in ``knowledge.services``.
+The database is the source of truth: the FAISS index is derived from the Chunk table.
+"""
+from __future__ import annotations
+
+import uuid
+from pathlib import PurePath
+
+from django.conf import settings
+from django.contrib.auth.models import Group
+from django.db import models
+from django.utils.translation import gettext_lazy as _
+
+DEFAULT_COLLECTION_SLUG = "default"
+
+
+class Collection(models.Model):
+    """A named set of documents, readable by everyone signed in or only by some groups."""
+
+    slug = models.SlugField(max_length=64, unique=True)
+    name = models.CharField(max_length=200)
+    description = models.TextField(blank=True)
+    is_public = models.BooleanField(
+        default=True,
+        help_text=_("Readable by every signed-in user; otherwise only by the groups below."),
+    )
+    groups = models.ManyToManyField(Group, blank=True, related_name="collections")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def document_upload_to(instance: Document, filename: str) -> str:
+    # A random folder per upload: the original name is kept for display only, and two uploads
+    # with the same name never collide or overwrite each other.
+    safe_name = PurePath(filename).name or "upload"
+    return f"documents/{uuid.uuid4().hex}/{safe_name}"
+
+
+class Document(models.Model):
+    class Status(models.TextChoices):
+        QUEUED = "queued", _("Queued")
+        PROCESSING = "processing", _("Processing")
+        READY = "ready", _("Ready")
+        FAILED = "failed", _("Failed")
+
+    collection = models.ForeignKey(Collection, on_delete=models.PROTECT, related_name="documents")
+    title = models.CharField(max_length=300)
+    file = models.FileField(upload_to=document_upload_to, max_length=500)
+    original_name = models.CharField(max_length=300, blank=True)
+    mime_type = models.CharField(max_length=120, blank=True)
+    size = models.BigIntegerField(default=0)
+    sha256 = models.CharField(max_length=64, db_index=True)
+    uploaded_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="documents"
+    )
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED, db_index=True)
+    #: what the worker is doing right now ("parsing", "ocr", "embedding", …), for progress feedback
+    stage = models.CharField(max_length=32, blank=True)
+    error = models.TextField(blank=True, help_text=_("Why the document failed, in plain words."))
+    warnings = models.JSONField(default=list, blank=True)
+    page_count = models.PositiveIntegerField(null=True, blank=True)
+    chunk_count = models.PositiveIntegerField(default=0)
+    ocr_pages = models.JSONField(default=list, blank=True)
+    index_version = models.PositiveIntegerField(null=True, blank=True)
+    embedder = models.CharField(max_length=200, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    processed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["collection", "sha256"], name="unique_document_per_collection"),
+        ]
+        indexes = [models.Index(fields=["collection", "status"])]
+
+    def __str__(self) -> str:
+        return self.title
+
+
+class Chunk(models.Model):
+    """A passage of a document; its primary key is its vector id in the FAISS index."""
+
+    document = models.ForeignKey(Document, on_delete=models.CASCADE, related_name="chunks")
+    ordinal = models.PositiveIntegerField()
+    text = models.TextField()
+    page = models.PositiveIntegerField(null=True, blank=True)
+    heading = models.TextField(blank=True, help_text=_("Heading path, outermost first, joined by ' > '."))
+    token_count = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["document_id", "ordinal"]
+        constraints = [
+            models.UniqueConstraint(fields=["document", "ordinal"], name="unique_chunk_ordinal"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.document_id}#{self.ordinal}"
+
+    @property
+    def vector_id(self) -> int:
+        return self.pk
+
+
+class Conversation(models.Model):
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations")
+    title = models.CharField(max_length=300, blank=True)
+    collection = models.ForeignKey(
+        Collection, null=True, blank=True, on_delete=models.SET_NULL, related_name="conversations"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-updated_at", "-id"]
+
+    def __str__(self) -> str:
+        return self.title or f"Conversation {self.pk}"
+
+
+class Message(models.Model):
+    class Feedback(models.IntegerChoices):
+        DOWN = -1, _("Not helpful")
+        UP = 1, _("Helpful")
+
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="messages")
+    question = models.TextField()
+    answer = models.TextField(blank=True)
+    mode = models.CharField(max_length=16, blank=True)
+    #: the sources as shown to the user (id, document, title, page, score, text, highlight)
+    sources = models.JSONField(default=list, blank=True)
+    cited_chunks = models.ManyToManyField(Chunk, blank=True, related_name="citations")
+    prompt_tokens = models.PositiveIntegerField(default=0)
+    completion_tokens = models.PositiveIntegerField(default=0)
+    latency_ms = models.PositiveIntegerField(null=True, blank=True)
+    model = models.CharField(max_length=200, blank=True)
+    feedback = models.SmallIntegerField(choices=Feedback.choices, null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self) -> str:
+        return self.question[:80]

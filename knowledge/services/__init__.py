@@ -1,0 +1,5 @@
+"""Use cases (writes, transactions, dispatch) of the knowledge domain.
+
+Import from the submodules: ``knowledge.services.documents``, ``knowledge.services.index``,
+``knowledge.services.engines``.
+"""

@@ -1,0 +1,315 @@
+"""Use cases of documents: add, replace, delete, and process (the worker's side of ingestion)."""
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING
+
+from django.conf import settings
+from django.core.files import File
+from django.db import transaction
+from django.utils import timezone
+
+from ingestion.errors import IngestionError
+from knowledge.errors import DuplicateDocumentError, UploadTooLargeError
+from knowledge.models import DEFAULT_COLLECTION_SLUG, Chunk, Collection, Document
+from knowledge.services import engines
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AbstractBaseUser
+
+logger = logging.getLogger(__name__)
+
+#: Documents are stored as "documents/<random>/<name>": the name shown is the original one.
+_MAX_NAME = 200
+
+
+@dataclass(frozen=True)
+class ProcessOutcome:
+    document_id: int
+    status: str
+    error: str
+    chunks: int
+    pages: int | None
+    timings: dict[str, float]
+
+
+def _sanitize_filename(name: str) -> str:
+    # Keep only the final component: "../../etc/passwd.pdf" is stored as "passwd.pdf".
+    base = Path(name.replace("\\", "/")).name.strip().lstrip(".") or "upload"
+    safe = "".join(ch if ch.isalnum() or ch in "._- " else "_" for ch in base)
+    return safe[-_MAX_NAME:]
+
+
+def _sha256(stream: IO[bytes]) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    stream.seek(0)
+    for block in iter(lambda: stream.read(1 << 20), b""):
+        digest.update(block)
+        size += len(block)
+    stream.seek(0)
+    return digest.hexdigest(), size
+
+
+def collection_get_default() -> Collection:
+    collection, _ = Collection.objects.get_or_create(
+        slug=DEFAULT_COLLECTION_SLUG, defaults={"name": "Default", "is_public": True}
+    )
+    return collection
+
+
+def document_validate_upload(*, file: IO[bytes], collection: Collection, exclude_id: int | None = None) -> tuple[str, int]:
+    """Check an upload against the size limit and the collection's files; return (sha256, size)."""
+    sha256, size = _sha256(file)
+    if size > settings.MAX_UPLOAD_MB * 1024 * 1024:
+        raise UploadTooLargeError(f"The file is larger than the {settings.MAX_UPLOAD_MB} MB upload limit.")
+    existing = Document.objects.filter(collection=collection, sha256=sha256).exclude(pk=exclude_id).first()
+    if existing is not None:
+        raise DuplicateDocumentError(existing)
+    return sha256, size
+
+
+def document_create(
+    *,
+    file: IO[bytes],
+    filename: str,
+    collection: Collection | None = None,
+    title: str = "",
+    uploaded_by: AbstractBaseUser | None = None,
+    dispatch: bool = True,
+) -> Document:
+    """Store an uploaded file and queue its ingestion once the row is committed.
+
+    Raises ``DuplicateDocumentError`` when the same bytes are already in the collection and
+    ``UploadTooLargeError`` above ``MAX_UPLOAD_MB``.
+    """
+    collection = collection or collection_get_default()
+    sha256, size = document_validate_upload(file=file, collection=collection)
+    name = _sanitize_filename(filename)
+    with transaction.atomic():
+        document = Document(
+            collection=collection,
+            title=(title or name)[:300],
+            original_name=name,
+            size=size,
+            sha256=sha256,
+            uploaded_by=uploaded_by,
+            status=Document.Status.QUEUED,
+        )
+        document.file.save(name, File(file, name=name), save=False)
+        document.save()
+        if dispatch:
+            _dispatch_on_commit(document.pk)
+    return document
+
+
+def document_replace(*, document: Document, file: IO[bytes], filename: str, dispatch: bool = True) -> Document:
+    """Swap a document's file for a new one and re-index it (old chunks go when the new ones land)."""
+    sha256, size = document_validate_upload(file=file, collection=document.collection, exclude_id=document.pk)
+    old_file = document.file.name
+    name = _sanitize_filename(filename)
+    with transaction.atomic():
+        document.file.save(name, File(file, name=name), save=False)
+        document.original_name = name
+        document.size = size
+        document.sha256 = sha256
+        document.status = Document.Status.QUEUED
+        document.error = ""
+        document.stage = ""
+        document.save()
+        storage = document.file.storage
+        transaction.on_commit(lambda: storage.delete(old_file) if old_file else None)
+        if dispatch:
+            _dispatch_on_commit(document.pk)
+    return document
+
+
+def document_reingest(*, document: Document, dispatch: bool = True) -> Document:
+    """Queue a document to be parsed and indexed again (its chunks are replaced, never duplicated)."""
+    with transaction.atomic():
+        Document.objects.filter(pk=document.pk).update(
+            status=Document.Status.QUEUED, error="", stage="", updated_at=timezone.now()
+        )
+        if dispatch:
+            _dispatch_on_commit(document.pk)
+    document.refresh_from_db()
+    return document
+
+
+def document_delete(*, document: Document) -> None:
+    """Delete a document with its chunks, its vectors and its stored file."""
+    index = engines.get_index()
+    with transaction.atomic(), index.writer() as writer:
+        writer.remove_document(document.pk)
+        file_name = document.file.name
+        storage = document.file.storage
+        document.delete()
+        transaction.on_commit(lambda: storage.delete(file_name) if file_name else None)
+
+
+def _dispatch_on_commit(document_id: int) -> None:
+    def send() -> None:
+        from knowledge.tasks import document_ingest_task
+
+        try:
+            document_ingest_task.delay(document_id)
+        except Exception:  # the broker is down: the document stays queued and is re-sent later
+            logger.exception("Could not queue document %s; it stays queued", document_id)
+
+    transaction.on_commit(send)
+
+
+def _set_stage(document_id: int, stage: str) -> None:
+    Document.objects.filter(pk=document_id).update(stage=stage, updated_at=timezone.now())
+
+
+def document_needs_ocr(*, document: Document) -> bool:
+    """Whether a document has pages without text that only OCR can read (routed to the slow queue)."""
+    if not settings.RAG_OCR:
+        return False
+    from ingestion.parsing import needs_ocr, sniff_mime
+
+    path = Path(document.file.path)
+    try:
+        if sniff_mime(path, document.original_name) != "application/pdf":
+            return False
+        return bool(needs_ocr(path))
+    except IngestionError:
+        return False  # the real parse reports the problem
+
+
+def document_process(
+    *, document_id: int, ocr: bool = True, force: bool = False, progress: Callable[[str], None] | None = None
+) -> ProcessOutcome:
+    """Parse, chunk, embed and index one document, replacing whatever it had before.
+
+    Idempotent: running it again replaces the document's chunks and vectors. A permanent
+    ingestion error marks the document failed with its reason and leaves no chunk or vector
+    behind; transient errors propagate so the task is retried.
+    """
+    from ingestion.pipeline import PipelineOptions, run_pipeline
+
+    document = Document.objects.select_related("collection").get(pk=document_id)
+    if document.status == Document.Status.READY and not force:
+        return _outcome(document, {})
+
+    Document.objects.filter(pk=document_id).update(
+        status=Document.Status.PROCESSING, stage="parsing", error="", attempts=document.attempts + 1
+    )
+
+    def notify(stage: str) -> None:
+        _set_stage(document_id, stage)
+        if progress:
+            progress(stage)
+
+    timings: dict[str, float] = {}
+    try:
+        embedder = engines.get_embedder()
+        options = PipelineOptions(
+            chunking=engines.chunking_config(), ocr=ocr and settings.RAG_OCR, ocr_languages=settings.RAG_OCR_LANGUAGES
+        )
+        result = run_pipeline(
+            Path(document.file.path),
+            embedder=embedder,
+            options=options,
+            filename=document.original_name,
+            progress=notify,
+        )
+        timings = dict(result.timings)
+        notify("indexing")
+        index = engines.get_index()
+        # The index is saved before the database commits: if the save fails nothing is
+        # committed; if the commit fails the index holds orphans that check_index removes.
+        with transaction.atomic(), index.writer() as writer:
+            Chunk.objects.filter(document_id=document_id).delete()
+            rows = Chunk.objects.bulk_create(
+                Chunk(
+                    document_id=document_id,
+                    ordinal=draft.ordinal,
+                    text=draft.text,
+                    page=draft.page,
+                    heading=draft.heading_path,
+                    token_count=draft.token_count,
+                )
+                for draft in result.chunks
+            )
+            writer.remove_document(document_id)
+            writer.add(
+                [row.pk for row in rows],
+                result.vectors,
+                document_id=document_id,
+                collection_id=document.collection_id,
+                texts=[row.text for row in rows],
+            )
+            Document.objects.filter(pk=document_id).update(
+                status=Document.Status.READY,
+                stage="",
+                error="",
+                mime_type=result.parsed.mime_type,
+                page_count=result.parsed.page_count,
+                chunk_count=len(rows),
+                ocr_pages=list(result.parsed.ocr_pages),
+                warnings=list(result.parsed.warnings),
+                embedder=embedder.name,
+                processed_at=timezone.now(),
+                title=document.title or (result.parsed.title or document.original_name),
+            )
+        Document.objects.filter(pk=document_id).update(index_version=index.version)
+    except IngestionError as exc:
+        if exc.transient:
+            raise
+        _fail(document_id, exc.message)
+    except Exception:
+        logger.exception("Unexpected error while ingesting document %s", document_id)
+        _fail(document_id, "An unexpected error stopped the ingestion of this document; see the worker log.")
+    document.refresh_from_db()
+    return _outcome(document, timings)
+
+
+def _fail(document_id: int, reason: str) -> None:
+    """Mark a document failed and make sure nothing of it stays in the table or the index."""
+    try:
+        with transaction.atomic(), engines.get_index().writer() as writer:
+            writer.remove_document(document_id)
+            Chunk.objects.filter(document_id=document_id).delete()
+    except IngestionError:
+        logger.exception("Could not remove the vectors of failed document %s", document_id)
+        Chunk.objects.filter(document_id=document_id).delete()
+    Document.objects.filter(pk=document_id).update(
+        status=Document.Status.FAILED,
+        stage="",
+        error=reason,
+        chunk_count=0,
+        processed_at=timezone.now(),
+    )
+
+
+def _outcome(document: Document, timings: dict[str, float]) -> ProcessOutcome:
+    return ProcessOutcome(
+        document_id=document.pk,
+        status=document.status,
+        error=document.error,
+        chunks=document.chunk_count,
+        pages=document.page_count,
+        timings=timings,
+    )
+
+
+def documents_redispatch_stale(*, older_than_s: int | None = None) -> int:
+    """Queue again every document still ``queued`` after ``RAG_REDISPATCH_AFTER_S``; return how many."""
+    from datetime import timedelta
+
+    age = older_than_s if older_than_s is not None else settings.RAG_REDISPATCH_AFTER_S
+    cutoff = timezone.now() - timedelta(seconds=age)
+    stale = list(
+        Document.objects.filter(status=Document.Status.QUEUED, updated_at__lt=cutoff).values_list("pk", flat=True)
+    )
+    for document_id in stale:
+        Document.objects.filter(pk=document_id).update(updated_at=timezone.now())
+        with transaction.atomic():
+            _dispatch_on_commit(document_id)
+    return len(stale)

@@ -1,0 +1,88 @@
+"""The engines of this process, built once from settings.
+
+``ingestion/`` and ``llm/`` never read settings: this module turns settings into their plain config
+objects and keeps one embedder, one index and one LLM handler per process (a forked worker child
+builds its own: the embedder's OpenMP runtime must never cross a fork).
+"""
+from __future__ import annotations
+
+import os
+import threading
+from typing import TYPE_CHECKING, Any
+
+from django.conf import settings
+
+if TYPE_CHECKING:
+    from ingestion.chunking import ChunkingConfig
+    from ingestion.embedding import Embedder, EmbedderConfig
+    from ingestion.index import VectorIndex
+    from ingestion.search import HybridSearcher
+
+_lock = threading.Lock()
+_cache: dict[str, Any] = {}
+_cache_pid = os.getpid()
+
+
+def _cached(key: str, build: Any) -> Any:
+    global _cache_pid
+    with _lock:
+        if _cache_pid != os.getpid():
+            _cache.clear()
+            _cache_pid = os.getpid()
+        if key not in _cache:
+            _cache[key] = build()
+        return _cache[key]
+
+
+def reset() -> None:
+    """Forget the engines of this process (tests, settings changes)."""
+    with _lock:
+        _cache.clear()
+
+
+def embedder_config() -> EmbedderConfig:
+    from ingestion.embedding import EmbedderConfig
+
+    return EmbedderConfig(
+        backend=settings.RAG_EMBEDDER,
+        model=settings.RAG_EMBEDDER_MODEL,
+        batch_size=settings.RAG_EMBED_BATCH_SIZE,
+        threads=settings.RAG_EMBED_THREADS,
+    )
+
+
+def chunking_config() -> ChunkingConfig:
+    from ingestion.chunking import ChunkingConfig
+
+    return ChunkingConfig(max_tokens=settings.RAG_CHUNK_TOKENS, overlap_tokens=settings.RAG_CHUNK_OVERLAP)
+
+
+def get_embedder() -> Embedder:
+    from ingestion.embedding import get_embedder as build
+
+    return build(embedder_config())
+
+
+def get_index() -> VectorIndex:
+    """The process's index, reloaded when another process saved a newer version."""
+    from ingestion.index import IndexConfig, VectorIndex
+
+    def build() -> VectorIndex:
+        embedder = get_embedder()
+        config = IndexConfig(directory=settings.INDEX_DIR, approx_threshold=settings.INDEX_APPROX_THRESHOLD)
+        return VectorIndex(config, embedder_name=embedder.name, dimension=embedder.dimension)
+
+    index: VectorIndex = _cached(f"index:{settings.INDEX_DIR}", build)
+    index.reload_if_stale()
+    return index
+
+
+def get_searcher() -> HybridSearcher:
+    from ingestion.search import HybridSearcher, SearchConfig
+
+    def build() -> HybridSearcher:
+        return HybridSearcher(get_index(), get_embedder(), SearchConfig())
+
+    searcher: HybridSearcher = _cached(f"searcher:{settings.INDEX_DIR}", build)
+    get_index()  # reload when stale; the searcher rebuilds its BM25 side on a new version
+    return searcher

@@ -1,0 +1,34 @@
+"""Text generation engine. Plain Python with no Django import; models load lazily.
+
+``get_handler(LLMConfig(...))`` gives the process's ``LLMHandler`` for a configuration; importing
+this package imports neither torch, transformers nor httpx.
+"""
+
+from __future__ import annotations
+
+from llm.config import LLMConfig
+from llm.errors import (
+    GenerationError,
+    InvalidRequestError,
+    LLMError,
+    ModelUnavailableError,
+    PromptTooLongError,
+)
+from llm.handler import LLMHandler, get_handler
+from llm.prompts import PromptSource, build_generate_messages, build_rag_messages
+from llm.types import Generation
+
+__all__ = [
+    "Generation",
+    "GenerationError",
+    "InvalidRequestError",
+    "LLMConfig",
+    "LLMError",
+    "LLMHandler",
+    "ModelUnavailableError",
+    "PromptSource",
+    "PromptTooLongError",
+    "build_generate_messages",
+    "build_rag_messages",
+    "get_handler",
+]

@@ -1,0 +1,300 @@
+"""Knowledge Portal settings.
+
+This is the only module that reads the environment. Every setting has a safe default, so a fresh
+checkout runs with SQLite and an embedded broker under ``var/``; malformed values stop the start
+with a clear error (django-environ raises ImproperlyConfigured).
+"""
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+# A .env file next to manage.py is read when present (docker-compose passes the same variables).
+environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+
+
+def _path(name: str, default: Path) -> Path:
+    path = Path(env.str(name, default=str(default))).expanduser()
+    return path if path.is_absolute() else BASE_DIR / path
+
+
+def _choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = env.str(name, default=default).strip().lower()
+    if value not in choices:
+        raise ImproperlyConfigured(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+    return value
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _bool(name: str, default: bool) -> bool:
+    raw = env.str(name, default=str(default)).strip().lower()
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    raise ImproperlyConfigured(f"{name} must be a boolean (true/false, 1/0, yes/no); got {raw!r}")
+
+
+def _number(name: str, default: float, kind: type) -> Any:
+    raw = env.str(name, default=str(default)).strip()
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be {'an integer' if kind is int else 'a number'}; got {raw!r}") from None
+
+
+def _int(name: str, default: int) -> int:
+    return int(_number(name, default, int))
+
+
+def _float(name: str, default: float) -> float:
+    return float(_number(name, default, float))
+
+
+def _positive_int(name: str, default: int, *, minimum: int = 1) -> int:
+    value = _int(name, default)
+    if value < minimum:
+        raise ImproperlyConfigured(f"{name} must be at least {minimum}; got {value}")
+    return value
+
+
+VAR_DIR = _path("VAR_DIR", BASE_DIR / "var")
+VAR_DIR.mkdir(parents=True, exist_ok=True)
+
+
+def _secret_key() -> str:
+    if value := env.str("DJANGO_SECRET_KEY", default=""):
+        return value
+    if file := env.str("DJANGO_SECRET_KEY_FILE", default=""):
+        try:
+            return Path(file).read_text().strip()
+        except OSError as exc:
+            raise ImproperlyConfigured(f"DJANGO_SECRET_KEY_FILE cannot be read: {exc}") from exc
+    # Neither is set: generate one once and keep it, so sessions survive restarts.
+    keyfile = VAR_DIR / "secret_key"
+    if not keyfile.exists():
+        keyfile.write_text(secrets.token_urlsafe(50))
+        keyfile.chmod(0o600)
+    return keyfile.read_text().strip()
+
+
+SECRET_KEY = _secret_key()
+DEBUG = _bool("DJANGO_DEBUG", False)
+ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "django_htmx",
+    "knowledge",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.locale.LocaleMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+ROOT_URLCONF = "portal.urls"
+WSGI_APPLICATION = "portal.wsgi.application"
+ASGI_APPLICATION = "portal.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "django.template.context_processors.i18n",
+            ],
+        },
+    },
+]
+
+# Database: SQLite under var/ unless DATABASE_URL names another one.
+try:
+    DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}")}
+except Exception as exc:  # django-environ raises several kinds for a bad URL
+    raise ImproperlyConfigured(f"DATABASE_URL is not a usable database URL: {exc}") from exc
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Web and worker share the file: wait for locks instead of failing, and let readers run
+    # beside the writer (WAL).
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {
+            "timeout": 30,
+            "transaction_mode": "IMMEDIATE",
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        }
+    )
+    # Tests that start a real worker need the test database in a file the worker can open.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-db.sqlite3")}
+else:
+    DATABASES["default"].setdefault("CONN_MAX_AGE", _int("DATABASE_CONN_MAX_AGE", 60))
+    DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en"
+LANGUAGES = [("en", "English"), ("fr", "Français")]
+LOCALE_PATHS = [BASE_DIR / "locale"]
+TIME_ZONE = env.str("DJANGO_TIME_ZONE", default="UTC")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "/static/"
+STATIC_ROOT = _path("STATIC_ROOT", VAR_DIR / "static")
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)
+STATICFILES_DIRS = [BASE_DIR / "static"] if (BASE_DIR / "static").is_dir() else []
+MEDIA_ROOT = _path("MEDIA_ROOT", VAR_DIR / "media")
+# Uploaded documents are private: no MEDIA_URL is served; downloads go through a checked view.
+MEDIA_URL = "/media/"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"
+        if not DEBUG
+        else "django.contrib.staticfiles.storage.StaticFilesStorage"
+    },
+}
+WHITENOISE_USE_FINDERS = True
+
+MAX_UPLOAD_MB = _positive_int("MAX_UPLOAD_MB", 50)
+DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
+FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
+
+# Celery: an embedded broker (SQLite through kombu's SQLAlchemy transport) unless told otherwise.
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=f"sqla+sqlite:///{VAR_DIR / 'celery-broker.sqlite3'}")
+CELERY_RESULT_BACKEND = env.str(
+    "CELERY_RESULT_BACKEND", default=f"db+sqlite:///{VAR_DIR / 'celery-results.sqlite3'}"
+)
+CELERY_TASK_ALWAYS_EAGER = _bool("CELERY_TASK_ALWAYS_EAGER", False)
+CELERY_TASK_EAGER_PROPAGATES = True
+CELERY_WORKER_CONCURRENCY = _positive_int("CELERY_WORKER_CONCURRENCY", 1)
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_RESULT_EXTENDED = True
+CELERY_TASK_ROUTES = {"knowledge.document_ocr": {"queue": "ocr"}}
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": _int("CELERY_VISIBILITY_TIMEOUT", 3600)}
+
+# Engines (read here, handed to ingestion/ and llm/ as plain config objects by knowledge.services).
+INDEX_DIR = _path("INDEX_DIR", VAR_DIR / "index")
+INDEX_APPROX_THRESHOLD = _positive_int("INDEX_APPROX_THRESHOLD", 200_000)
+RAG_EMBEDDER = _choice("RAG_EMBEDDER", "e5", ("e5", "sentence-transformers"))
+RAG_EMBEDDER_MODEL = env.str("RAG_EMBEDDER_MODEL", default="")
+RAG_EMBED_BATCH_SIZE = _positive_int("RAG_EMBED_BATCH_SIZE", 16)
+RAG_EMBED_THREADS = _positive_int("RAG_EMBED_THREADS", min(4, os.cpu_count() or 1))
+RAG_CHUNK_TOKENS = _positive_int("RAG_CHUNK_TOKENS", 350, minimum=32)
+RAG_CHUNK_OVERLAP = _positive_int("RAG_CHUNK_OVERLAP", 40, minimum=0)
+if RAG_CHUNK_OVERLAP >= RAG_CHUNK_TOKENS:
+    raise ImproperlyConfigured("RAG_CHUNK_OVERLAP must be smaller than RAG_CHUNK_TOKENS")
+RAG_OCR = _bool("RAG_OCR", True)
+RAG_OCR_LANGUAGES = env.str("RAG_OCR_LANGUAGES", default="eng+fra")
+
+RAG_LLM_BACKEND = _choice("RAG_LLM_BACKEND", "local", ("local", "openai"))
+RAG_LLM_MODEL_DIR = env.str("RAG_LLM_MODEL_DIR", default="")
+RAG_LLM_MODEL_FILE = env.str("RAG_LLM_MODEL_FILE", default="")
+RAG_LLM_BASE_URL = env.str("RAG_LLM_BASE_URL", default="")
+RAG_LLM_API_KEY = env.str("RAG_LLM_API_KEY", default="")
+RAG_LLM_MODEL = env.str("RAG_LLM_MODEL", default="")
+RAG_LLM_CONTEXT_WINDOW = _positive_int("RAG_LLM_CONTEXT_WINDOW", 2048, minimum=256)
+RAG_LLM_TIMEOUT = _float("RAG_LLM_TIMEOUT", 120.0)
+LLM_MAX_TOKENS = _positive_int("LLM_MAX_TOKENS", 512)
+if RAG_LLM_BACKEND == "openai" and not RAG_LLM_BASE_URL:
+    raise ImproperlyConfigured("RAG_LLM_BACKEND=openai needs RAG_LLM_BASE_URL (e.g. http://vllm:8000/v1)")
+RAG_ANSWER_MODE = _choice(
+    "RAG_ANSWER_MODE",
+    # The packaged 135M model is fluent but mostly wrong on facts: answer from the passages.
+    "extractive" if RAG_LLM_BACKEND == "local" and not RAG_LLM_MODEL_DIR else "generative",
+    ("extractive", "generative"),
+)
+RAG_TOP_K = _positive_int("RAG_TOP_K", 5)
+RAG_SCORE_THRESHOLD = _float("RAG_SCORE_THRESHOLD", 0.0)
+
+API_RATE_LIMIT = env.str("API_RATE_LIMIT", default="60/m")
+TOKEN_QUOTA_PER_DAY = _positive_int("TOKEN_QUOTA_PER_DAY", 0, minimum=0)
+
+REST_FRAMEWORK = {
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Knowledge Portal API",
+    "DESCRIPTION": "Questions answered from your documents, with the sources cited.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+}
+
+# Security headers that matter once DEBUG is off (behind a TLS-terminating proxy).
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SESSION_COOKIE_SECURE = _bool("DJANGO_SECURE_COOKIES", False)
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+SECURE_HSTS_SECONDS = _int("DJANGO_HSTS_SECONDS", 0)
+SECURE_SSL_REDIRECT = _bool("DJANGO_SSL_REDIRECT", False)
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.str("DJANGO_LOG_LEVEL", default="INFO").upper()},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}
+
+# make run: the admin account's password (else one is generated once under var/ and printed).
+DJANGO_SUPERUSER_PASSWORD = env.str("DJANGO_SUPERUSER_PASSWORD", default="")
+
+# Documents left "queued" (the broker was down when they were uploaded) are sent again.
+RAG_REDISPATCH_AFTER_S = _positive_int("RAG_REDISPATCH_AFTER_S", 600)
+CELERY_BEAT_SCHEDULE = {
+    "redispatch-stale-documents": {"task": "knowledge.documents_redispatch", "schedule": 300.0},
+}

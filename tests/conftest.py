@@ -1,0 +1,166 @@
+"""Shared fixtures: corpus files, isolated storage and index, users, a real Celery worker."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+CORPUS = SHARED / "corpus"
+EVAL = SHARED / "eval"
+
+
+@pytest.fixture(scope="session")
+def corpus_dir() -> Path:
+    if not CORPUS.is_dir():
+        pytest.skip("../shared/corpus is not present")
+    return CORPUS
+
+
+@pytest.fixture
+def portal_dirs(settings: Any, tmp_path: Path) -> Iterator[dict[str, Path]]:
+    """A fresh media folder and index folder for one test; the process's engines start over."""
+    from knowledge.services import engines
+
+    settings.MEDIA_ROOT = tmp_path / "media"
+    settings.INDEX_DIR = tmp_path / "index"
+    engines.reset()
+    yield {"media": settings.MEDIA_ROOT, "index": settings.INDEX_DIR}
+    engines.reset()
+
+
+@pytest.fixture
+def eager_celery() -> Iterator[None]:
+    """Run tasks in this process (unit tests); integration tests use ``celery_worker`` instead."""
+    from portal.celery import app
+
+    app.conf.task_always_eager = True
+    yield
+    app.conf.task_always_eager = False
+
+
+@pytest.fixture
+def staff_user(django_user_model: Any) -> Any:
+    return django_user_model.objects.create_user(username="staff", password="pw-staff-123", is_staff=True)
+
+
+@pytest.fixture
+def admin_user_logged_in(client: Any, django_user_model: Any) -> Any:
+    user = django_user_model.objects.create_superuser(username="boss", password="pw-boss-123", email="")
+    client.force_login(user)
+    return client
+
+
+def _database_url() -> str:
+    from django.db import connection
+
+    conf = connection.settings_dict
+    if conf["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{conf['NAME']}"
+    user = conf.get("USER") or "postgres"
+    host = conf.get("HOST") or "127.0.0.1"
+    port = conf.get("PORT") or 5432
+    return f"postgres://{user}@{host}:{port}/{conf['NAME']}"
+
+
+def _purge_broker() -> None:
+    from portal.celery import app
+
+    with app.connection_for_write() as conn:
+        for queue in ("celery", "ocr"):
+            try:
+                conn.default_channel.queue_purge(queue)
+            except Exception:  # the queue does not exist yet
+                pass
+
+
+class WorkerProcess:
+    """A real ``celery worker`` in its own process, on the test database, broker and folders."""
+
+    def __init__(self, env: dict[str, str], log: Path, concurrency: int = 1, name: str = "w1") -> None:
+        self.log = log
+        self.proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "celery", "-A", "portal", "worker",
+                "--queues", "celery,ocr", "--pool", "prefork", "--concurrency", str(concurrency),
+                "--without-gossip", "--without-mingle", "--loglevel", "INFO", "--hostname", f"{name}@%h",
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if "ready." in log.read_text(errors="replace"):
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"the Celery worker did not start:\n{log.read_text(errors='replace')[-3000:]}")
+
+    def child_pids(self) -> list[int]:
+        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.proc.pid)], capture_output=True, text=True)
+        return [int(p) for p in out.stdout.split()]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, 9)
+                self.proc.wait()
+
+
+@pytest.fixture
+def celery_worker_factory(transactional_db: Any, portal_dirs: dict[str, Path], tmp_path: Path) -> Iterator[Any]:
+    """Start real Celery worker processes that share this test's database, broker and folders."""
+    from django.conf import settings
+
+    _purge_broker()
+    env = {
+        **os.environ,
+        "DATABASE_URL": _database_url(),
+        "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
+        "CELERY_RESULT_BACKEND": settings.CELERY_RESULT_BACKEND,
+        "MEDIA_ROOT": str(portal_dirs["media"]),
+        "INDEX_DIR": str(portal_dirs["index"]),
+        "RAG_EMBED_THREADS": "1",
+    }
+    workers: list[WorkerProcess] = []
+
+    def start(name: str = "w1", concurrency: int = 1) -> WorkerProcess:
+        worker = WorkerProcess(env, tmp_path / f"worker-{name}.log", concurrency=concurrency, name=name)
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.stop()
+    _purge_broker()
+
+
+@pytest.fixture
+def celery_worker(celery_worker_factory: Any) -> WorkerProcess:
+    return celery_worker_factory()
+
+
+def wait_for(predicate: Any, timeout: float = 120.0, interval: float = 0.3) -> Any:
+    """Poll until ``predicate()`` is truthy; return its value or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout:.0f}s")

@@ -1,0 +1,63 @@
+"""Loaded with ``-p`` before pytest-django configures Django: choose the test services.
+
+PostgreSQL (127.0.0.1:5432, user postgres) and Redis (127.0.0.1:6379) are used when they answer;
+otherwise the suite falls back to SQLite and the embedded SQLite broker. Variables already set in
+the environment win. The choice is printed in the pytest header.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from pathlib import Path
+
+import pytest
+
+
+def _answers(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _redis_ok() -> bool:
+    if not _answers("127.0.0.1", 6379):
+        return False
+    try:
+        with socket.create_connection(("127.0.0.1", 6379), timeout=0.5) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("DJANGO_SECRET_KEY", "test-secret-key-not-for-production")
+os.environ["VAR_DIR"] = os.environ.get("TEST_VAR_DIR") or tempfile.mkdtemp(prefix="kp-test-")
+
+_embedded = os.environ.get("KP_TEST_EMBEDDED") == "1"
+if "DATABASE_URL" not in os.environ and not _embedded and _answers("127.0.0.1", 5432):
+    # pytest-django creates and drops test_knowledge_portal next to it.
+    os.environ["DATABASE_URL"] = "postgres://postgres@127.0.0.1:5432/knowledge_portal"
+if "CELERY_BROKER_URL" not in os.environ and not _embedded and _redis_ok():
+    os.environ["CELERY_BROKER_URL"] = "redis://127.0.0.1:6379/14"
+    os.environ.setdefault("CELERY_RESULT_BACKEND", "redis://127.0.0.1:6379/15")
+
+DATABASE = os.environ.get("DATABASE_URL", "sqlite (embedded, under VAR_DIR)")
+BROKER = os.environ.get("CELERY_BROKER_URL", "sqla+sqlite (embedded, under VAR_DIR)")
+USING_POSTGRES = DATABASE.startswith("postgres")
+USING_REDIS = BROKER.startswith("redis")
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    lines = [f"knowledge-portal: database = {DATABASE}", f"knowledge-portal: broker = {BROKER}"]
+    if not (USING_POSTGRES and USING_REDIS):
+        lines.append(
+            "knowledge-portal: PostgreSQL/Redis not reachable on 127.0.0.1 — falling back to SQLite and the "
+            "embedded broker"
+        )
+    lines.append(f"knowledge-portal: VAR_DIR = {Path(os.environ['VAR_DIR'])}")
+    return lines

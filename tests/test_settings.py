@@ -1,0 +1,75 @@
+"""Settings come from the environment, with safe defaults and clear errors."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _settings_probe(tmp_path: Path, extra: dict[str, str], code: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("DJANGO_", "DATABASE_", "CELERY_", "RAG_", "MAX_", "INDEX_", "LLM_", "MEDIA_"))
+    }
+    env.update({"VAR_DIR": str(tmp_path / "var"), "DJANGO_SETTINGS_MODULE": "portal.settings", **extra})
+    return subprocess.run(
+        [sys.executable, "-c", f"import django; django.setup(); from django.conf import settings as s; {code}"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_defaults_are_safe_and_embedded(tmp_path: Path) -> None:
+    result = _settings_probe(
+        tmp_path,
+        {},
+        "print(s.DEBUG, s.DATABASES['default']['ENGINE'], s.CELERY_BROKER_URL.split(':')[0], "
+        "s.CELERY_RESULT_BACKEND.split(':')[0], s.RAG_EMBEDDER, s.RAG_ANSWER_MODE)",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "django.db.backends.sqlite3", "sqla+sqlite", "db+sqlite", "e5", "extractive"]
+
+
+def test_secret_key_is_generated_once_and_kept(tmp_path: Path) -> None:
+    first = _settings_probe(tmp_path, {}, "print(s.SECRET_KEY)")
+    second = _settings_probe(tmp_path, {}, "print(s.SECRET_KEY)")
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == second.stdout
+    assert len(first.stdout.strip()) >= 40
+    assert (tmp_path / "var" / "secret_key").read_text().strip() == first.stdout.strip()
+
+
+def test_secret_key_is_read_from_a_file(tmp_path: Path) -> None:
+    keyfile = tmp_path / "key"
+    keyfile.write_text("from-a-file-secret\n")
+    result = _settings_probe(tmp_path, {"DJANGO_SECRET_KEY_FILE": str(keyfile)}, "print(s.SECRET_KEY)")
+    assert result.stdout.strip() == "from-a-file-secret"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("MAX_UPLOAD_MB", "lots", "MAX_UPLOAD_MB"),
+        ("MAX_UPLOAD_MB", "0", "MAX_UPLOAD_MB must be at least 1"),
+        ("RAG_EMBEDDER", "word2vec", "RAG_EMBEDDER must be one of"),
+        ("DJANGO_DEBUG", "maybe", "DJANGO_DEBUG"),
+        ("DATABASE_URL", "nosuchdb://x", "nosuchdb"),
+        ("RAG_LLM_BACKEND", "openai", "RAG_LLM_BASE_URL"),
+    ],
+)
+def test_malformed_values_stop_the_start_with_a_clear_error(
+    tmp_path: Path, variable: str, value: str, message: str
+) -> None:
+    result = _settings_probe(tmp_path, {variable: value}, "print('started')")
+    assert result.returncode != 0
+    assert "started" not in result.stdout
+    assert message in result.stderr
