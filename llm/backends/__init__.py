@@ -1,0 +1,1 @@
+"""Generation backends. Each module is imported only when its backend is configured."""
