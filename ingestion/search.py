@@ -1,0 +1,358 @@
+"""Hybrid search: dense (FAISS) and lexical (BM25) results fused by reciprocal rank.
+
+The BM25 side is built from the chunk texts stored with the index, lazily, whenever the index
+version changes; a chunk already analysed keeps its analysis, so a new version only costs the
+analysis of its new chunks. Analysis is per language: each chunk's language is guessed by a
+stop-word vote (the document's vote when the chunk has no stop words), its stop words are dropped,
+its words folded to plain letters (so "électricité" and "electricite" match) and stemmed with that
+language's Snowball stemmer. Queries are analysed the same way.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import threading
+import unicodedata
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .embedding import Embedder
+from .errors import IndexMismatchError
+from .index import IndexSnapshot, VectorIndex
+
+if TYPE_CHECKING:
+    import bm25s
+
+__all__ = ["HybridSearcher", "SearchConfig", "SearchHit", "TextAnalyzer"]
+
+#: language code -> (Snowball stemmer name, name of the bm25s stop-word list)
+LANGUAGES: dict[str, tuple[str, str]] = {
+    "en": ("english", "STOPWORDS_EN_PLUS"),
+    "fr": ("french", "STOPWORDS_FRENCH"),
+    "de": ("german", "STOPWORDS_GERMAN"),
+    "es": ("spanish", "STOPWORDS_SPANISH"),
+    "it": ("italian", "STOPWORDS_ITALIAN"),
+    "nl": ("dutch", "STOPWORDS_DUTCH"),
+    "pt": ("portuguese", "STOPWORDS_PORTUGUESE"),
+}
+_WORD = re.compile(r"\w+")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """How many candidates each side retrieves and how they are fused."""
+
+    dense_k: int = 100
+    bm25_k: int = 100
+    #: the constant of reciprocal rank fusion: score = sum(weight / (rrf_k + rank))
+    rrf_k: int = 60
+    dense_weight: float = 1.0
+    bm25_weight: float = 1.0
+    #: languages the lexical analysis recognises, the first one winning ties and unknown texts
+    languages: tuple[str, ...] = ("en", "fr", "de", "es", "it", "nl", "pt")
+    #: check for a newer saved index version before each search (one small file read)
+    auto_reload: bool = True
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """One retrieved chunk.
+
+    ``score`` is the fused (RRF) score that orders the hits; ``dense_score`` the cosine similarity of
+    the chunk to the query (computed for BM25-only hits as well); ``bm25_score`` the BM25 score,
+    None when BM25 did not retrieve the chunk.
+    """
+
+    chunk_id: int
+    score: float
+    dense_score: float | None
+    bm25_score: float | None
+    document_id: int
+
+
+@functools.lru_cache(maxsize=200_000)
+def _fold(word: str) -> str:
+    decomposed = unicodedata.normalize("NFKD", word)
+    return "".join(c for c in decomposed if not unicodedata.combining(c))
+
+
+def fold(word: str) -> str:
+    """``word`` without accents ("électricité" -> "electricite")."""
+    return word if word.isascii() else _fold(word)
+
+
+class TextAnalyzer:
+    """Per-language lexical analysis: words, language vote, stop words, Snowball stems, accent folding."""
+
+    def __init__(self, languages: Sequence[str] = SearchConfig.languages) -> None:
+        from bm25s import stopwords
+
+        unknown = [code for code in languages if code not in LANGUAGES]
+        if unknown or not languages:
+            raise ValueError(f"unsupported languages {unknown}: choose among {sorted(LANGUAGES)}")
+        self.languages = tuple(languages)
+        self._stopwords: dict[str, frozenset[str]] = {}
+        # word -> indices of the languages it is a stop word of, for a one-lookup vote
+        self._voters: dict[str, tuple[int, ...]] = {}
+        for i, code in enumerate(self.languages):
+            words = {w.casefold() for w in getattr(stopwords, LANGUAGES[code][1])}
+            words |= {fold(w) for w in words}  # people type without accents too
+            self._stopwords[code] = frozenset(words)
+            for word in words:
+                self._voters[word] = (*self._voters.get(word, ()), i)
+        self._local = threading.local()  # Snowball stemmers are not thread-safe
+
+    def _stemmer(self, code: str) -> Any:
+        stemmers: dict[str, Any] | None = getattr(self._local, "stemmers", None)
+        if stemmers is None:
+            stemmers = self._local.stemmers = {}
+        if code not in stemmers:
+            import Stemmer
+
+            stemmers[code] = Stemmer.Stemmer(LANGUAGES[code][0])
+        return stemmers[code]
+
+    @staticmethod
+    def words(text: str) -> list[str]:
+        """The words of ``text``, case-folded."""
+        return _WORD.findall(text.casefold())
+
+    def votes(self, words: Sequence[str]) -> tuple[int, ...]:
+        """How many of ``words`` are stop words of each language (in ``languages`` order)."""
+        counts = [0] * len(self.languages)
+        for word in words:
+            for i in self._voters.get(word, ()):
+                counts[i] += 1
+        return tuple(counts)
+
+    def winners(self, votes: Sequence[int]) -> list[str]:
+        """The languages with the most votes (several on a tie; none without any vote)."""
+        best = max(votes, default=0)
+        return [] if best == 0 else [code for code, n in zip(self.languages, votes, strict=True) if n == best]
+
+    def detect(self, words: Sequence[str]) -> str | None:
+        """The language of ``words``, or None when the vote has no clear winner."""
+        winners = self.winners(self.votes(words))
+        return winners[0] if len(winners) == 1 else None
+
+    def tokens(self, words: Sequence[str], language: str) -> list[str]:
+        """Index terms of ``words`` read as ``language``: stop words dropped, accents folded, stemmed."""
+        stop = self._stopwords[language]
+        # fold before stemming: the stemmers treat "électricité" and "electricite" differently
+        kept = [fold(w) for w in words if w not in stop]
+        result: list[str] = self._stemmer(language).stemWords(kept)
+        return result
+
+    def query_tokens(self, text: str, candidates: Collection[str] = ()) -> list[str]:
+        """Index terms of a query: read in its language, or in each candidate language when unsure."""
+        words = self.words(text)
+        winners = self.winners(self.votes(words))
+        if len(winners) == 1:
+            languages = winners
+        else:
+            languages = winners or [c for c in self.languages if c in candidates] or [self.languages[0]]
+        terms: dict[str, None] = {}
+        for language in languages:
+            terms.update(dict.fromkeys(self.tokens(words, language)))
+        return list(terms)
+
+
+@dataclass(slots=True)
+class _Analysis:
+    text_hash: int
+    votes: tuple[int, ...]
+    language: str | None = None
+    terms: np.ndarray | None = None  # term ids in the searcher's vocabulary
+
+
+@dataclass(frozen=True)
+class _Lexical:
+    """The BM25 index of one index version."""
+
+    version: int
+    model: bm25s.BM25 | None
+    positions: np.ndarray  # the index position of each BM25 document
+    #: the term ids of this version (a later version may start a new vocabulary)
+    vocabulary: dict[str, int]
+    vocabulary_size: int
+    languages: frozenset[str]
+
+
+class HybridSearcher:
+    """Dense + BM25 search over one :class:`VectorIndex`, with collection and document filters."""
+
+    def __init__(self, index: VectorIndex, embedder: Embedder, config: SearchConfig) -> None:
+        if index.embedder_name != embedder.name or index.dimension != embedder.dimension:
+            raise IndexMismatchError(
+                f"The index was built with {index.embedder_name} (dim {index.dimension}) but the configured "
+                f"embedder is {embedder.name} (dim {embedder.dimension}): run `manage.py rebuild_index`"
+            )
+        self.index = index
+        self.embedder = embedder
+        self.config = config
+        self.analyzer = TextAnalyzer(config.languages)
+        self._lock = threading.Lock()
+        self._lexical: _Lexical | None = None
+        self._analyses: dict[int, _Analysis] = {}
+        self._vocabulary: dict[str, int] = {}
+
+    def search(
+        self,
+        query: str,
+        k: int,
+        *,
+        collections: Collection[int] | None = None,
+        documents: Collection[int] | None = None,
+    ) -> list[SearchHit]:
+        """The ``k`` best chunks for ``query`` among the allowed collections and documents (None: all)."""
+        if k <= 0 or not query.strip():
+            return []
+        if self.config.auto_reload:
+            self.index.reload_if_stale()
+        snapshot = self.index.snapshot()  # both sides read the same version
+        if len(snapshot) == 0:
+            return []
+        vector = self.embedder.embed_query(query)
+        dense = snapshot.search(vector, max(self.config.dense_k, k), collections=collections, documents=documents)
+        lexical = self.bm25(
+            query, max(self.config.bm25_k, k), snapshot=snapshot, collections=collections, documents=documents
+        )
+        return self._fuse(snapshot, vector, dense, lexical, k)
+
+    def bm25(
+        self,
+        query: str,
+        k: int,
+        *,
+        snapshot: IndexSnapshot | None = None,
+        collections: Collection[int] | None = None,
+        documents: Collection[int] | None = None,
+    ) -> list[tuple[int, float]]:
+        """BM25 alone: the ``k`` best allowed chunks as (chunk id, BM25 score), best first."""
+        snapshot = snapshot or self.index.snapshot()
+        lexical = self._lexical_for(snapshot)
+        if lexical.model is None or k <= 0:
+            return []
+        terms = [
+            term
+            for term in (lexical.vocabulary.get(t) for t in self.analyzer.query_tokens(query, lexical.languages))
+            if term is not None and term < lexical.vocabulary_size
+        ]
+        if not terms:
+            return []
+        mask = snapshot.allowed(collections, documents)
+        weights = None if mask is None else mask[lexical.positions].astype(np.float32)
+        scores = lexical.model.get_scores_from_ids(terms, weight_mask=weights)
+        candidates = np.flatnonzero(scores > 0)
+        if len(candidates) > k:
+            candidates = candidates[np.argpartition(-scores[candidates], k - 1)[:k]]
+        candidates = candidates[np.argsort(-scores[candidates], kind="stable")]
+        labels = snapshot.labels[lexical.positions[candidates]]
+        return [(int(c), float(s)) for c, s in zip(labels, scores[candidates], strict=True)]
+
+    def _fuse(
+        self,
+        snapshot: IndexSnapshot,
+        vector: np.ndarray,
+        dense: list[tuple[int, float]],
+        lexical: list[tuple[int, float]],
+        k: int,
+    ) -> list[SearchHit]:
+        config = self.config
+        fused: dict[int, float] = {}
+        for weight, results in ((config.dense_weight, dense), (config.bm25_weight, lexical)):
+            for rank, (chunk_id, _) in enumerate(results, start=1):
+                fused[chunk_id] = fused.get(chunk_id, 0.0) + weight / (config.rrf_k + rank)
+        cosines = dict(dense)
+        bm25_scores = dict(lexical)
+        best = sorted(fused, key=lambda c: (-fused[c], -cosines.get(c, -2.0)))[:k]
+        missing = [c for c in best if c not in cosines]
+        for chunk_id, stored in snapshot.vectors(missing).items():
+            cosines[chunk_id] = float(stored @ vector)
+        hits = []
+        for chunk_id in best:
+            position = snapshot.position(chunk_id)
+            hits.append(
+                SearchHit(
+                    chunk_id=chunk_id,
+                    score=fused[chunk_id],
+                    dense_score=cosines.get(chunk_id),
+                    bm25_score=bm25_scores.get(chunk_id),
+                    document_id=int(snapshot.document_ids[position]) if position is not None else -1,
+                )
+            )
+        return hits
+
+    # ---- the BM25 index -----------------------------------------------------------------------
+    def _lexical_for(self, snapshot: IndexSnapshot) -> _Lexical:
+        lexical = self._lexical
+        if lexical is not None and lexical.version == snapshot.version:
+            return lexical
+        with self._lock:
+            lexical = self._lexical
+            if lexical is None or lexical.version != snapshot.version:
+                lexical = self._build(snapshot)
+                self._lexical = lexical
+            return lexical
+
+    def _build(self, snapshot: IndexSnapshot) -> _Lexical:
+        import bm25s
+
+        analyzer = self.analyzer
+        positions = snapshot.live_positions
+        chunk_ids = snapshot.labels[positions].tolist()
+        if len(self._vocabulary) > 4_000_000:  # terms of long-gone chunks pile up: start afresh
+            self._analyses, self._vocabulary = {}, {}
+        analyses: dict[int, _Analysis] = {}
+        fresh_words: dict[int, list[str]] = {}
+        document_votes: dict[int, np.ndarray] = {}
+        for chunk_id, position in zip(chunk_ids, positions.tolist(), strict=True):
+            text = snapshot.texts[position]
+            analysis = self._analyses.get(chunk_id)
+            if analysis is None or analysis.text_hash != hash(text):
+                words = analyzer.words(text)
+                analysis = _Analysis(hash(text), analyzer.votes(words))
+                fresh_words[chunk_id] = words
+            analyses[chunk_id] = analysis
+            document = int(snapshot.document_ids[position])
+            votes = document_votes.get(document)
+            document_votes[document] = np.add(votes, analysis.votes) if votes is not None else np.array(analysis.votes)
+
+        languages: set[str] = set()
+        corpus: list[list[int]] = []
+        vocabulary = self._vocabulary
+        for chunk_id, position in zip(chunk_ids, positions.tolist(), strict=True):
+            analysis = analyses[chunk_id]
+            # a chunk without stop words (a table, a list of names) is read in its document's language
+            own = analyzer.winners(analysis.votes)
+            if len(own) != 1:
+                from_document = analyzer.winners(document_votes[int(snapshot.document_ids[position])].tolist())
+                own = [c for c in from_document if c in own] or from_document or own
+            language = own[0] if own else analyzer.languages[0]
+            if analysis.language != language or analysis.terms is None:
+                words = fresh_words.get(chunk_id) or analyzer.words(snapshot.texts[position])
+                terms = analyzer.tokens(words, language)
+                analysis.terms = np.fromiter(
+                    (vocabulary.setdefault(t, len(vocabulary)) for t in terms), dtype=np.int32, count=len(terms)
+                )
+                analysis.language = language
+            languages.add(language)
+            corpus.append(analysis.terms.tolist())
+        self._analyses = analyses
+
+        model = None
+        if any(corpus):
+            model = bm25s.BM25()
+            model.index((corpus, dict(vocabulary)), create_empty_token=False, show_progress=False)
+        return _Lexical(
+            version=snapshot.version,
+            model=model,
+            positions=positions,
+            vocabulary=vocabulary,
+            vocabulary_size=len(vocabulary),
+            languages=frozenset(languages),
+        )

