@@ -26,12 +26,13 @@ install: $(STAMP)
 run: install
 	@bash scripts/run.sh
 
-test: install
+test: install lint
 	$(PY) -m pytest
 
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 bench: install
 	$(PY) bench/run_all.py

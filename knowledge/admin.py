@@ -1,4 +1,5 @@
 """Django admin: staff upload and manage documents; actions call the services."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -1,4 +1,5 @@
 """The domain's errors. Each carries a stable ``code``; the API maps them to HTTP at the edge."""
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -29,9 +30,7 @@ class DuplicateDocumentError(KnowledgeError):
     code = "duplicate"
 
     def __init__(self, existing: Document) -> None:
-        super().__init__(
-            f"This file is already in the collection as document {existing.pk} ({existing.title})."
-        )
+        super().__init__(f"This file is already in the collection as document {existing.pk} ({existing.title}).")
         self.existing = existing
 
 
@@ -41,3 +40,27 @@ class UploadTooLargeError(KnowledgeError):
 
 class UnsupportedUploadError(KnowledgeError):
     code = "unsupported_type"
+
+    def __init__(self, message: str, *, accepted: list[str]) -> None:
+        super().__init__(message)
+        self.accepted = accepted
+
+
+class RateLimitedError(KnowledgeError):
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class QuotaExceededError(KnowledgeError):
+    code = "quota_exceeded"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ServiceUnavailableError(KnowledgeError):
+    code = "unavailable"

@@ -3,6 +3,7 @@
 Fields and constraints only; the rules that change these rows live in ``knowledge.services``.
 The database is the source of truth: the FAISS index is derived from the Chunk table.
 """
+
 from __future__ import annotations
 
 import uuid
@@ -150,3 +151,65 @@ class Message(models.Model):
 
     def __str__(self) -> str:
         return self.question[:80]
+
+
+class ApiKey(models.Model):
+    """A key for programs (``Authorization: Token <key>``). Only its SHA-256 is stored; the key is shown once."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=100, blank=True)
+    prefix = models.CharField(max_length=16, unique=True, help_text=_("The key's public beginning, to recognise it."))
+    key_hash = models.CharField(max_length=64, unique=True)
+    collections = models.ManyToManyField(
+        Collection, blank=True, related_name="api_keys", help_text=_("If any, the key may read only these.")
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = _("API key")
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.user})"
+
+
+class UsageRecord(models.Model):
+    """Tokens spent by one request: per user, per key and per end user of an integration."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="usage")
+    api_key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="usage")
+    end_user_id = models.CharField(max_length=200, blank=True, db_index=True)
+    endpoint = models.CharField(max_length=50)
+    prompt_tokens = models.PositiveIntegerField(default=0)
+    completion_tokens = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["user", "created_at"]), models.Index(fields=["api_key", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.endpoint} {self.prompt_tokens}+{self.completion_tokens} tokens"
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+class ApiTask(models.Model):
+    """An asynchronous API request ("async": true): who asked, so only they can read the result."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tasks")
+    api_key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="tasks")
+    endpoint = models.CharField(max_length=50)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.endpoint} task {self.pk}"

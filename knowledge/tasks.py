@@ -1,4 +1,5 @@
 """Celery tasks: thin glue that takes ids and calls a service."""
+
 from __future__ import annotations
 
 from celery import shared_task
@@ -48,3 +49,19 @@ def document_ocr_task(document_id: int, force: bool = False) -> dict[str, object
 def documents_redispatch_task() -> int:
     """Send again the documents that stayed queued too long (e.g. the broker was down)."""
     return documents.documents_redispatch_stale()
+
+
+@shared_task(name="knowledge.question_answer", acks_late=True, reject_on_worker_lost=True)
+def question_answer_task(task_id: str, params: dict[str, object]) -> dict[str, object]:
+    """An "async": true API request; returns the body of the synchronous call, or the error."""
+    from ingestion.errors import IngestionError
+    from knowledge.errors import KnowledgeError
+    from knowledge.services import requests
+    from llm.errors import LLMError
+
+    try:
+        return {"ok": True, "body": requests.question_run_task(task_id=task_id, params=params)}
+    except KnowledgeError as exc:
+        return {"ok": False, "error": {"code": exc.code, "detail": exc.message}}
+    except (LLMError, IngestionError) as exc:
+        return {"ok": False, "error": {"code": exc.code, "detail": str(exc)}}

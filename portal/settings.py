@@ -4,6 +4,7 @@ This is the only module that reads the environment. Every setting has a safe def
 checkout runs with SQLite and an embedded broker under ``var/``; malformed values stop the start
 with a clear error (django-environ raises ImproperlyConfigured).
 """
+
 from __future__ import annotations
 
 import os
@@ -51,7 +52,9 @@ def _number(name: str, default: float, kind: type) -> Any:
     try:
         return kind(raw)
     except ValueError:
-        raise ImproperlyConfigured(f"{name} must be {'an integer' if kind is int else 'a number'}; got {raw!r}") from None
+        raise ImproperlyConfigured(
+            f"{name} must be {'an integer' if kind is int else 'a number'}; got {raw!r}"
+        ) from None
 
 
 def _int(name: str, default: int) -> int:
@@ -104,6 +107,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI and ReDoc from our own static files, no CDN
     "django_htmx",
     "knowledge",
 ]
@@ -203,9 +207,7 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 
 # Celery: an embedded broker (SQLite through kombu's SQLAlchemy transport) unless told otherwise.
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=f"sqla+sqlite:///{VAR_DIR / 'celery-broker.sqlite3'}")
-CELERY_RESULT_BACKEND = env.str(
-    "CELERY_RESULT_BACKEND", default=f"db+sqlite:///{VAR_DIR / 'celery-results.sqlite3'}"
-)
+CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", default=f"db+sqlite:///{VAR_DIR / 'celery-results.sqlite3'}")
 CELERY_TASK_ALWAYS_EAGER = _bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_WORKER_CONCURRENCY = _positive_int("CELERY_WORKER_CONCURRENCY", 1)
@@ -260,8 +262,12 @@ TOKEN_QUOTA_PER_DAY = _positive_int("TOKEN_QUOTA_PER_DAY", 0, minimum=0)
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_AUTHENTICATION_CLASSES": [
+        "knowledge.api.authentication.ApiKeyAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
+    "EXCEPTION_HANDLER": "knowledge.api.errors.exception_handler",
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
 }
@@ -270,6 +276,10 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Questions answered from your documents, with the sources cited.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
 }
 
 # Security headers that matter once DEBUG is off (behind a TLS-terminating proxy).
@@ -287,7 +297,13 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env.str("DJANGO_LOG_LEVEL", default="INFO").upper()},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        # pypdf warns about every font it cannot fully decode; the text still comes out.
+        "pypdf": {"level": "ERROR"},
+        "faiss.loader": {"level": "WARNING"},
+        "bm25s": {"level": "WARNING"},
+    },
 }
 
 # make run: the admin account's password (else one is generated once under var/ and printed).

@@ -1,6 +1,8 @@
 """Shared fixtures: corpus files, isolated storage and index, users, a real Celery worker."""
+
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -75,10 +77,8 @@ def _purge_broker() -> None:
 
     with app.connection_for_write() as conn:
         for queue in ("celery", "ocr"):
-            try:
+            with contextlib.suppress(Exception):  # the queue does not exist yet
                 conn.default_channel.queue_purge(queue)
-            except Exception:  # the queue does not exist yet
-                pass
 
 
 class WorkerProcess:
@@ -88,9 +88,24 @@ class WorkerProcess:
         self.log = log
         self.proc = subprocess.Popen(
             [
-                sys.executable, "-m", "celery", "-A", "portal", "worker",
-                "--queues", "celery,ocr", "--pool", "prefork", "--concurrency", str(concurrency),
-                "--without-gossip", "--without-mingle", "--loglevel", "INFO", "--hostname", f"{name}@%h",
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "portal",
+                "worker",
+                "--queues",
+                "celery,ocr",
+                "--pool",
+                "prefork",
+                "--concurrency",
+                str(concurrency),
+                "--without-gossip",
+                "--without-mingle",
+                "--loglevel",
+                "INFO",
+                "--hostname",
+                f"{name}@%h",
             ],
             cwd=REPO,
             env=env,

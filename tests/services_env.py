@@ -4,6 +4,7 @@ PostgreSQL (127.0.0.1:5432, user postgres) and Redis (127.0.0.1:6379) are used w
 otherwise the suite falls back to SQLite and the embedded SQLite broker. Variables already set in
 the environment win. The choice is printed in the pytest header.
 """
+
 from __future__ import annotations
 
 import os

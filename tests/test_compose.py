@@ -1,4 +1,5 @@
 """docker-compose.yml is how users deploy: it must validate (no Docker engine runs here)."""
+
 from __future__ import annotations
 
 import os

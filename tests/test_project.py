@@ -1,4 +1,5 @@
 """The project skeleton: checks, migrations, the default collection, admin and probes."""
+
 from __future__ import annotations
 
 import subprocess
@@ -31,8 +32,14 @@ def test_default_collection_exists_after_migrate() -> None:
 
 @pytest.mark.django_db
 def test_admin_lists_the_portal_models(admin_user_logged_in: Any) -> None:
-    for path in ("/admin/", "/admin/knowledge/document/", "/admin/knowledge/collection/", "/admin/knowledge/chunk/",
-                 "/admin/knowledge/conversation/", "/admin/knowledge/document/add/"):
+    for path in (
+        "/admin/",
+        "/admin/knowledge/document/",
+        "/admin/knowledge/collection/",
+        "/admin/knowledge/chunk/",
+        "/admin/knowledge/conversation/",
+        "/admin/knowledge/document/add/",
+    ):
         response = admin_user_logged_in.get(path)
         assert response.status_code == 200, path
 

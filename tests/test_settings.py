@@ -1,4 +1,5 @@
 """Settings come from the environment, with safe defaults and clear errors."""
+
 from __future__ import annotations
 
 import os
@@ -36,7 +37,14 @@ def test_defaults_are_safe_and_embedded(tmp_path: Path) -> None:
         "s.CELERY_RESULT_BACKEND.split(':')[0], s.RAG_EMBEDDER, s.RAG_ANSWER_MODE)",
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["False", "django.db.backends.sqlite3", "sqla+sqlite", "db+sqlite", "e5", "extractive"]
+    assert result.stdout.split() == [
+        "False",
+        "django.db.backends.sqlite3",
+        "sqla+sqlite",
+        "db+sqlite",
+        "e5",
+        "extractive",
+    ]
 
 
 def test_secret_key_is_generated_once_and_kept(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
 """Use cases of documents: add, replace, delete, and process (the worker's side of ingestion)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -11,10 +12,17 @@ from typing import IO, TYPE_CHECKING
 from django.conf import settings
 from django.core.files import File
 from django.db import transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from ingestion.errors import IngestionError
-from knowledge.errors import DuplicateDocumentError, UploadTooLargeError
+from knowledge.errors import (
+    DuplicateDocumentError,
+    NotFoundError,
+    PermissionDeniedError,
+    UnsupportedUploadError,
+    UploadTooLargeError,
+)
 from knowledge.models import DEFAULT_COLLECTION_SLUG, Chunk, Collection, Document
 from knowledge.services import engines
 
@@ -62,7 +70,40 @@ def collection_get_default() -> Collection:
     return collection
 
 
-def document_validate_upload(*, file: IO[bytes], collection: Collection, exclude_id: int | None = None) -> tuple[str, int]:
+def collection_for_upload(*, slug: str | None, readable: QuerySet[Collection]) -> Collection:
+    """The collection an upload goes to: the one named (which the uploader must be able to read) or the default."""
+    if not slug:
+        return collection_get_default()
+    collection = Collection.objects.filter(slug=slug).first()
+    if collection is None:
+        raise NotFoundError(f"Unknown collection: {slug}.")
+    if not readable.filter(pk=collection.pk).exists():
+        raise PermissionDeniedError(f"You may not add documents to the collection {slug}.")
+    return collection
+
+
+def document_check_type(*, file: IO[bytes], filename: str) -> str:
+    """The sniffed MIME type of an upload; ``UnsupportedUploadError`` (415) for types we cannot read."""
+    import tempfile
+
+    from ingestion.errors import UnsupportedFormatError
+    from ingestion.parsing import SUPPORTED_TYPES, sniff_mime
+
+    suffix = Path(_sanitize_filename(filename)).suffix
+    with tempfile.NamedTemporaryFile(suffix=suffix) as probe:
+        file.seek(0)
+        probe.write(file.read(1 << 20))  # the first MiB is enough to tell the type
+        probe.flush()
+        file.seek(0)
+        try:
+            return sniff_mime(Path(probe.name), filename)
+        except UnsupportedFormatError as exc:
+            raise UnsupportedUploadError(exc.message, accepted=sorted(SUPPORTED_TYPES.values())) from exc
+
+
+def document_validate_upload(
+    *, file: IO[bytes], collection: Collection, exclude_id: int | None = None
+) -> tuple[str, int]:
     """Check an upload against the size limit and the collection's files; return (sha256, size)."""
     sha256, size = _sha256(file)
     if size > settings.MAX_UPLOAD_MB * 1024 * 1024:
@@ -81,6 +122,7 @@ def document_create(
     title: str = "",
     uploaded_by: AbstractBaseUser | None = None,
     dispatch: bool = True,
+    check_type: bool = False,
 ) -> Document:
     """Store an uploaded file and queue its ingestion once the row is committed.
 
@@ -89,12 +131,14 @@ def document_create(
     """
     collection = collection or collection_get_default()
     sha256, size = document_validate_upload(file=file, collection=collection)
+    mime_type = document_check_type(file=file, filename=filename) if check_type else ""
     name = _sanitize_filename(filename)
     with transaction.atomic():
         document = Document(
             collection=collection,
             title=(title or name)[:300],
             original_name=name,
+            mime_type=mime_type,
             size=size,
             sha256=sha256,
             uploaded_by=uploaded_by,

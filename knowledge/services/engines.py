@@ -4,6 +4,7 @@
 objects and keeps one embedder, one index and one LLM handler per process (a forked worker child
 builds its own: the embedder's OpenMP runtime must never cross a fork).
 """
+
 from __future__ import annotations
 
 import os
@@ -17,8 +18,10 @@ if TYPE_CHECKING:
     from ingestion.embedding import Embedder, EmbedderConfig
     from ingestion.index import VectorIndex
     from ingestion.search import HybridSearcher
+    from llm.config import LLMConfig
+    from llm.handler import LLMHandler
 
-_lock = threading.Lock()
+_lock = threading.RLock()  # builders call each other (the searcher needs the index)
 _cache: dict[str, Any] = {}
 _cache_pid = os.getpid()
 
@@ -86,3 +89,27 @@ def get_searcher() -> HybridSearcher:
     searcher: HybridSearcher = _cached(f"searcher:{settings.INDEX_DIR}", build)
     get_index()  # reload when stale; the searcher rebuilds its BM25 side on a new version
     return searcher
+
+
+def llm_config() -> LLMConfig:
+    from llm.config import LLMConfig
+
+    return LLMConfig(
+        backend=settings.RAG_LLM_BACKEND,
+        model_dir=settings.RAG_LLM_MODEL_DIR,
+        model_file=settings.RAG_LLM_MODEL_FILE,
+        base_url=settings.RAG_LLM_BASE_URL,
+        api_key=settings.RAG_LLM_API_KEY,
+        model=settings.RAG_LLM_MODEL,
+        context_window=settings.RAG_LLM_CONTEXT_WINDOW,
+        max_tokens=settings.LLM_MAX_TOKENS,
+        timeout=settings.RAG_LLM_TIMEOUT,
+        threads=settings.RAG_EMBED_THREADS,
+    )
+
+
+def get_llm() -> LLMHandler:
+    """The process's LLM handler (the model itself loads on first use, once)."""
+    from llm.handler import get_handler
+
+    return get_handler(llm_config())

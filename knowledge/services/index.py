@@ -1,14 +1,20 @@
 """The FAISS index is derived from the Chunk table: rebuild it, check it, repair it."""
+
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+from django.conf import settings
 
 from knowledge.models import Chunk, Document
 from knowledge.services import engines
+
+if TYPE_CHECKING:
+    from ingestion.index import IndexWriter
 
 logger = logging.getLogger(__name__)
 
@@ -36,65 +42,76 @@ class IndexCheckReport:
         return not self.missing and not self.extra
 
 
-def _embed_chunks(chunk_ids: list[int], progress: Callable[[int], None] | None) -> None:
-    """Embed the given chunks from their stored text and add them to the index."""
+def _embed_into(writer: IndexWriter, chunk_ids: list[int], progress: Callable[[int], None] | None) -> None:
+    """Embed the given chunks from their stored text and add them through ``writer``."""
     from ingestion.chunking import embedding_text
     from ingestion.types import ChunkDraft
 
     embedder = engines.get_embedder()
     config = engines.chunking_config()
-    queryset = Chunk.objects.filter(pk__in=chunk_ids).select_related("document").order_by("document_id", "ordinal")
-    by_document: dict[tuple[int, int], list[Chunk]] = {}
-    for chunk in queryset.iterator(chunk_size=1000):
-        by_document.setdefault((chunk.document_id, chunk.document.collection_id), []).append(chunk)
-    index = engines.get_index()
-    for (document_id, collection_id), chunks in by_document.items():
-        for start in range(0, len(chunks), _BATCH):
-            batch = chunks[start : start + _BATCH]
-            drafts = [
-                ChunkDraft(
-                    ordinal=c.ordinal,
-                    text=c.text,
-                    page=c.page,
-                    headings=tuple(c.heading.split(" > ")) if c.heading else (),
-                    token_count=c.token_count,
-                )
-                for c in batch
-            ]
-            vectors = embedder.embed_passages([embedding_text(d, config) for d in drafts])
-            with index.writer() as writer:
-                writer.add(
-                    [c.pk for c in batch],
-                    np.asarray(vectors, dtype=np.float32),
-                    document_id=document_id,
-                    collection_id=collection_id,
-                    texts=[c.text for c in batch],
-                )
-            if progress:
-                progress(len(batch))
+    for start in range(0, len(chunk_ids), _BATCH):
+        batch = list(
+            Chunk.objects.filter(pk__in=chunk_ids[start : start + _BATCH])
+            .select_related("document")
+            .order_by("document_id", "ordinal")
+        )
+        drafts = [
+            ChunkDraft(
+                ordinal=c.ordinal,
+                text=c.text,
+                page=c.page,
+                headings=tuple(c.heading.split(" > ")) if c.heading else (),
+                token_count=c.token_count,
+            )
+            for c in batch
+        ]
+        vectors = np.asarray(embedder.embed_passages([embedding_text(d, config) for d in drafts]), dtype=np.float32)
+        # one add per document: the index keeps each vector's document and collection for filtering
+        for offset, chunk in enumerate(batch):
+            if offset and batch[offset - 1].document_id == chunk.document_id:
+                continue
+            rows = [i for i, c in enumerate(batch) if c.document_id == chunk.document_id]
+            writer.add(
+                [batch[i].pk for i in rows],
+                vectors[rows],
+                document_id=chunk.document_id,
+                collection_id=chunk.document.collection_id,
+                texts=[batch[i].text for i in rows],
+            )
+        if progress:
+            progress(len(batch))
 
 
 def index_rebuild(*, progress: Callable[[int], None] | None = None) -> RebuildReport:
-    """Rebuild the whole index from the Chunk table of ready documents, with the configured embedder."""
-    index = engines.get_index()
+    """Rebuild the whole index from the Chunk table of ready documents, with the configured embedder.
+
+    Works after a change of embedder too (the old index is not loaded). Documents chunked for
+    another embedder keep their chunks; re-ingest them if the new model's limit is smaller.
+    One writer session: the new version replaces the old one atomically when complete.
+    """
+    from ingestion.index import IndexConfig, VectorIndex
+
+    embedder = engines.get_embedder()
+    index = VectorIndex(
+        IndexConfig(directory=settings.INDEX_DIR, approx_threshold=settings.INDEX_APPROX_THRESHOLD),
+        embedder_name=embedder.name,
+        dimension=embedder.dimension,
+        load=False,
+    )
     with index.writer(reset=True) as writer:
         writer.clear()
-    ready = Document.objects.filter(status=Document.Status.READY)
-    chunk_ids = list(Chunk.objects.filter(document__in=ready).values_list("pk", flat=True))
-    _embed_chunks(chunk_ids, progress)
-    index = engines.get_index()
-    Document.objects.filter(status=Document.Status.READY).update(
-        index_version=index.version, embedder=engines.get_embedder().name
-    )
+        ready = Document.objects.filter(status=Document.Status.READY)
+        chunk_ids = list(Chunk.objects.filter(document__in=ready).order_by("pk").values_list("pk", flat=True))
+        _embed_into(writer, chunk_ids, progress)
+    engines.reset()
+    Document.objects.filter(status=Document.Status.READY).update(index_version=index.version, embedder=embedder.name)
     return RebuildReport(documents=ready.count(), vectors=len(index), version=index.version)
 
 
 def index_check() -> IndexCheckReport:
     """Compare the index with the Chunk table of ready documents."""
     index = engines.get_index()
-    expected = set(
-        Chunk.objects.filter(document__status=Document.Status.READY).values_list("pk", flat=True).iterator()
-    )
+    expected = set(Chunk.objects.filter(document__status=Document.Status.READY).values_list("pk", flat=True).iterator())
     present = {int(i) for i in index.ids()}
     return IndexCheckReport(
         chunks=len(expected),
@@ -111,5 +128,6 @@ def index_repair(*, progress: Callable[[int], None] | None = None) -> IndexCheck
         with engines.get_index().writer() as writer:
             writer.remove_ids(report.extra)
     if report.missing:
-        _embed_chunks(report.missing, progress)
+        with engines.get_index().writer() as writer:
+            _embed_into(writer, report.missing, progress)
     return index_check()

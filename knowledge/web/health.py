@@ -1,4 +1,5 @@
 """Liveness and readiness probes for orchestrators and compose health checks."""
+
 from __future__ import annotations
 
 from django.http import HttpRequest, JsonResponse

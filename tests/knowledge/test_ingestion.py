@@ -1,4 +1,5 @@
 """Ingestion through the domain: statuses, reasons, chunks and vectors stay in step."""
+
 from __future__ import annotations
 
 import io
@@ -47,7 +48,9 @@ def test_every_corpus_file_ends_as_expected(corpus_dir: Path) -> None:
     out = io.StringIO()
     call_command("ingest", str(corpus_dir), "--sync", "--json", stdout=out)
     records = {Path(r["file"]).name: r for r in map(json.loads, out.getvalue().splitlines())}
-    corpus_files = {p.name for p in corpus_dir.iterdir() if p.is_file() and p.name not in {"README.md", "MANIFEST.json"}}
+    corpus_files = {
+        p.name for p in corpus_dir.iterdir() if p.is_file() and p.name not in {"README.md", "MANIFEST.json"}
+    }
     assert corpus_files <= set(records)
 
     for name in sorted(corpus_files):
@@ -197,7 +200,9 @@ def test_ingest_command_rejects_a_missing_path(capsys: Any) -> None:
         call_command("ingest", __file__, "--collection", "nope")
 
 
-def test_rebuild_index_restores_every_vector(ingest: Callable[..., Document], text_file: Callable[[str, str], Path]) -> None:
+def test_rebuild_index_restores_every_vector(
+    ingest: Callable[..., Document], text_file: Callable[[str, str], Path]
+) -> None:
     ingest(text_file("a.txt", "Alpha document about glaciers in Iceland."))
     ingest(text_file("b.txt", "Beta document about volcanoes in Italy."))
     chunks = Chunk.objects.count()
@@ -211,7 +216,9 @@ def test_rebuild_index_restores_every_vector(ingest: Callable[..., Document], te
     assert Document.objects.get(pk=hits[0].document_id).original_name == "b.txt"
 
 
-def test_check_index_finds_and_repairs_a_gap(ingest: Callable[..., Document], text_file: Callable[[str, str], Path]) -> None:
+def test_check_index_finds_and_repairs_a_gap(
+    ingest: Callable[..., Document], text_file: Callable[[str, str], Path]
+) -> None:
     document = ingest(text_file("c.txt", "Gamma document about the rivers of Brazil."))
     with engines.get_index().writer() as writer:
         writer.remove_document(document.pk)

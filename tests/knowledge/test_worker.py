@@ -1,4 +1,5 @@
 """Real Celery worker processes over the configured broker (Redis when it answers)."""
+
 from __future__ import annotations
 
 import os
@@ -39,9 +40,7 @@ def test_a_real_worker_ingests_an_uploaded_document(celery_worker: Any, corpus_d
     assert index_services.index_check().consistent
 
 
-def test_a_worker_killed_mid_task_leaves_the_document_ready_exactly_once(
-    celery_worker: Any, corpus_dir: Path
-) -> None:
+def test_a_worker_killed_mid_task_leaves_the_document_ready_exactly_once(celery_worker: Any, corpus_dir: Path) -> None:
     document = _upload(corpus_dir / "txt_utf8_norwich_city.txt")
     wait_for(
         lambda: Document.objects.filter(pk=document.pk, status="processing", stage="embedding").exists(),

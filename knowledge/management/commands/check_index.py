@@ -1,4 +1,5 @@
 """Check that the index and the database agree: ``manage.py check_index [--repair]``."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -1,4 +1,5 @@
 """Make sure the ``admin`` account exists (used by ``make run``)."""
+
 from __future__ import annotations
 
 import secrets

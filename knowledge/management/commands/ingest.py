@@ -1,4 +1,5 @@
 """Bulk-ingest files and folders: ``manage.py ingest PATH... [--collection SLUG] [--sync | --wait] [--json]``."""
+
 from __future__ import annotations
 
 import json
@@ -39,7 +40,9 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("paths", nargs="+", metavar="PATH")
-        parser.add_argument("--collection", default="default", metavar="SLUG", help="collection slug (default: default)")
+        parser.add_argument(
+            "--collection", default="default", metavar="SLUG", help="collection slug (default: default)"
+        )
         mode = parser.add_mutually_exclusive_group()
         mode.add_argument("--sync", action="store_true", help="parse, embed and index in this process")
         mode.add_argument("--wait", action="store_true", help="queue for the workers and wait until each file is done")
@@ -98,9 +101,7 @@ class Command(BaseCommand):
         deadline = time.monotonic() + timeout
         pending = {doc.pk for _, doc, _ in results if doc is not None}
         while pending and time.monotonic() < deadline:
-            done = set(
-                Document.objects.filter(pk__in=pending, status__in=_FINAL).values_list("pk", flat=True)
-            )
+            done = set(Document.objects.filter(pk__in=pending, status__in=_FINAL).values_list("pk", flat=True))
             if bar is not None and done:
                 bar.update(len(done))
             pending -= done

@@ -1,4 +1,5 @@
 """Rebuild the FAISS index from the database: ``manage.py rebuild_index``."""
+
 from __future__ import annotations
 
 import sys

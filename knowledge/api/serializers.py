@@ -1,0 +1,168 @@
+"""Strict request validation and the response shapes of the API (used for the OpenAPI schema too)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from rest_framework import serializers
+
+from knowledge.models import Document
+from knowledge.services.answering import MODES
+
+
+class StrictSerializer(serializers.Serializer):
+    """Refuses fields it does not know, so a typo never passes silently."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        unknown = sorted(set(data) - set(self.fields)) if hasattr(data, "keys") else []
+        errors = {name: ["Unknown field."] for name in unknown}
+        try:
+            value = super().to_internal_value(data)
+        except serializers.ValidationError as exc:
+            detail = exc.detail if isinstance(exc.detail, dict) else {"non_field_errors": exc.detail}
+            raise serializers.ValidationError({**detail, **errors}) from exc
+        if errors:
+            raise serializers.ValidationError(errors)
+        return value
+
+
+class MaxTokensField(serializers.IntegerField):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(min_value=1, **kwargs)
+
+    def to_internal_value(self, data: Any) -> int:
+        value = super().to_internal_value(data)
+        if value > settings.LLM_MAX_TOKENS:
+            raise serializers.ValidationError(f"Ensure this value is less than or equal to {settings.LLM_MAX_TOKENS}.")
+        return value
+
+
+class GenerateRequestSerializer(StrictSerializer):
+    prompt = serializers.CharField(min_length=1, max_length=8000, trim_whitespace=False)
+    temperature = serializers.FloatField(min_value=0.0, max_value=2.0, default=0.7)
+    top_p = serializers.FloatField(max_value=1.0, default=0.9)
+    max_tokens = MaxTokensField(default=256)
+    user_id = serializers.CharField(max_length=200, required=False, allow_blank=False)
+    stream = serializers.BooleanField(
+        default=False, help_text="Answer as text/event-stream: token events, then a final event."
+    )
+
+    def get_fields(self) -> dict[str, Any]:
+        fields = super().get_fields()
+        # "async" is a Python keyword, so it cannot be declared as a class attribute.
+        fields["async"] = serializers.BooleanField(
+            default=False, help_text="Run on a worker: 202 with a task id and a status URL."
+        )
+        return fields
+
+    def validate_prompt(self, value: str) -> str:
+        if not value.strip():
+            raise serializers.ValidationError("The prompt is empty.")
+        return value
+
+    def validate_top_p(self, value: float) -> float:
+        if value <= 0:
+            raise serializers.ValidationError("Ensure this value is greater than 0.")
+        return value
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if attrs.get("stream") and attrs.get("async"):
+            raise serializers.ValidationError({"stream": ["stream and async cannot be combined."]})
+        return attrs
+
+
+class RagRequestSerializer(GenerateRequestSerializer):
+    top_k = serializers.IntegerField(min_value=1, max_value=50, default=None)
+    collection = serializers.SlugField(max_length=64, required=False, help_text="Slug of one collection to search.")
+    mode = serializers.ChoiceField(choices=MODES, required=False, help_text="Default: RAG_ANSWER_MODE.")
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        attrs = super().validate(attrs)
+        attrs["top_k"] = attrs.get("top_k") or settings.RAG_TOP_K
+        attrs["mode"] = attrs.get("mode") or settings.RAG_ANSWER_MODE
+        return attrs
+
+
+class SourceSerializer(serializers.Serializer):
+    id = serializers.IntegerField(help_text="Chunk id")
+    document_id = serializers.IntegerField()
+    title = serializers.CharField()
+    page = serializers.IntegerField(allow_null=True)
+    score = serializers.FloatField(help_text="Cosine similarity of the passage to the question")
+    text = serializers.CharField()
+    highlight = serializers.CharField(help_text="The sentences of the passage that best answer the question")
+
+
+class MetaSerializer(serializers.Serializer):
+    tokens_used = serializers.IntegerField()
+    prompt_tokens = serializers.IntegerField()
+    completion_tokens = serializers.IntegerField()
+    response_time = serializers.CharField(help_text='Seconds, like "1.23s"')
+    model = serializers.CharField()
+
+
+class GenerateResponseSerializer(serializers.Serializer):
+    output = serializers.CharField()
+    meta = MetaSerializer()
+
+
+class RagResponseSerializer(GenerateResponseSerializer):
+    sources = SourceSerializer(many=True)
+
+
+class AsyncAcceptedSerializer(serializers.Serializer):
+    task_id = serializers.CharField()
+    status = serializers.CharField()
+    status_url = serializers.CharField()
+
+
+class TaskStatusSerializer(serializers.Serializer):
+    task_id = serializers.CharField()
+    status = serializers.ChoiceField(choices=["pending", "running", "succeeded", "failed"])
+    result = RagResponseSerializer(required=False, help_text="When succeeded: the body of the synchronous call")
+    error = serializers.DictField(required=False)
+
+
+class DocumentSerializer(serializers.ModelSerializer):
+    collection = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+
+    class Meta:
+        model = Document
+        fields = [
+            "id",
+            "title",
+            "collection",
+            "original_name",
+            "mime_type",
+            "size",
+            "sha256",
+            "status",
+            "stage",
+            "error",
+            "page_count",
+            "chunk_count",
+            "created_at",
+            "updated_at",
+            "processed_at",
+        ]
+        read_only_fields = fields
+
+
+class DocumentUploadSerializer(StrictSerializer):
+    file = serializers.FileField()
+    title = serializers.CharField(max_length=300, required=False, allow_blank=True)
+    collection = serializers.SlugField(max_length=64, required=False)
+
+
+class StatusSerializer(serializers.Serializer):
+    status = serializers.ChoiceField(choices=["ready", "degraded"])
+    model = serializers.DictField()
+    index = serializers.DictField()
+    queue = serializers.DictField()
+    documents = serializers.DictField()
+
+
+class ErrorSerializer(serializers.Serializer):
+    detail = serializers.CharField()
+    code = serializers.CharField()

@@ -1,0 +1,259 @@
+"""The REST API (v1). Views are thin: validate with a serializer, call a service, render."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from django.http import StreamingHttpResponse
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
+from rest_framework import permissions, status
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.reverse import reverse
+from rest_framework.views import APIView
+
+from knowledge.api import serializers as s
+from knowledge.errors import NotFoundError
+from knowledge.models import ApiTask, Document
+from knowledge.selectors import collections_readable_by, documents_visible_to, service_status
+from knowledge.services import documents as document_services
+from knowledge.services import requests as question_services
+
+_ERRORS = {
+    400: OpenApiResponse(description="Invalid input: field errors"),
+    401: OpenApiResponse(s.ErrorSerializer, description="No valid credentials"),
+    403: OpenApiResponse(s.ErrorSerializer, description="Collection not readable"),
+    429: OpenApiResponse(s.ErrorSerializer, description="Rate limited or token quota spent (Retry-After)"),
+    503: OpenApiResponse(s.ErrorSerializer, description="Model or index unavailable"),
+}
+_RAG_EXAMPLE = OpenApiExample(
+    "Question",
+    value={
+        "prompt": "Explique les classes Python",
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "max_tokens": 200,
+        "user_id": "42",
+        "top_k": 5,
+        "collection": "default",
+        "mode": "extractive",
+    },
+    request_only=True,
+)
+_RAG_RESPONSE_EXAMPLE = OpenApiExample(
+    "Answer",
+    value={
+        "output": "Les classes Python permettent de regrouper des données et des méthodes [1].",
+        "sources": [
+            {
+                "id": 12,
+                "document_id": 3,
+                "title": "guide.pdf",
+                "page": 4,
+                "score": 0.71,
+                "text": "the chunk text",
+                "highlight": "the sentence that answers",
+            }
+        ],
+        "meta": {
+            "tokens_used": 180,
+            "prompt_tokens": 150,
+            "completion_tokens": 30,
+            "response_time": "1.23s",
+            "model": "SmolLM2-135M-Instruct",
+        },
+    },
+    response_only=True,
+    status_codes=["200"],
+)
+
+
+def _api_key(request: Request) -> Any:
+    from knowledge.models import ApiKey
+
+    return request.auth if isinstance(request.auth, ApiKey) else None
+
+
+def _sse(events: Iterator[tuple[str, dict[str, Any]]]) -> Iterator[str]:
+    for event, data in events:
+        yield f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+class _QuestionApi(APIView):
+    endpoint = ""
+    serializer_class: type[s.GenerateRequestSerializer] = s.GenerateRequestSerializer
+    parser_classes = [JSONParser]
+
+    def post(self, request: Request) -> Any:
+        serializer = self.serializer_class(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = dict(serializer.validated_data)
+        question = question_services.QuestionRequest.from_validated(self.endpoint, data)
+        api_key = _api_key(request)
+        if data.get("async"):
+            task = question_services.question_submit(request=question, user=request.user, api_key=api_key)
+            url = reverse("api-v1-task-detail", kwargs={"task_id": str(task.pk)}, request=request)
+            return Response(
+                {"task_id": str(task.pk), "status": "pending", "status_url": url},
+                status=status.HTTP_202_ACCEPTED,
+                headers={"Location": url},
+            )
+        if data.get("stream"):
+            events = question_services.question_stream(request=question, user=request.user, api_key=api_key)
+            response = StreamingHttpResponse(_sse(events), content_type="text/event-stream")
+            response["Cache-Control"] = "no-cache"
+            response["X-Accel-Buffering"] = "no"
+            return response
+        return Response(question_services.question_answer(request=question, user=request.user, api_key=api_key))
+
+
+class RagApi(_QuestionApi):
+    """Answer a question from the documents the caller may read, with the sources cited."""
+
+    endpoint = question_services.RAG
+    serializer_class = s.RagRequestSerializer
+
+    @extend_schema(
+        request=s.RagRequestSerializer,
+        responses={200: s.RagResponseSerializer, 202: s.AsyncAcceptedSerializer, 404: s.ErrorSerializer, **_ERRORS},
+        examples=[_RAG_EXAMPLE, _RAG_RESPONSE_EXAMPLE],
+        description="`stream: true` answers as text/event-stream (`token` events, then one `done` event with the "
+        "body below); `async: true` answers 202 and the result is read from the task's status URL.",
+    )
+    def post(self, request: Request) -> Any:
+        return super().post(request)
+
+
+class GenerateApi(_QuestionApi):
+    """Text from a prompt, without retrieval."""
+
+    endpoint = question_services.GENERATE
+    serializer_class = s.GenerateRequestSerializer
+
+    @extend_schema(
+        request=s.GenerateRequestSerializer,
+        responses={200: s.GenerateResponseSerializer, 202: s.AsyncAcceptedSerializer, **_ERRORS},
+        examples=[
+            OpenApiExample(
+                "Prompt", value={"prompt": "Write a haiku about documents", "max_tokens": 40}, request_only=True
+            )
+        ],
+    )
+    def post(self, request: Request) -> Any:
+        return super().post(request)
+
+
+class TaskDetailApi(APIView):
+    """The state of an asynchronous request and, when done, the same body as the synchronous call."""
+
+    @extend_schema(responses={200: s.TaskStatusSerializer, 404: s.ErrorSerializer})
+    def get(self, request: Request, task_id: str) -> Response:
+        from celery.result import AsyncResult
+
+        if not ApiTask.objects.filter(pk=task_id, user=request.user).exists():
+            raise NotFoundError("No such task.")
+        result = AsyncResult(str(task_id))
+        body: dict[str, Any] = {"task_id": str(task_id)}
+        if result.state == "SUCCESS":
+            value = result.result or {}
+            if value.get("ok"):
+                body.update(status="succeeded", result=value["body"])
+            else:
+                body.update(status="failed", error=value.get("error", {}))
+        elif result.state in {"FAILURE", "REVOKED"}:
+            body.update(status="failed", error={"code": "task_failed", "detail": "The request failed on the worker."})
+        elif result.state in {"STARTED", "RETRY"}:
+            body["status"] = "running"
+        else:
+            body["status"] = "pending"
+        return Response(body)
+
+
+class StatusApi(APIView):
+    """Is the service ready: model, index, queue."""
+
+    permission_classes = [permissions.AllowAny]
+
+    @extend_schema(responses={200: s.StatusSerializer})
+    def get(self, request: Request) -> Response:
+        return Response(service_status())
+
+
+class DocumentListApi(APIView):
+    """Documents the caller may read; staff upload new ones (multipart, field `file`)."""
+
+    parser_classes = [MultiPartParser, FormParser, JSONParser]
+
+    def get_permissions(self) -> list[Any]:
+        if self.request.method == "POST":
+            return [permissions.IsAdminUser()]
+        return [permissions.IsAuthenticated()]
+
+    @extend_schema(responses={200: s.DocumentSerializer(many=True)})
+    def get(self, request: Request) -> Response:
+        queryset = documents_visible_to(user=request.user, api_key=_api_key(request)).select_related("collection")
+        if status_filter := request.query_params.get("status"):
+            queryset = queryset.filter(status=status_filter)
+        if collection := request.query_params.get("collection"):
+            queryset = queryset.filter(collection__slug=collection)
+        return Response(s.DocumentSerializer(queryset[:500], many=True).data)
+
+    @extend_schema(
+        request={"multipart/form-data": s.DocumentUploadSerializer},
+        responses={
+            201: s.DocumentSerializer,
+            409: s.ErrorSerializer,
+            413: s.ErrorSerializer,
+            415: s.ErrorSerializer,
+            **_ERRORS,
+        },
+    )
+    def post(self, request: Request) -> Response:
+        serializer = s.DocumentUploadSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        upload = serializer.validated_data["file"]
+        collection = document_services.collection_for_upload(
+            slug=serializer.validated_data.get("collection"),
+            readable=collections_readable_by(user=request.user, api_key=_api_key(request)),
+        )
+        document = document_services.document_create(
+            file=upload,
+            filename=upload.name,
+            collection=collection,
+            title=serializer.validated_data.get("title", ""),
+            uploaded_by=request.user,
+            check_type=True,
+        )
+        return Response(s.DocumentSerializer(document).data, status=status.HTTP_201_CREATED)
+
+
+class DocumentDetailApi(APIView):
+    """One document's status; staff delete it (its chunks, vectors and file go with it)."""
+
+    def get_permissions(self) -> list[Any]:
+        if self.request.method == "DELETE":
+            return [permissions.IsAdminUser()]
+        return [permissions.IsAuthenticated()]
+
+    def _document(self, request: Request, document_id: int) -> Document:
+        document = (
+            documents_visible_to(user=request.user, api_key=_api_key(request))
+            .select_related("collection")
+            .filter(pk=document_id)
+            .first()
+        )
+        if document is None:
+            raise NotFoundError("No such document.")
+        return document
+
+    @extend_schema(responses={200: s.DocumentSerializer, 404: s.ErrorSerializer})
+    def get(self, request: Request, document_id: int) -> Response:
+        return Response(s.DocumentSerializer(self._document(request, document_id)).data)
+
+    @extend_schema(responses={204: OpenApiResponse(description="Deleted"), 404: s.ErrorSerializer})
+    def delete(self, request: Request, document_id: int) -> Response:
+        document_services.document_delete(document=self._document(request, document_id))
+        return Response(status=status.HTTP_204_NO_CONTENT)
