@@ -8,6 +8,7 @@ with a clear error (django-environ raises ImproperlyConfigured).
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Any
@@ -256,7 +257,22 @@ RAG_ANSWER_MODE = _choice(
 RAG_TOP_K = _positive_int("RAG_TOP_K", 5)
 RAG_SCORE_THRESHOLD = _float("RAG_SCORE_THRESHOLD", 0.0)
 
-API_RATE_LIMIT = env.str("API_RATE_LIMIT", default="60/m")
+API_RATE_LIMIT = env.str("API_RATE_LIMIT", default="60/m").strip()
+if not re.fullmatch(r"\d+/\d*[smhd]", API_RATE_LIMIT):
+    raise ImproperlyConfigured(f"API_RATE_LIMIT must look like 60/m, 1000/h or 10/5s; got {API_RATE_LIMIT!r}")
+
+
+def _cache(url: str) -> dict[str, Any]:
+    # Rate limits and counters need a cache shared by every web process once there are several:
+    # Redis (redis://host:6379/2). The default in-process cache suits one process (make run).
+    if url.startswith(("redis://", "rediss://")):
+        return {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": url}
+    if url.startswith("locmem://"):
+        return {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": url[len("locmem://") :]}
+    raise ImproperlyConfigured(f"CACHE_URL must be redis://… or locmem://; got {url!r}")
+
+
+CACHES = {"default": _cache(env.str("CACHE_URL", default="locmem://"))}
 TOKEN_QUOTA_PER_DAY = _positive_int("TOKEN_QUOTA_PER_DAY", 0, minimum=0)
 
 REST_FRAMEWORK = {

@@ -41,11 +41,14 @@ os.environ["VAR_DIR"] = os.environ.get("TEST_VAR_DIR") or tempfile.mkdtemp(prefi
 
 _embedded = os.environ.get("KP_TEST_EMBEDDED") == "1"
 if "DATABASE_URL" not in os.environ and not _embedded and _answers("127.0.0.1", 5432):
-    # pytest-django creates and drops test_knowledge_portal next to it.
-    os.environ["DATABASE_URL"] = "postgres://postgres@127.0.0.1:5432/knowledge_portal"
+    # pytest-django creates and drops test_<name> next to it; one name per run, so that two runs
+    # on one machine (developers, CI) never fight over the same test database.
+    os.environ["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:5432/knowledge_portal_{os.getpid()}"
 if "CELERY_BROKER_URL" not in os.environ and not _embedded and _redis_ok():
-    os.environ["CELERY_BROKER_URL"] = "redis://127.0.0.1:6379/14"
-    os.environ.setdefault("CELERY_RESULT_BACKEND", "redis://127.0.0.1:6379/15")
+    # A database number per run, for the same reason (concurrent runs would steal each other's tasks).
+    _db = 1 + os.getpid() % 15
+    os.environ["CELERY_BROKER_URL"] = f"redis://127.0.0.1:6379/{_db}"
+    os.environ.setdefault("CELERY_RESULT_BACKEND", f"redis://127.0.0.1:6379/{_db}")
 
 DATABASE = os.environ.get("DATABASE_URL", "sqlite (embedded, under VAR_DIR)")
 BROKER = os.environ.get("CELERY_BROKER_URL", "sqla+sqlite (embedded, under VAR_DIR)")

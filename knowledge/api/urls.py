@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from knowledge.api import views
+from knowledge.api import openai_compat, views
 
 v1 = [
     path("generate/", views.GenerateApi.as_view(), name="api-v1-generate-create"),
@@ -13,6 +13,8 @@ v1 = [
     path("documents/", views.DocumentListApi.as_view(), name="api-v1-document-list"),
     path("documents/<int:document_id>/", views.DocumentDetailApi.as_view(), name="api-v1-document-detail"),
     path("tasks/<uuid:task_id>/", views.TaskDetailApi.as_view(), name="api-v1-task-detail"),
+    path("openai/chat/completions", openai_compat.OpenAIChatCreateApi.as_view(), name="api-v1-openai-chat-create"),
+    path("openai/models", openai_compat.OpenAIModelListApi.as_view(), name="api-v1-openai-models-list"),
 ]
 
 aliases = [

@@ -13,9 +13,9 @@ from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.reverse import reverse
-from rest_framework.views import APIView
 
 from knowledge.api import serializers as s
+from knowledge.api.limits import LimitedApiView
 from knowledge.errors import NotFoundError
 from knowledge.models import ApiTask, Document
 from knowledge.selectors import collections_readable_by, documents_visible_to, service_status
@@ -82,7 +82,7 @@ def _sse(events: Iterator[tuple[str, dict[str, Any]]]) -> Iterator[str]:
         yield f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-class _QuestionApi(APIView):
+class _QuestionApi(LimitedApiView):
     endpoint = ""
     serializer_class: type[s.GenerateRequestSerializer] = s.GenerateRequestSerializer
     parser_classes = [JSONParser]
@@ -146,7 +146,7 @@ class GenerateApi(_QuestionApi):
         return super().post(request)
 
 
-class TaskDetailApi(APIView):
+class TaskDetailApi(LimitedApiView):
     """The state of an asynchronous request and, when done, the same body as the synchronous call."""
 
     @extend_schema(responses={200: s.TaskStatusSerializer, 404: s.ErrorSerializer})
@@ -172,7 +172,7 @@ class TaskDetailApi(APIView):
         return Response(body)
 
 
-class StatusApi(APIView):
+class StatusApi(LimitedApiView):
     """Is the service ready: model, index, queue."""
 
     permission_classes = [permissions.AllowAny]
@@ -182,7 +182,7 @@ class StatusApi(APIView):
         return Response(service_status())
 
 
-class DocumentListApi(APIView):
+class DocumentListApi(LimitedApiView):
     """Documents the caller may read; staff upload new ones (multipart, field `file`)."""
 
     parser_classes = [MultiPartParser, FormParser, JSONParser]
@@ -230,7 +230,7 @@ class DocumentListApi(APIView):
         return Response(s.DocumentSerializer(document).data, status=status.HTTP_201_CREATED)
 
 
-class DocumentDetailApi(APIView):
+class DocumentDetailApi(LimitedApiView):
     """One document's status; staff delete it (its chunks, vectors and file go with it)."""
 
     def get_permissions(self) -> list[Any]:

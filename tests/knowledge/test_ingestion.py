@@ -130,7 +130,7 @@ def test_processing_again_replaces_chunks_and_vectors(
 
 
 def test_deleting_a_document_removes_chunks_vectors_and_file(
-    ingest: Callable[..., Document], text_file: Callable[[str, str], Path]
+    ingest: Callable[..., Document], text_file: Callable[[str, str], Path], django_capture_on_commit_callbacks: Any
 ) -> None:
     keep = ingest(text_file("keep.txt", "Penguins live in the southern hemisphere, mostly in Antarctica."))
     gone = ingest(text_file("gone.txt", "The Zanzibar spice market sells cloves, nutmeg and cinnamon."))
@@ -139,7 +139,8 @@ def test_deleting_a_document_removes_chunks_vectors_and_file(
     hits = engines.get_searcher().search("Zanzibar cloves spice market", k=5)
     assert hits and hits[0].document_id == gone.pk
 
-    document_services.document_delete(document=gone)
+    with django_capture_on_commit_callbacks(execute=True):
+        document_services.document_delete(document=gone)
 
     assert not Document.objects.filter(pk=gone.pk).exists()
     assert not Chunk.objects.filter(document_id=gone.pk).exists()

@@ -1,0 +1,46 @@
+"""Per-caller rate limits on the API (django-ratelimit), set by ``API_RATE_LIMIT``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django_ratelimit.core import get_usage
+from rest_framework.request import Request
+from rest_framework.views import APIView
+
+from knowledge.errors import RateLimitedError
+from knowledge.models import ApiKey
+
+
+def _caller(group: str, request: Any) -> str:
+    # Per key for programs, per user for sessions, per address for anonymous callers.
+    auth = getattr(request, "auth", None)
+    if isinstance(auth, ApiKey):
+        return f"key:{auth.pk}"
+    user = getattr(request, "user", None)
+    if user is not None and user.is_authenticated:
+        return f"user:{user.pk}"
+    return f"ip:{request.META.get('REMOTE_ADDR', '')}"
+
+
+def _rate(group: str, request: Any) -> str:
+    return settings.API_RATE_LIMIT
+
+
+def rate_limit_check(request: Request) -> None:
+    """Count this request against its caller; ``RateLimitedError`` (429, Retry-After) over the limit."""
+    usage = get_usage(request._request, group="api", key=lambda g, r: _caller(g, request), rate=_rate, increment=True)
+    if usage is not None and usage["should_limit"]:
+        raise RateLimitedError(
+            f"Too many requests: the limit is {settings.API_RATE_LIMIT}. Try again in {usage['time_left']} s.",
+            retry_after=usage["time_left"],
+        )
+
+
+class LimitedApiView(APIView):
+    """An API view whose calls count against the caller's rate limit (after authentication)."""
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        super().initial(request, *args, **kwargs)
+        rate_limit_check(request)
