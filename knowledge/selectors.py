@@ -105,8 +105,12 @@ def document_counts(*, documents: QuerySet[Document] | None = None) -> dict[str,
     return counts
 
 
-def service_status() -> dict[str, Any]:
-    """What /api/v1/status/ reports: the model, the index, the queue and the documents."""
+def service_status(*, user: Any = None, api_key: ApiKey | None = None) -> dict[str, Any]:
+    """What /api/v1/status/ reports: the model, the index, the queue and the documents.
+
+    Document counts cover only what the caller may read; the index size is shown to staff only,
+    so the endpoint reveals nothing about collections the caller cannot see.
+    """
     from knowledge.services import engines
 
     llm = engines.get_llm()
@@ -116,10 +120,88 @@ def service_status() -> dict[str, Any]:
     model = {"name": llm.model_name(), "backend": config.backend, "loaded": llm.is_loaded()}
     database = _check_database()
     ready = index["ok"] and queue["ok"] and database["ok"]
-    return {
-        "status": "ready" if ready else "degraded",
-        "model": model,
-        "index": index,
-        "queue": queue,
-        "documents": document_counts() if database["ok"] else {},
-    }
+    is_staff = bool(user is not None and user.is_authenticated and user.is_staff and api_key is None)
+    if not is_staff:
+        index = {key: value for key, value in index.items() if key in {"ok", "version", "embedder", "error"}}
+    documents: dict[str, int] = {}
+    if database["ok"] and user is not None and user.is_authenticated:
+        documents = document_counts(documents=documents_visible_to(user=user, api_key=api_key))
+    return {"status": "ready" if ready else "degraded", "model": model, "index": index, "queue": queue,
+            "documents": documents}
+
+
+# --- Web pages: documents, conversations and usage ----------------------------------------------
+
+if TYPE_CHECKING:
+    from knowledge.models import Chunk, Conversation, Message, UsageRecord
+
+#: statuses of a document the workers have not finished with (the pages poll while one is shown)
+DOCUMENT_ACTIVE_STATUSES = (Document.Status.QUEUED, Document.Status.PROCESSING)
+
+
+def documents_search(
+    *, documents: QuerySet[Document], query: str = "", status: str = "", collection_id: int | None = None
+) -> QuerySet[Document]:
+    """Documents narrowed by words of their title or file name, a status and a collection."""
+    for word in query.split():
+        documents = documents.filter(Q(title__icontains=word) | Q(original_name__icontains=word))
+    if status:
+        documents = documents.filter(status=status)
+    if collection_id is not None:
+        documents = documents.filter(collection_id=collection_id)
+    return documents.select_related("collection", "uploaded_by")
+
+
+def document_chunks(*, document: Document) -> QuerySet[Chunk]:
+    from knowledge.models import Chunk
+
+    return Chunk.objects.filter(document=document).order_by("ordinal")
+
+
+def conversations_of(*, user: AbstractBaseUser | AnonymousUser) -> QuerySet[Conversation]:
+    """A user's own conversations, most recently active first."""
+    from knowledge.models import Conversation
+
+    if not user.is_authenticated:
+        return Conversation.objects.none()
+    return Conversation.objects.filter(user=user).select_related("collection").order_by("-updated_at", "-id")
+
+
+def conversation_for(*, user: AbstractBaseUser | AnonymousUser, conversation_id: int) -> Conversation | None:
+    """The conversation if ``user`` owns it, else None (nobody reads another person's chat)."""
+    return conversations_of(user=user).filter(pk=conversation_id).first()
+
+
+def conversation_messages(*, conversation: Conversation) -> QuerySet[Message]:
+    from knowledge.models import Message
+
+    return Message.objects.filter(conversation=conversation).order_by("created_at", "id")
+
+
+def message_for(*, user: AbstractBaseUser | AnonymousUser, message_id: int) -> Message | None:
+    """The message if it belongs to one of ``user``'s conversations, else None."""
+    from knowledge.models import Message
+
+    if not user.is_authenticated:
+        return None
+    return Message.objects.filter(pk=message_id, conversation__user=user).select_related("conversation").first()
+
+
+def usage_daily_totals(*, records: QuerySet[UsageRecord], limit: int = 50) -> list[dict[str, Any]]:
+    """Requests and tokens per user per day (UTC), most recent day first."""
+    from django.db.models import Count, F, Sum
+    from django.db.models.functions import TruncDate
+
+    rows = (
+        records.order_by()
+        .annotate(day=TruncDate("created_at"))
+        .values("day", "user__username")
+        .annotate(
+            requests=Count("pk"),
+            tokens=Sum(F("prompt_tokens") + F("completion_tokens")),
+            prompt=Sum("prompt_tokens"),
+            completion=Sum("completion_tokens"),
+        )
+        .order_by("-day", "-tokens")
+    )
+    return list(rows[:limit])

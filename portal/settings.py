@@ -298,14 +298,23 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
 }
 
-# Security headers that matter once DEBUG is off (behind a TLS-terminating proxy).
+# Security: cookies only over HTTPS and HSTS unless DEBUG (browsers accept secure cookies from
+# http://127.0.0.1 and localhost, so `make run` still signs in); the HTTPS redirect is for deployments
+# behind a TLS proxy (docker-compose turns it on), the probes stay reachable over plain HTTP.
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
-SESSION_COOKIE_SECURE = _bool("DJANGO_SECURE_COOKIES", False)
+SESSION_COOKIE_SECURE = _bool("DJANGO_SECURE_COOKIES", not DEBUG)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
-SECURE_HSTS_SECONDS = _int("DJANGO_HSTS_SECONDS", 0)
+SESSION_COOKIE_HTTPONLY = True
+SECURE_HSTS_SECONDS = _int("DJANGO_HSTS_SECONDS", 0 if DEBUG else 31_536_000)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = _bool("DJANGO_HSTS_INCLUDE_SUBDOMAINS", True)
+SECURE_HSTS_PRELOAD = _bool("DJANGO_HSTS_PRELOAD", False)
 SECURE_SSL_REDIRECT = _bool("DJANGO_SSL_REDIRECT", False)
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
 SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
+# Silenced on purpose: preloading HSTS is a decision for the site owner (DJANGO_HSTS_PRELOAD).
+SILENCED_SYSTEM_CHECKS = ["security.W021"]
 
 LOGGING = {
     "version": 1,

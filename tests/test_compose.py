@@ -45,3 +45,22 @@ def test_compose_refuses_to_start_without_a_secret_key() -> None:
     result = subprocess.run([binary, "config", "-q"], cwd=REPO, env=env, capture_output=True, text=True)
     assert result.returncode != 0
     assert "DJANGO_SECRET_KEY" in result.stderr
+
+
+def test_the_compose_configuration_passes_the_deployment_checks(compose_config: str, tmp_path: Path) -> None:
+    import sys
+
+    import yaml
+
+    web = yaml.safe_load(compose_config)["services"]["web"]["environment"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "DATABASE_", "CELERY_"))}
+    env.update({key: str(value) for key, value in web.items() if value is not None})
+    env["DJANGO_SECRET_KEY"] = "x" * 20 + "a-long-random-secret-for-the-deploy-check-only" + "y" * 20
+    for folder in ("VAR_DIR", "MEDIA_ROOT", "INDEX_DIR", "STATIC_ROOT"):
+        env[folder] = str(tmp_path / folder.lower())
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no issues" in result.stdout

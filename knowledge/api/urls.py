@@ -12,6 +12,7 @@ v1 = [
     path("status/", views.StatusApi.as_view(), name="api-v1-status-detail"),
     path("documents/", views.DocumentListApi.as_view(), name="api-v1-document-list"),
     path("documents/<int:document_id>/", views.DocumentDetailApi.as_view(), name="api-v1-document-detail"),
+    path("documents/<int:document_id>/file/", views.DocumentFileApi.as_view(), name="api-v1-document-file"),
     path("tasks/<uuid:task_id>/", views.TaskDetailApi.as_view(), name="api-v1-task-detail"),
     path("openai/chat/completions", openai_compat.OpenAIChatCreateApi.as_view(), name="api-v1-openai-chat-create"),
     path("openai/models", openai_compat.OpenAIModelListApi.as_view(), name="api-v1-openai-models-list"),

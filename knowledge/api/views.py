@@ -6,7 +6,8 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from django.http import StreamingHttpResponse
+from django.http import FileResponse, StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
 from rest_framework import permissions, status
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
@@ -179,7 +180,7 @@ class StatusApi(LimitedApiView):
 
     @extend_schema(responses={200: s.StatusSerializer})
     def get(self, request: Request) -> Response:
-        return Response(service_status())
+        return Response(service_status(user=request.user, api_key=_api_key(request)))
 
 
 class DocumentListApi(LimitedApiView):
@@ -257,3 +258,25 @@ class DocumentDetailApi(LimitedApiView):
     def delete(self, request: Request, document_id: int) -> Response:
         document_services.document_delete(document=self._document(request, document_id))
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class DocumentFileApi(LimitedApiView):
+    """Download a document's original file; only for callers who may read its collection."""
+
+    @extend_schema(responses={(200, "application/octet-stream"): OpenApiTypes.BINARY, 404: s.ErrorSerializer})
+    def get(self, request: Request, document_id: int) -> FileResponse:
+        document = (
+            documents_visible_to(user=request.user, api_key=_api_key(request)).filter(pk=document_id).first()
+        )
+        if document is None or not document.file:
+            raise NotFoundError("No such document.")
+        try:
+            handle = document.file.open("rb")
+        except FileNotFoundError as exc:
+            raise NotFoundError("The document's file is missing from storage.") from exc
+        return FileResponse(
+            handle,
+            as_attachment=True,
+            filename=document.original_name or "document",
+            content_type=document.mime_type or "application/octet-stream",
+        )

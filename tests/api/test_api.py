@@ -151,15 +151,24 @@ def test_a_session_works_too(client: Any, user: User, corpus_docs: Any) -> None:
     assert response.status_code == 200
 
 
-def test_status_is_public_and_describes_model_index_and_queue(corpus_docs: Any) -> None:
+def test_status_is_public_and_describes_model_index_and_queue(corpus_docs: Any, client: Any, staff: User) -> None:
     for path in ("/api/v1/status/", "/api/status/"):
         response = APIClient().get(path)
         assert response.status_code == 200
         body = response.json()
         assert {"status", "model", "index", "queue", "documents"} <= set(body)
-        assert body["index"]["vectors"] == len(engines.get_index())
-        assert body["documents"]["ready"] == 3
-        assert body["model"]["name"]
+        assert body["model"]["name"] and body["index"]["ok"]
+        assert "vectors" not in body["index"] and body["documents"] == {}  # nothing to count for anonymous
+    client.force_login(staff)
+    body = client.get("/api/v1/status/").json()
+    assert body["index"]["vectors"] == len(engines.get_index())
+    assert body["documents"]["ready"] == 3
+
+
+def test_status_counts_only_what_the_caller_may_read(api: APIClient, corpus_docs: Any) -> None:
+    body = api.get("/api/v1/status/").json()
+    assert body["documents"]["ready"] == 2  # the HR document is not counted
+    assert "vectors" not in body["index"]
 
 
 # --- validation -------------------------------------------------------------------------------
