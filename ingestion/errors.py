@@ -51,3 +51,9 @@ class IndexCorruptError(IngestionError):
     """The saved index files cannot be read or do not agree with each other."""
 
     code = "index_corrupt"
+
+
+class DocumentTooLargeError(IngestionError):
+    """The document exceeds a safety limit (pages, unpacked size): refused rather than hang a worker."""
+
+    code = "too_large"

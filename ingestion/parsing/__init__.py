@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from ingestion.errors import DamagedDocumentError, EmptyDocumentError, IngestionError
+from ingestion.errors import DamagedDocumentError, DocumentTooLargeError, EmptyDocumentError, IngestionError
 from ingestion.parsing.sniffing import (
     CSV,
     DOCX,
@@ -45,6 +45,10 @@ _T = TypeVar("_T")
 
 #: an e-mail attached to an e-mail attached to an e-mail is read; one level deeper is not
 MAX_ATTACHMENT_DEPTH = 3
+#: safety limits: a PDF with more pages, or an Office file that unpacks to more, is refused
+DEFAULT_MAX_PAGES = 5000
+DEFAULT_MAX_UNPACKED_MB = 512
+_ZIPPED = frozenset({DOCX, PPTX, XLSX})
 _EMPTY = "The document contains no extractable text"
 
 
@@ -57,6 +61,8 @@ def parse_file(
     ocr_languages: str = "eng+fra",
     mime_type: str | None = None,
     pages: range | None = None,
+    max_pages: int = DEFAULT_MAX_PAGES,
+    max_unpacked_mb: int = DEFAULT_MAX_UNPACKED_MB,
 ) -> ParsedDocument:
     """Parse the file at ``path`` into text blocks in reading order.
 
@@ -66,8 +72,12 @@ def parse_file(
     pages without text; ``pages`` (1-based page numbers, PDFs only) parses a slice of a PDF, in
     which case a slice without text returns no blocks instead of raising EmptyDocumentError.
 
-    Raises UnsupportedFormatError, EncryptedDocumentError, DamagedDocumentError or
-    EmptyDocumentError, each with a message meant for the person who uploaded the file.
+    ``max_pages`` (PDF pages) and ``max_unpacked_mb`` (what an Office file unpacks to) bound the
+    work one file can cause, so a hostile file fails fast instead of holding a worker.
+
+    Raises UnsupportedFormatError, EncryptedDocumentError, DamagedDocumentError,
+    DocumentTooLargeError or EmptyDocumentError, each with a message meant for the person who
+    uploaded the file.
     """
     return _parse(
         path,
@@ -78,6 +88,7 @@ def parse_file(
         mime_type=mime_type,
         pages=pages,
         depth=0,
+        limits=(max_pages, max_unpacked_mb),
     )
 
 
@@ -105,6 +116,7 @@ def _parse(
     mime_type: str | None,
     pages: range | None,
     depth: int,
+    limits: tuple[int, int],
 ) -> ParsedDocument:
     path = Path(path)
     if path.stat().st_size == 0:
@@ -112,6 +124,7 @@ def _parse(
     mime = normalize_mime(mime_type) if mime_type else sniff_mime(path, filename)
     if pages is not None and mime != PDF:
         raise ValueError(f"pages= applies to PDFs only, not to {SUPPORTED_TYPES[mime]}")
+    _check_limits(path, mime, password, pages, *limits)
 
     def read() -> ParsedDocument:
         if mime == PDF:
@@ -155,6 +168,7 @@ def _parse(
                     mime_type=None,
                     pages=None,
                     depth=depth + 1,
+                    limits=limits,
                 )
 
             return parse_email(path, parse_attachment=parse_attachment if depth < MAX_ATTACHMENT_DEPTH else None)
@@ -178,6 +192,31 @@ def _parse(
     )
 
 
+def _check_limits(
+    path: Path, mime: str, password: str | None, pages: range | None, max_pages: int, max_unpacked_mb: int
+) -> None:
+    """Refuse files whose size once opened would hold a worker for long (zip bombs, endless PDFs)."""
+    if mime in _ZIPPED:
+        import zipfile
+
+        def unpacked() -> int:
+            with zipfile.ZipFile(path) as archive:
+                return sum(info.file_size for info in archive.infolist())
+
+        total = _guard(mime, unpacked)
+        if total > max_unpacked_mb * 1024 * 1024:
+            raise DocumentTooLargeError(
+                f"The {SUPPORTED_TYPES[mime]} file unpacks to {total // (1024 * 1024)} MB, over the "
+                f"{max_unpacked_mb} MB limit; it was not read"
+            )
+    elif mime == PDF and pages is None:
+        from ingestion.parsing import pdf
+
+        count = _guard(PDF, lambda: pdf.pdf_page_count(path, password))
+        if count > max_pages:
+            raise DocumentTooLargeError(f"The PDF has {count} pages, over the limit of {max_pages}; it was not read")
+
+
 def _guard(mime: str, work: Callable[[], _T]) -> _T:
     """Run ``work``; any exception that is not already an IngestionError means a damaged file."""
     try:
@@ -188,5 +227,9 @@ def _guard(mime: str, work: Callable[[], _T]) -> _T:
         # Celery's soft time limit is an Exception too: it must stay a timeout, not become "damaged"
         if type(exc).__name__ == "SoftTimeLimitExceeded":
             raise
+        if type(exc).__name__ == "LimitReachedError":  # pypdf's own guard against endless page trees
+            raise DocumentTooLargeError(
+                f"The {SUPPORTED_TYPES[mime]} file exceeds a safety limit ({exc}); it was not read"
+            ) from exc
         logger.info("parsing a %s failed: %r", mime, exc, exc_info=True)
         raise DamagedDocumentError(f"The {SUPPORTED_TYPES[mime]} file is damaged and could not be read") from exc

@@ -9,7 +9,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ingestion.errors import DamagedDocumentError, EmptyDocumentError, EncryptedDocumentError
+from ingestion.errors import (
+    DamagedDocumentError,
+    DocumentTooLargeError,
+    EmptyDocumentError,
+    EncryptedDocumentError,
+)
 from ingestion.parsing.text import layout_paragraphs, useful_title
 from ingestion.types import Block, ParsedDocument
 
@@ -158,8 +163,12 @@ def _decrypt(reader: PdfReader, password: str) -> bool:
 
 
 def _page_count(reader: PdfReader) -> int:
+    from pypdf.errors import LimitReachedError
+
     try:
         return len(reader.pages)
+    except LimitReachedError as exc:  # pypdf's own guard against endless page trees
+        raise DocumentTooLargeError(f"The PDF exceeds a safety limit ({exc}); it was not read") from exc
     except Exception as exc:  # pypdf raises many kinds on a broken page tree
         raise DamagedDocumentError(DAMAGED) from exc
 
