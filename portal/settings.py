@@ -7,9 +7,11 @@ with a clear error (django-environ raises ImproperlyConfigured).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import secrets
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -110,11 +112,18 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",  # Swagger UI and ReDoc from our own static files, no CDN
     "django_htmx",
+    "django_prometheus",
     "knowledge",
+    "knowledge.observability",
 ]
 
 MIDDLEWARE = [
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    # a request id for every log line of the request, and one access line per API call
+    "knowledge.observability.middleware.RequestContextMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # /metrics answers here, before host validation: Prometheus scrapes by service name or address
+    "knowledge.observability.middleware.MetricsMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.locale.LocaleMiddleware",
@@ -124,6 +133,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
 ROOT_URLCONF = "portal.urls"
@@ -282,7 +292,7 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "EXCEPTION_HANDLER": "knowledge.api.errors.exception_handler",
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["knowledge.api.parsers.SafeJSONParser"],
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
@@ -339,3 +349,56 @@ RAG_REDISPATCH_AFTER_S = _positive_int("RAG_REDISPATCH_AFTER_S", 600)
 CELERY_BEAT_SCHEDULE = {
     "redispatch-stale-documents": {"task": "knowledge.documents_redispatch", "schedule": 300.0},
 }
+
+
+# --- Observability: metrics, structured logs, traces (README, "Observability") ----------------------
+
+
+def _networks(name: str) -> list[str]:
+    networks = []
+    for item in env.list(name, default=[]):
+        try:
+            networks.append(str(ipaddress.ip_network(item.strip(), strict=False)))
+        except ValueError:
+            raise ImproperlyConfigured(f"{name} must list addresses or networks (10.0.0.0/8); got {item!r}") from None
+    return networks
+
+
+# Who may read /metrics (addresses or CIDR networks, comma-separated); empty: everyone.
+METRICS_ALLOWED_IPS = _networks("METRICS_ALLOWED_IPS")
+# Callers (API keys, users) that get their own label on the token counters, per process; then "other".
+METRICS_MAX_CALLERS = _positive_int("METRICS_MAX_CALLERS", 50, minimum=0)
+# A Celery worker serves its own /metrics on this port (0: off; then the web's /metrics shows the
+# workers of the same machine, which share the metrics folder below).
+METRICS_WORKER_PORT = _int("METRICS_WORKER_PORT", 0)
+if not 0 <= METRICS_WORKER_PORT <= 65535:
+    raise ImproperlyConfigured(f"METRICS_WORKER_PORT must be a port number (0 = off); got {METRICS_WORKER_PORT}")
+# prometheus_client's multiprocess mode: every web and worker process of one machine writes its
+# counters here and /metrics adds them up. One folder per host name, because containers sharing the
+# VAR_DIR volume reuse the same process ids. prometheus_client reads the variable itself.
+PROMETHEUS_MULTIPROC_DIR = _path(
+    "PROMETHEUS_MULTIPROC_DIR",
+    VAR_DIR / "metrics" / (re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname()) or "host"),
+)
+PROMETHEUS_MULTIPROC_DIR.mkdir(parents=True, exist_ok=True)
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(PROMETHEUS_MULTIPROC_DIR)
+
+# Logs: one JSON object a line (json) or readable lines (plain, the default with DJANGO_DEBUG).
+LOG_FORMAT = _choice("LOG_FORMAT", "plain" if DEBUG else "json", ("json", "plain"))
+# Prompts, answers and document text stay out of the logs unless this is true.
+LOG_CONTENT = _bool("LOG_CONTENT", False)
+LOGGING["filters"] = {
+    "context": {"()": "knowledge.observability.logging.ContextFilter", "log_content": LOG_CONTENT},
+}
+LOGGING["formatters"]["json"] = {"()": "knowledge.observability.logging.JsonFormatter"}
+LOGGING["handlers"]["console"].update({"formatter": LOG_FORMAT, "filters": ["context"]})
+
+# Traces (OpenTelemetry), off unless an exporter is named. The standard OTEL_* variables apply:
+# OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_TRACES_SAMPLER, OTEL_RESOURCE_ATTRIBUTES… are read by the SDK.
+OTEL_TRACES_EXPORTER = [item.strip().lower() for item in env.list("OTEL_TRACES_EXPORTER", default=["none"])]
+if not set(OTEL_TRACES_EXPORTER) <= {"none", "otlp", "console"}:
+    raise ImproperlyConfigured(f"OTEL_TRACES_EXPORTER must be otlp, console or none; got {OTEL_TRACES_EXPORTER}")
+OTEL_TRACES_EXPORTER = [item for item in OTEL_TRACES_EXPORTER if item != "none"]
+OTEL_SERVICE_NAME = env.str("OTEL_SERVICE_NAME", default="knowledge-portal")
+# With OTEL_TRACES_EXPORTER=console: write the spans, one JSON object a line, to this file (else stdout).
+TRACES_CONSOLE_FILE = env.str("TRACES_CONSOLE_FILE", default="")

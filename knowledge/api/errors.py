@@ -11,6 +11,7 @@ from rest_framework.views import exception_handler as drf_exception_handler
 
 from ingestion.errors import IngestionError
 from knowledge import errors
+from knowledge.observability import instrumentation as observe
 from llm.errors import InvalidRequestError, LLMError, PromptTooLongError
 
 logger = logging.getLogger(__name__)
@@ -32,6 +33,8 @@ def error_response(code: str, message: str, http_status: int, **extra: Any) -> R
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    if isinstance(exc, (errors.RateLimitedError, errors.QuotaExceededError)):
+        observe.api_rejected(exc.code, context.get("request"))
     if isinstance(exc, errors.KnowledgeError):
         http_status = next((code for cls, code in _STATUS.items() if isinstance(exc, cls)), 400)
         extra: dict[str, Any] = {}

@@ -18,16 +18,15 @@ from typing import Any
 
 from django.conf import settings
 from django.http import StreamingHttpResponse
-from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import serializers
-from rest_framework.parsers import JSONParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from knowledge.api import errors as api_errors
 from knowledge.api.limits import LimitedApiView
-from knowledge.api.serializers import SourceSerializer, StrictSerializer
+from knowledge.api.parsers import SafeJSONParser
+from knowledge.api.serializers import ServerSentEventSerializer, SourceSerializer, StrictSerializer
 from knowledge.models import ApiKey
 from knowledge.services import answering
 from knowledge.services import requests as question_services
@@ -542,7 +541,7 @@ _CHAT_EXAMPLES = [
 
 
 class _OpenAIApi(LimitedApiView):
-    parser_classes = [JSONParser]
+    parser_classes = [SafeJSONParser]
 
     def get_exception_handler(self) -> Callable[[Exception, dict[str, Any]], Response | None]:
         return openai_exception_handler
@@ -561,7 +560,7 @@ class OpenAIChatCreateApi(_OpenAIApi):
         request=ChatCompletionCreateSerializer,
         responses={
             (200, "application/json"): ChatCompletionSerializer,
-            (200, "text/event-stream"): OpenApiTypes.STR,
+            (200, "text/event-stream"): ServerSentEventSerializer,
             **_ERRORS,
         },
         examples=_CHAT_EXAMPLES,

@@ -27,22 +27,10 @@ class StrictSerializer(serializers.Serializer):
         return value
 
 
-class MaxTokensField(serializers.IntegerField):
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(min_value=1, **kwargs)
-
-    def to_internal_value(self, data: Any) -> int:
-        value = super().to_internal_value(data)
-        if value > settings.LLM_MAX_TOKENS:
-            raise serializers.ValidationError(f"Ensure this value is less than or equal to {settings.LLM_MAX_TOKENS}.")
-        return value
-
-
 class GenerateRequestSerializer(StrictSerializer):
     prompt = serializers.CharField(min_length=1, max_length=8000, trim_whitespace=False)
     temperature = serializers.FloatField(min_value=0.0, max_value=2.0, default=0.7)
     top_p = serializers.FloatField(max_value=1.0, default=0.9)
-    max_tokens = MaxTokensField(default=256)
     user_id = serializers.CharField(max_length=200, required=False, allow_blank=False)
     stream = serializers.BooleanField(
         default=False, help_text="Answer as text/event-stream: token events, then a final event."
@@ -50,6 +38,10 @@ class GenerateRequestSerializer(StrictSerializer):
 
     def get_fields(self) -> dict[str, Any]:
         fields = super().get_fields()
+        # The bound is a setting, read when the serializer is built (the schema shows it too).
+        fields["max_tokens"] = serializers.IntegerField(
+            min_value=1, max_value=settings.LLM_MAX_TOKENS, default=min(256, settings.LLM_MAX_TOKENS)
+        )
         # "async" is a Python keyword, so it cannot be declared as a class attribute.
         fields["async"] = serializers.BooleanField(
             default=False, help_text="Run on a worker: 202 with a task id and a status URL."
@@ -166,3 +158,10 @@ class StatusSerializer(serializers.Serializer):
 class ErrorSerializer(serializers.Serializer):
     detail = serializers.CharField()
     code = serializers.CharField()
+
+
+class ServerSentEventSerializer(serializers.Serializer):
+    """One event of a text/event-stream answer: ``event: token|done`` and its JSON ``data``."""
+
+    event = serializers.CharField(required=False, help_text="token (a piece of the answer) or done (the body)")
+    data = serializers.CharField(help_text='JSON: {"text": …} for token, the full response body for done')

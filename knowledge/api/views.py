@@ -10,13 +10,14 @@ from django.http import FileResponse, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
 from rest_framework import permissions, status
-from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.reverse import reverse
 
 from knowledge.api import serializers as s
 from knowledge.api.limits import LimitedApiView
+from knowledge.api.parsers import SafeJSONParser
 from knowledge.errors import NotFoundError
 from knowledge.models import ApiTask, Document
 from knowledge.selectors import collections_readable_by, documents_visible_to, service_status
@@ -86,7 +87,7 @@ def _sse(events: Iterator[tuple[str, dict[str, Any]]]) -> Iterator[str]:
 class _QuestionApi(LimitedApiView):
     endpoint = ""
     serializer_class: type[s.GenerateRequestSerializer] = s.GenerateRequestSerializer
-    parser_classes = [JSONParser]
+    parser_classes = [SafeJSONParser]
 
     def post(self, request: Request) -> Any:
         serializer = self.serializer_class(data=request.data)
@@ -119,7 +120,13 @@ class RagApi(_QuestionApi):
 
     @extend_schema(
         request=s.RagRequestSerializer,
-        responses={200: s.RagResponseSerializer, 202: s.AsyncAcceptedSerializer, 404: s.ErrorSerializer, **_ERRORS},
+        responses={
+            (200, "application/json"): s.RagResponseSerializer,
+            (200, "text/event-stream"): s.ServerSentEventSerializer,
+            202: s.AsyncAcceptedSerializer,
+            404: s.ErrorSerializer,
+            **_ERRORS,
+        },
         examples=[_RAG_EXAMPLE, _RAG_RESPONSE_EXAMPLE],
         description="`stream: true` answers as text/event-stream (`token` events, then one `done` event with the "
         "body below); `async: true` answers 202 and the result is read from the task's status URL.",
@@ -136,7 +143,12 @@ class GenerateApi(_QuestionApi):
 
     @extend_schema(
         request=s.GenerateRequestSerializer,
-        responses={200: s.GenerateResponseSerializer, 202: s.AsyncAcceptedSerializer, **_ERRORS},
+        responses={
+            (200, "application/json"): s.GenerateResponseSerializer,
+            (200, "text/event-stream"): s.ServerSentEventSerializer,
+            202: s.AsyncAcceptedSerializer,
+            **_ERRORS,
+        },
         examples=[
             OpenApiExample(
                 "Prompt", value={"prompt": "Write a haiku about documents", "max_tokens": 40}, request_only=True
@@ -186,7 +198,7 @@ class StatusApi(LimitedApiView):
 class DocumentListApi(LimitedApiView):
     """Documents the caller may read; staff upload new ones (multipart, field `file`)."""
 
-    parser_classes = [MultiPartParser, FormParser, JSONParser]
+    parser_classes = [MultiPartParser, FormParser, SafeJSONParser]
 
     def get_permissions(self) -> list[Any]:
         if self.request.method == "POST":
@@ -265,9 +277,7 @@ class DocumentFileApi(LimitedApiView):
 
     @extend_schema(responses={(200, "application/octet-stream"): OpenApiTypes.BINARY, 404: s.ErrorSerializer})
     def get(self, request: Request, document_id: int) -> FileResponse:
-        document = (
-            documents_visible_to(user=request.user, api_key=_api_key(request)).filter(pk=document_id).first()
-        )
+        document = documents_visible_to(user=request.user, api_key=_api_key(request)).filter(pk=document_id).first()
         if document is None or not document.file:
             raise NotFoundError("No such document.")
         try:
