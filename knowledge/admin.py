@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
+from django.template.defaultfilters import truncatechars
+from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 
 from knowledge.errors import KnowledgeError
-from knowledge.models import Chunk, Collection, Conversation, Document, Message
+from knowledge.models import ApiKey, Chunk, Collection, Conversation, Document, Message, UsageRecord
+from knowledge.selectors import usage_daily_totals
+from knowledge.services import apikeys as apikey_services
 from knowledge.services import documents as document_services
 from knowledge.services import index as index_services
 
@@ -62,7 +67,7 @@ class ChunkInline(admin.TabularInline):
 
 @admin.register(Document)
 class DocumentAdmin(admin.ModelAdmin):
-    list_display = ["title", "collection", "status_badge", "page_count", "chunk_count", "created_at"]
+    list_display = ["title", "collection", "status_badge", "short_error", "page_count", "chunk_count", "created_at"]
     list_filter = ["status", "collection"]
     search_fields = ["title", "original_name", "sha256"]
     readonly_fields = [
@@ -114,6 +119,10 @@ class DocumentAdmin(admin.ModelAdmin):
             _BADGE_COLOURS.get(obj.status, "#6b7280"),
             obj.get_status_display(),
         )
+
+    @admin.display(description=_("Error"))
+    def short_error(self, obj: Document) -> str:
+        return truncatechars(obj.error, 80) if obj.error else ""
 
     def save_model(self, request: HttpRequest, obj: Document, form: Any, change: bool) -> None:
         if change:
@@ -185,3 +194,130 @@ class ConversationAdmin(admin.ModelAdmin):
     list_filter = ["collection"]
     search_fields = ["title", "user__username"]
     inlines = [MessageInline]
+
+
+class ApiKeyCreateForm(forms.ModelForm):
+    expires_in_days = forms.IntegerField(
+        label=_("Expires in (days)"),
+        min_value=1,
+        required=False,
+        help_text=_("Leave empty for a key that never expires."),
+    )
+
+    class Meta:
+        model = ApiKey
+        fields = ["user", "name", "collections"]
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    """Keys are made by ``apikey_create``: the raw key is shown once, in a message, and never stored."""
+
+    list_display = ["prefix", "name", "user", "created_at", "expires_at", "last_used_at", "revoked_at", "state"]
+    list_filter = [("user", admin.RelatedOnlyFieldListFilter), "revoked_at", "expires_at"]
+    list_select_related = ["user"]
+    search_fields = ["prefix", "name", "user__username"]
+    filter_horizontal = ["collections"]
+    actions = ["revoke"]
+
+    def get_form(self, request: HttpRequest, obj: ApiKey | None = None, change: bool = False, **kwargs: Any) -> Any:
+        if obj is None:
+            kwargs["form"] = ApiKeyCreateForm
+        return super().get_form(request, obj, change=change, **kwargs)
+
+    def get_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> list[str]:
+        if obj is None:
+            return ["user", "name", "collections", "expires_in_days"]
+        return ["prefix", "user", "name", "collections", "created_at", "expires_at", "last_used_at", "revoked_at"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> list[str]:
+        if obj is None:
+            return []
+        return ["prefix", "user", "created_at", "expires_at", "last_used_at", "revoked_at"]
+
+    @admin.display(description=_("State"))
+    def state(self, obj: ApiKey) -> str:
+        if obj.revoked_at is not None:
+            return str(_("revoked"))
+        if obj.expires_at is not None and obj.expires_at <= timezone.now():
+            return str(_("expired"))
+        return str(_("active"))
+
+    def save_model(self, request: HttpRequest, obj: ApiKey, form: Any, change: bool) -> None:
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        days = form.cleaned_data.get("expires_in_days")
+        key, raw_key = apikey_services.apikey_create(
+            user=form.cleaned_data["user"],
+            name=form.cleaned_data.get("name") or "",
+            collections=list(form.cleaned_data.get("collections") or []),
+            expires_in=timedelta(days=days) if days else None,
+        )
+        obj.pk = key.pk
+        obj.refresh_from_db()
+        self.message_user(
+            request,
+            format_html(
+                str(_("The new API key is <code>{}</code>. Copy it now: it is stored hashed and never shown again.")),
+                raw_key,
+            ),
+            messages.WARNING,
+        )
+
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        if change:  # on creation the service has already set the collections
+            super().save_related(request, form, formsets, change)
+
+    @admin.action(description=_("Revoke selected API keys"))
+    def revoke(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
+        keys = list(queryset.filter(revoked_at__isnull=True))
+        for key in keys:
+            apikey_services.apikey_revoke(key=key)
+        self.message_user(request, _("%(n)d API key(s) revoked.") % {"n": len(keys)})
+
+
+@admin.register(UsageRecord)
+class UsageRecordAdmin(admin.ModelAdmin):
+    """Read-only: what each request spent, with the totals per user per day of the filtered records."""
+
+    list_display = [
+        "created_at",
+        "user",
+        "api_key",
+        "end_user_id",
+        "endpoint",
+        "prompt_tokens",
+        "completion_tokens",
+        "total_tokens",
+    ]
+    list_filter = [
+        ("user", admin.RelatedOnlyFieldListFilter),
+        ("api_key", admin.RelatedOnlyFieldListFilter),
+        "endpoint",
+        "created_at",
+        "end_user_id",
+    ]
+    list_select_related = ["user", "api_key"]
+    search_fields = ["end_user_id", "user__username", "api_key__prefix"]
+    date_hierarchy = "created_at"
+
+    @admin.display(description=_("Tokens"))
+    def total_tokens(self, obj: UsageRecord) -> int:
+        return obj.tokens
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        response = super().changelist_view(request, extra_context)
+        context = getattr(response, "context_data", None)
+        if context and "cl" in context:
+            context["daily_totals"] = usage_daily_totals(records=context["cl"].queryset)
+        return response

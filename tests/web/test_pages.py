@@ -1,0 +1,355 @@
+"""The pages through Django's test client: access rules, uploads, the answer stream, feedback, admin."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import Group
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.test import Client
+
+from knowledge.models import ApiKey, Chunk, Collection, Conversation, Document, Message, UsageRecord
+from knowledge.services import answering, conversations
+from knowledge.services.answering import Answer, Source, StreamPiece
+from knowledge.services.apikeys import apikey_authenticate
+from tests.web.support import PASSWORD
+
+pytestmark = pytest.mark.django_db
+
+
+def _client_for(user: Any, *, language: str = "en") -> Client:
+    client = Client(HTTP_ACCEPT_LANGUAGE=language)
+    client.force_login(user)
+    return client
+
+
+@pytest.fixture
+def reader(make_user: Callable[..., Any]) -> Any:
+    return make_user("reader")
+
+
+@pytest.fixture
+def staff(make_user: Callable[..., Any]) -> Any:
+    return make_user("curator", staff=True)
+
+
+@pytest.fixture
+def chunk(db: Any) -> Chunk:
+    """A ready document with one chunk, written directly (no ingestion needed for these tests)."""
+    collection = Collection.objects.get_or_create(slug="default", defaults={"name": "Default"})[0]
+    document = Document.objects.create(
+        collection=collection, title="guide.pdf", file="documents/x/guide.pdf", sha256="a" * 64, status="ready"
+    )
+    return Chunk.objects.create(document=document, ordinal=0, text="Reliance is the largest company.", page=2)
+
+
+@pytest.fixture
+def fake_answers(monkeypatch: pytest.MonkeyPatch, chunk: Chunk) -> list[dict[str, Any]]:
+    """Replace retrieval and generation by a fixed stream; record what each call was given."""
+    calls: list[dict[str, Any]] = []
+
+    def stream(**kwargs: Any) -> Iterator[StreamPiece | Answer]:
+        calls.append(kwargs)
+        source = Source(
+            id=chunk.pk,
+            document_id=chunk.document_id,
+            title="guide.pdf",
+            page=2,
+            score=0.8,
+            text=chunk.text,
+            highlight="the largest company",
+            heading="Overview",
+        )
+        yield StreamPiece("Reliance is the largest ")
+        yield StreamPiece("company [1].")
+        yield Answer(
+            output="Reliance is the largest company [1].",
+            sources=[source],
+            prompt_tokens=12,
+            completion_tokens=7,
+            seconds=0.2,
+            model="test-model",
+            mode=kwargs["mode"],
+        )
+
+    monkeypatch.setattr(answering, "answer_question_stream", stream)
+    return calls
+
+
+def _events(response: Any) -> list[tuple[str, dict[str, Any]]]:
+    body = b"".join(response.streaming_content).decode()
+    events = []
+    for block in body.strip().split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in block.splitlines())
+        events.append((lines["event"], json.loads(lines["data"])))
+    return events
+
+
+@pytest.mark.parametrize("path", ["/", "/chat/1/", "/documents/", "/documents/1/"])
+def test_anonymous_visitors_are_sent_to_the_login_page(client: Client, path: str) -> None:
+    response = client.get(path)
+    assert response.status_code == 302
+    assert response["Location"].startswith("/accounts/login/?next=")
+
+
+def test_document_pages_are_for_staff_only(reader: Any) -> None:
+    client = _client_for(reader)
+    assert client.get("/documents/").status_code == 403
+    assert client.post("/documents/upload/").status_code == 403
+
+
+def test_login_page_signs_in_and_goes_home(client: Client, reader: Any) -> None:
+    response = client.post("/accounts/login/", {"username": "reader", "password": PASSWORD, "next": "/"})
+    assert response.status_code == 302 and response["Location"] == "/"
+    assert b"Ask your documents" in client.get("/").content
+
+
+def test_home_offers_only_readable_collections(make_user: Callable[..., Any]) -> None:
+    hr = Group.objects.create(name="hr")
+    secret = Collection.objects.create(slug="hr-files", name="HR files", is_public=False)
+    secret.groups.add(hr)
+    outsider = make_user("outsider")
+    insider = make_user("insider", groups=(hr,))
+    assert b"HR files" not in _client_for(outsider).get("/").content
+    assert b"HR files" in _client_for(insider).get("/").content
+    # Naming the collection anyway is refused.
+    conversation = conversations.conversation_create(user=outsider)
+    response = _client_for(outsider).post(
+        f"/chat/{conversation.pk}/ask/",
+        {"question": "salaries?", "collection": "hr-files", "mode": "extractive"},
+        HTTP_ACCEPT="text/event-stream",
+    )
+    assert response.status_code == 400
+    assert not Message.objects.exists()
+
+
+def test_a_conversation_is_visible_to_its_owner_only(reader: Any, make_user: Callable[..., Any]) -> None:
+    conversation = conversations.conversation_create(user=reader, title="Mine")
+    other = _client_for(make_user("someone-else"))
+    assert other.get(f"/chat/{conversation.pk}/").status_code == 404
+    assert other.post(f"/chat/{conversation.pk}/ask/", {"question": "hi", "mode": "extractive"}).status_code == 404
+    assert _client_for(reader).get(f"/chat/{conversation.pk}/").status_code == 200
+
+
+def test_the_first_question_starts_a_conversation_that_asks_it(reader: Any) -> None:
+    client = _client_for(reader)
+    response = client.post("/chat/new/", {"question": "What is Reliance?", "mode": "extractive", "collection": ""})
+    conversation = Conversation.objects.get(user=reader)
+    assert response["Location"] == f"/chat/{conversation.pk}/"
+    page = client.get(response["Location"]).content.decode()
+    assert "data-autosubmit" in page and "What is Reliance?" in page
+    assert "data-autosubmit" not in client.get(response["Location"]).content.decode()  # asked once only
+
+
+def test_the_answer_streams_then_is_stored_with_its_sources(reader: Any, fake_answers: list[dict[str, Any]]) -> None:
+    client = _client_for(reader)
+    conversation = conversations.conversation_create(user=reader)
+    response = client.post(
+        f"/chat/{conversation.pk}/ask/",
+        {"question": "Which company is the largest?", "mode": "generative", "collection": ""},
+        HTTP_ACCEPT="text/event-stream",
+    )
+    assert response["Content-Type"].startswith("text/event-stream")
+    events = _events(response)
+    assert [name for name, _data in events] == ["token", "token", "done"]
+    assert "".join(data["text"] for name, data in events if name == "token") == "Reliance is the largest company [1]."
+    done = events[-1][1]
+    message = Message.objects.get(pk=done["message_id"])
+    assert message.mode == "generative" and message.model == "test-model"
+    assert message.sources[0]["title"] == "guide.pdf" and message.sources[0]["page"] == 2
+    assert list(message.cited_chunks.values_list("pk", flat=True)) == [message.sources[0]["id"]]
+    assert (message.prompt_tokens, message.completion_tokens) == (12, 7)
+    assert message.latency_ms is not None
+    # The rendered message links [1] to its source, which shows the page and marks the highlight.
+    assert f'href="#m{message.pk}-s1"' in done["html"]
+    assert f'id="m{message.pk}-s1"' in done["html"]
+    assert "page 2" in done["html"] and "<mark>the largest company</mark>" in done["html"]
+    assert done["title"] == "Which company is the largest?"
+    assert UsageRecord.objects.get(endpoint="chat").completion_tokens == 7
+
+
+def test_a_follow_up_question_carries_the_conversation_history(reader: Any, fake_answers: list[dict[str, Any]]) -> None:
+    client = _client_for(reader)
+    conversation = conversations.conversation_create(user=reader)
+    for question in ("First question?", "And then?"):
+        response = client.post(
+            f"/chat/{conversation.pk}/ask/",
+            {"question": question, "mode": "extractive", "collection": ""},
+            HTTP_ACCEPT="text/event-stream",
+        )
+        _events(response)
+    assert fake_answers[0]["history"] == []
+    assert fake_answers[1]["history"] == [("First question?", "Reliance is the largest company [1].")]
+    assert fake_answers[1]["top_k"] == 5 and fake_answers[1]["mode"] == "extractive"
+
+
+def test_without_javascript_the_answer_is_made_in_full(reader: Any, fake_answers: list[dict[str, Any]]) -> None:
+    client = _client_for(reader)
+    conversation = conversations.conversation_create(user=reader)
+    response = client.post(f"/chat/{conversation.pk}/ask/", {"question": "Largest?", "mode": "extractive"})
+    message = Message.objects.get()
+    assert response.status_code == 302 and response["Location"].endswith(f"/chat/{conversation.pk}/#m{message.pk}")
+    page = client.get(f"/chat/{conversation.pk}/").content.decode()
+    assert 'class="cite"' in page and "guide.pdf" in page
+
+
+def test_feedback_is_stored_and_can_be_taken_back(
+    reader: Any, make_user: Callable[..., Any], fake_answers: list[dict[str, Any]]
+) -> None:
+    client = _client_for(reader)
+    conversation = conversations.conversation_create(user=reader)
+    _events(
+        client.post(
+            f"/chat/{conversation.pk}/ask/", {"question": "Q?", "mode": "extractive"}, HTTP_ACCEPT="text/event-stream"
+        )
+    )
+    message = Message.objects.get()
+    url = f"/messages/{message.pk}/feedback/"
+    response = client.post(url, {"feedback": "1"}, HTTP_HX_REQUEST="true")
+    assert response.status_code == 200 and 'aria-pressed="true"' in response.content.decode()
+    message.refresh_from_db()
+    assert message.feedback == 1
+    client.post(url, {"feedback": "-1"}, HTTP_HX_REQUEST="true")
+    message.refresh_from_db()
+    assert message.feedback == -1
+    client.post(url, {"feedback": "-1"}, HTTP_HX_REQUEST="true")  # the same thumb again: no vote
+    message.refresh_from_db()
+    assert message.feedback is None
+    assert _client_for(make_user("stranger")).post(url, {"feedback": "1"}).status_code == 404
+
+
+def _upload(client: Client, name: str, content: bytes) -> Any:
+    return client.post(
+        "/documents/upload/", {"file": SimpleUploadedFile(name, content)}, HTTP_ACCEPT="application/json"
+    )
+
+
+def test_upload_answers_per_file_with_the_reason_of_a_refusal(staff: Any, settings: Any) -> None:
+    client = _client_for(staff)
+    created = _upload(client, "notes.txt", b"Plain notes about the portal.\n")
+    assert created.status_code == 201
+    body = created.json()
+    document = Document.objects.get(pk=body["document"]["id"])
+    assert document.status == "queued" and document.uploaded_by == staff and document.mime_type == "text/plain"
+
+    duplicate = _upload(client, "copy.txt", b"Plain notes about the portal.\n")
+    assert duplicate.status_code == 409
+    assert duplicate.json()["code"] == "duplicate" and "notes.txt" in duplicate.json()["error"]
+
+    unsupported = _upload(client, "tool.exe", b"MZ\x90\x00" + bytes(range(256)) * 8)
+    assert unsupported.status_code == 415
+    assert "PDF" in unsupported.json()["accepted"] and "Unsupported file type" in unsupported.json()["error"]
+
+    settings.MAX_UPLOAD_MB = 1
+    too_large = _upload(client, "big.txt", b"a" * (1024 * 1024 + 1))
+    assert too_large.status_code == 413 and "1 MB" in too_large.json()["error"]
+    assert Document.objects.count() == 1
+
+
+def test_upload_without_javascript_takes_several_files(staff: Any) -> None:
+    client = _client_for(staff)
+    files = [SimpleUploadedFile("a.txt", b"first file\n"), SimpleUploadedFile("b.md", b"# Second\n\ntext\n")]
+    response = client.post("/documents/upload/", {"file": files}, follow=True)
+    assert Document.objects.count() == 2
+    assert "a.txt is uploaded and queued." in response.content.decode()
+
+
+def test_the_list_polls_only_while_a_document_is_in_progress(staff: Any, chunk: Chunk) -> None:
+    client = _client_for(staff)
+    page = client.get("/documents/").content.decode()
+    assert 'data-polling="false"' in page and "every 2s" not in page
+    Document.objects.create(
+        collection=chunk.document.collection, title="pending.pdf", file="documents/y/p.pdf", sha256="b" * 64
+    )
+    partial = client.get("/documents/", HTTP_HX_REQUEST="true").content.decode()
+    assert partial.lstrip().startswith('<div id="document-list"')
+    assert "every 2s" in partial and "pending.pdf" in partial
+
+
+def test_the_list_filters_by_words_status_and_collection(staff: Any, chunk: Chunk) -> None:
+    other = Collection.objects.create(slug="other", name="Other")
+    Document.objects.create(
+        collection=other, title="failed.pdf", file="documents/z/f.pdf", sha256="c" * 64, status="failed", error="Bad"
+    )
+    client = _client_for(staff)
+    assert "failed.pdf" not in client.get("/documents/?q=guide").content.decode()
+    by_status = client.get("/documents/?status=failed").content.decode()
+    assert "failed.pdf" in by_status and "guide.pdf" not in by_status and "Bad" in by_status
+    by_collection = client.get(f"/documents/?collection={other.pk}").content.decode()
+    assert "failed.pdf" in by_collection and "guide.pdf" not in by_collection
+
+
+def test_document_page_shows_status_pages_and_chunks(staff: Any, chunk: Chunk) -> None:
+    page = _client_for(staff).get(f"/documents/{chunk.document_id}/").content.decode()
+    assert "guide.pdf" in page and "Reliance is the largest company." in page and "page 2" in page
+    assert f'href="/api/v1/documents/{chunk.document_id}/file/"' in page
+
+
+def test_reingest_and_delete_go_through_the_services(staff: Any, chunk: Chunk, monkeypatch: pytest.MonkeyPatch) -> None:
+    from knowledge.services import documents as document_services
+
+    deleted: list[int] = []
+    monkeypatch.setattr(document_services, "document_delete", lambda *, document: deleted.append(document.pk))
+    client = _client_for(staff)
+    response = client.post(f"/documents/{chunk.document_id}/reingest/", HTTP_HX_REQUEST="true")
+    assert response.status_code == 204 and "documents-changed" in response["HX-Trigger"]
+    assert Document.objects.get(pk=chunk.document_id).status == "queued"
+    response = client.post(f"/documents/{chunk.document_id}/delete/", {"next": "/documents/"}, HTTP_HX_REQUEST="true")
+    assert response["HX-Location"] == "/documents/" and deleted == [chunk.document_id]
+
+
+def test_the_interface_speaks_french_when_the_browser_asks(reader: Any) -> None:
+    page = _client_for(reader, language="fr-FR,fr;q=0.9").get("/").content.decode()
+    assert 'lang="fr"' in page and "Interrogez vos documents" in page and "Nouvelle conversation" in page
+
+
+def test_admin_shows_a_new_api_key_once_and_revokes_keys(admin_user_logged_in: Client, reader: Any) -> None:
+    client = admin_user_logged_in
+    response = client.post(
+        "/admin/knowledge/apikey/add/",
+        {"user": reader.pk, "name": "integration", "expires_in_days": "30", "collections": []},
+        follow=True,
+    )
+    assert response.status_code == 200
+    text = response.content.decode()
+    key = ApiKey.objects.get(user=reader)
+    raw = text.split("<code>", 1)[1].split("</code>", 1)[0]
+    assert raw.startswith(f"kp_{key.prefix}_") and apikey_authenticate(raw) == key
+    assert key.expires_at is not None and key.name == "integration"
+    assert raw not in client.get(f"/admin/knowledge/apikey/{key.pk}/change/").content.decode()
+
+    client.post("/admin/knowledge/apikey/", {"action": "revoke", "_selected_action": [key.pk]})
+    key.refresh_from_db()
+    assert key.revoked_at is not None and apikey_authenticate(raw) is None
+
+
+def test_admin_usage_list_is_read_only_with_daily_totals(admin_user_logged_in: Client, reader: Any) -> None:
+    UsageRecord.objects.create(user=reader, endpoint="rag", prompt_tokens=10, completion_tokens=5, end_user_id="42")
+    UsageRecord.objects.create(user=reader, endpoint="chat", prompt_tokens=1, completion_tokens=2)
+    response = admin_user_logged_in.get("/admin/knowledge/usagerecord/")
+    assert response.status_code == 200
+    totals = response.context["daily_totals"]
+    assert totals[0]["user__username"] == "reader" and totals[0]["tokens"] == 18 and totals[0]["requests"] == 2
+    filtered = admin_user_logged_in.get("/admin/knowledge/usagerecord/?endpoint=rag").context["daily_totals"]
+    assert filtered[0]["tokens"] == 15
+    assert admin_user_logged_in.get("/admin/knowledge/usagerecord/add/").status_code == 403
+
+
+def test_conversation_history_keeps_the_last_turns_oldest_first(reader: Any) -> None:
+    conversation = conversations.conversation_create(user=reader)
+    for n in range(5):
+        Message.objects.create(conversation=conversation, question=f"q{n}", answer=f"a{n}")
+    assert conversations.conversation_history(conversation=conversation, turns=2) == [("q3", "a3"), ("q4", "a4")]
+    assert conversations.cited_numbers("see [2] and [1], [2], [9]", sources=3) == [2, 1]
+
+
+def test_answers_and_passages_are_escaped() -> None:
+    from knowledge.web.presenters import answer_html, passage_html
+
+    html = answer_html("<script>x</script> [1] [7]", sources=[{"title": "a<b", "page": 3}], anchor="m1")
+    assert "<script>" not in html and "&lt;script&gt;" in html
+    assert 'href="#m1-s1"' in html and "[7]" in html and "#m1-s7" not in html
+    assert passage_html("a <b> c", "<b>") == "a <mark>&lt;b&gt;</mark> c"
