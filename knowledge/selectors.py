@@ -72,9 +72,64 @@ def _check_index() -> dict[str, Any]:
     return {"ok": True, **state}
 
 
+#: how long the OpenAI-compatible server's answer to GET /models is trusted, and waited for
+_MODEL_CHECK_TTL_S = 10.0
+_MODEL_CHECK_TIMEOUT_S = 2.0
+_model_check_cache: dict[str, Any] = {}
+
+
+def _check_model() -> dict[str, Any]:
+    """Whether the language model can be loaded, cheaply: never loads it.
+
+    Local backend: the model file (or folder) exists and is readable. OpenAI-compatible backend:
+    the server answers ``GET /models`` within two seconds (remembered for ten).
+    """
+    import os
+    import time
+
+    from knowledge.services import engines
+
+    config = engines.llm_config()
+    if engines.get_llm().is_loaded():
+        return {"ok": True, "backend": config.backend, "loaded": True}
+    if config.backend == "openai":
+        cached = _model_check_cache.get(config.base_url)
+        if cached is not None and time.monotonic() - cached[0] < _MODEL_CHECK_TTL_S:
+            return cached[1]
+        result = _check_model_server(config)
+        _model_check_cache[config.base_url] = (time.monotonic(), result)
+        return result
+    from llm.backends.local import locate_model
+    from llm.errors import LLMError
+
+    try:
+        location = locate_model(config)
+    except LLMError as exc:
+        return {"ok": False, "backend": "local", "error": str(exc).strip()[:200]}
+    path = location.path if location.file else location.folder / "config.json"
+    if not os.access(path, os.R_OK):
+        return {"ok": False, "backend": "local", "error": f"The model file {path.name} cannot be read."}
+    return {"ok": True, "backend": "local", "loaded": False, "model": location.file or location.folder.name}
+
+
+def _check_model_server(config: Any) -> dict[str, Any]:
+    import httpx
+
+    headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
+    try:
+        response = httpx.get(config.base_url.rstrip("/") + "/models", headers=headers, timeout=_MODEL_CHECK_TIMEOUT_S)
+    except httpx.HTTPError as exc:
+        return {"ok": False, "backend": "openai", "error": f"The model server does not answer: {exc}"[:200]}
+    # some servers have no /models: with a configured model name only "down" or "refused" count
+    status = response.status_code
+    if status in (401, 403) or status >= 500 or (status >= 400 and not config.model):
+        return {"ok": False, "backend": "openai", "error": f"The model server answered {status}."}
+    return {"ok": True, "backend": "openai", "loaded": False}
+
+
 def readiness() -> dict[str, dict[str, Any]]:
     """What the readiness probe reports: each dependency with ``ok`` and details."""
-    return {"database": _check_database(), "broker": _check_broker(), "index": _check_index()}
+    return {"database": _check_database(), "broker": _check_broker(), "index": _check_index(), "model": _check_model()}
 
 
 def queue_depth() -> dict[str, Any]:

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+
 from celery import shared_task
+from celery.signals import worker_ready
+from django.conf import settings
 from django.db import OperationalError
 
 from ingestion.errors import IndexBusyError
 from knowledge.models import Document
 from knowledge.services import documents
+
+logger = logging.getLogger(__name__)
 
 _RETRY = {
     "acks_late": True,
@@ -17,6 +23,9 @@ _RETRY = {
     "retry_backoff": 5,
     "retry_backoff_max": 300,
     "max_retries": 8,
+    # One document may not hold a worker forever: past the soft limit it fails with a reason.
+    "soft_time_limit": settings.RAG_INGEST_TIME_LIMIT,
+    "time_limit": settings.RAG_INGEST_TIME_LIMIT + 60,
 }
 
 
@@ -65,3 +74,24 @@ def question_answer_task(task_id: str, params: dict[str, object]) -> dict[str, o
         return {"ok": False, "error": {"code": exc.code, "detail": exc.message}}
     except (LLMError, IngestionError) as exc:
         return {"ok": False, "error": {"code": exc.code, "detail": str(exc)}}
+
+
+@shared_task(name="knowledge.index_repair", acks_late=True, reject_on_worker_lost=True)
+def index_repair_task() -> dict[str, int]:
+    """Bring the index in line with the database (a crash may have left a gap); sent when a worker starts."""
+    from knowledge.services import index as index_services
+
+    before = index_services.index_check()
+    if before.consistent:
+        return {"missing": 0, "extra": 0}
+    after = index_services.index_repair()
+    return {"missing": len(before.missing), "extra": len(before.extra), "left": len(after.missing) + len(after.extra)}
+
+
+@worker_ready.connect
+def _check_index_when_a_worker_starts(sender: object = None, **kwargs: object) -> None:
+    # Sent as a task, so the embedder loads in a pool process and never in the parent before a fork.
+    try:
+        index_repair_task.delay()
+    except Exception:  # the broker just answered the worker; never block its start on this
+        logger.exception("Could not queue the start-up index check")

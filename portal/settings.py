@@ -229,9 +229,17 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# An upload must not hang when the broker is down: give up sending quickly, the document stays
+# queued and beat sends it again later (RAG_REDISPATCH_AFTER_S).
+CELERY_BROKER_CONNECTION_TIMEOUT = 3
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}
 CELERY_RESULT_EXTENDED = True
 CELERY_TASK_ROUTES = {"knowledge.document_ocr": {"queue": "ocr"}}
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": _int("CELERY_VISIBILITY_TIMEOUT", 3600)}
+# Redis redelivers a task whose worker vanished after this many seconds (other transports have
+# no such option: SQLAlchemy's would pass it on to create_engine and fail).
+CELERY_BROKER_TRANSPORT_OPTIONS = (
+    {"visibility_timeout": _int("CELERY_VISIBILITY_TIMEOUT", 3600)} if CELERY_BROKER_URL.startswith("redis") else {}
+)
 
 # Engines (read here, handed to ingestion/ and llm/ as plain config objects by knowledge.services).
 INDEX_DIR = _path("INDEX_DIR", VAR_DIR / "index")
@@ -245,6 +253,11 @@ RAG_CHUNK_OVERLAP = _positive_int("RAG_CHUNK_OVERLAP", 40, minimum=0)
 if RAG_CHUNK_OVERLAP >= RAG_CHUNK_TOKENS:
     raise ImproperlyConfigured("RAG_CHUNK_OVERLAP must be smaller than RAG_CHUNK_TOKENS")
 RAG_OCR = _bool("RAG_OCR", True)
+# Safety limits per document: seconds of processing (OCR of a long scan included), PDF pages,
+# and what an Office file may unpack to (zip bombs).
+RAG_INGEST_TIME_LIMIT = _positive_int("RAG_INGEST_TIME_LIMIT", 3600, minimum=10)
+RAG_MAX_PAGES = _positive_int("RAG_MAX_PAGES", 5000)
+RAG_MAX_UNPACKED_MB = _positive_int("RAG_MAX_UNPACKED_MB", 512)
 RAG_OCR_LANGUAGES = env.str("RAG_OCR_LANGUAGES", default="eng+fra")
 
 RAG_LLM_BACKEND = _choice("RAG_LLM_BACKEND", "local", ("local", "openai"))

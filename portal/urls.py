@@ -8,6 +8,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
 from knowledge.api import urls as api_urls
+from knowledge.observability import views as observability
 from knowledge.web import health
 
 admin.site.site_header = "Knowledge Portal"
@@ -24,6 +25,7 @@ urlpatterns = [
     path("redoc/", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
+    path("metrics", observability.metrics, name="metrics"),
     path("i18n/", include("django.conf.urls.i18n")),
     path("", include("knowledge.web.urls")),
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from django.db import InterfaceError, OperationalError
 from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -28,8 +29,13 @@ _STATUS = {
 }
 
 
-def error_response(code: str, message: str, http_status: int, **extra: Any) -> Response:
-    return Response({"detail": message, "code": code, **extra}, status=http_status)
+def error_response(
+    code: str, message: str, http_status: int, *, retry_after: str | None = None, **extra: Any
+) -> Response:
+    response = Response({"detail": message, "code": code, **extra}, status=http_status)
+    if retry_after is not None:
+        response["Retry-After"] = retry_after
+    return response
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
@@ -52,6 +58,11 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     if isinstance(exc, LLMError):
         logger.warning("The language model is unavailable: %s", exc)
         return error_response(exc.code, str(exc), status.HTTP_503_SERVICE_UNAVAILABLE)
+    if isinstance(exc, (OperationalError, InterfaceError)):  # the server is down or unreachable
+        logger.error("The database is unavailable: %s", exc)
+        return error_response(
+            "database_unavailable", "The database is unavailable; try again shortly.", 503, retry_after="30"
+        )
     if isinstance(exc, IngestionError):
         logger.warning("The index is unavailable: %s", exc.message)
         return error_response(exc.code, exc.message, status.HTTP_503_SERVICE_UNAVAILABLE)

@@ -218,6 +218,7 @@ class DocumentListApi(LimitedApiView):
         request={"multipart/form-data": s.DocumentUploadSerializer},
         responses={
             201: s.DocumentSerializer,
+            404: s.ErrorSerializer,
             409: s.ErrorSerializer,
             413: s.ErrorSerializer,
             415: s.ErrorSerializer,

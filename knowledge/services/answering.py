@@ -10,6 +10,7 @@ from typing import Any
 from django.conf import settings
 
 from knowledge.models import Chunk, Document
+from knowledge.observability import instrumentation as observe
 from knowledge.services import engines
 
 EXTRACTIVE = "extractive"
@@ -85,6 +86,7 @@ def nothing_found_message(question: str) -> str:
     return _NOTHING_FOUND.get(_language(question), _NOTHING_FOUND["en"])
 
 
+@observe.observe_retrieval
 def sources_retrieve(*, question: str, collection_ids: Sequence[int], top_k: int) -> list[Source]:
     """The ``top_k`` best passages for ``question`` among the given collections, best first.
 
@@ -173,6 +175,7 @@ def _rag_messages(
     return messages, [sources[i] for i in used]
 
 
+@observe.observe_answers("rag")
 def answer_question(
     *,
     question: str,
@@ -209,6 +212,7 @@ def answer_question(
     )
 
 
+@observe.observe_answers("rag")
 def answer_question_stream(
     *,
     question: str,
@@ -261,6 +265,7 @@ def answer_question_stream(
             close()
 
 
+@observe.observe_answers("generate")
 def text_generate(*, prompt: str, temperature: float, top_p: float, max_tokens: int) -> Answer:
     """Text from a prompt, no retrieval."""
     started = time.perf_counter()
@@ -277,6 +282,7 @@ def text_generate(*, prompt: str, temperature: float, top_p: float, max_tokens: 
     )
 
 
+@observe.observe_answers("generate")
 def text_generate_stream(
     *, prompt: str, temperature: float, top_p: float, max_tokens: int
 ) -> Iterator[StreamPiece | Answer]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from knowledge.errors import (
     UploadTooLargeError,
 )
 from knowledge.models import DEFAULT_COLLECTION_SLUG, Chunk, Collection, Document
+from knowledge.observability import instrumentation as observe
 from knowledge.services import engines
 
 if TYPE_CHECKING:
@@ -187,7 +189,7 @@ def document_reingest(*, document: Document, dispatch: bool = True) -> Document:
 def document_delete(*, document: Document) -> None:
     """Delete a document with its chunks, its vectors and its stored file."""
     index = engines.get_index()
-    with transaction.atomic(), index.writer() as writer:
+    with index.writer() as writer, transaction.atomic():
         writer.remove_document(document.pk)
         file_name = document.file.name
         storage = document.file.storage
@@ -226,6 +228,7 @@ def document_needs_ocr(*, document: Document) -> bool:
         return False  # the real parse reports the problem
 
 
+@observe.observe_ingestion
 def document_process(
     *, document_id: int, ocr: bool = True, force: bool = False, progress: Callable[[str], None] | None = None
 ) -> ProcessOutcome:
@@ -246,6 +249,7 @@ def document_process(
     )
 
     def notify(stage: str) -> None:
+        observe.ingestion_stage(stage)
         _set_stage(document_id, stage)
         if progress:
             progress(stage)
@@ -265,10 +269,12 @@ def document_process(
         )
         timings = dict(result.timings)
         notify("indexing")
+        index_started = time.perf_counter()
         index = engines.get_index()
-        # The index is saved before the database commits: if the save fails nothing is
-        # committed; if the commit fails the index holds orphans that check_index removes.
-        with transaction.atomic(), index.writer() as writer:
+        # The writer's lock is held until the database has committed, so a consistency check
+        # (which takes the same lock) never sees one without the other. If the index save then
+        # fails, the error below marks the document failed and removes its chunks.
+        with index.writer() as writer, transaction.atomic():
             Chunk.objects.filter(document_id=document_id).delete()
             rows = Chunk.objects.bulk_create(
                 Chunk(
@@ -303,13 +309,23 @@ def document_process(
                 title=document.title or (result.parsed.title or document.original_name),
             )
         Document.objects.filter(pk=document_id).update(index_version=index.version)
+        timings["index"] = time.perf_counter() - index_started
     except IngestionError as exc:
         if exc.transient:
             raise
+        observe.ingestion_failed(exc.code)
         _fail(document_id, exc.message)
-    except Exception:
-        logger.exception("Unexpected error while ingesting document %s", document_id)
-        _fail(document_id, "An unexpected error stopped the ingestion of this document; see the worker log.")
+    except Exception as exc:
+        if type(exc).__name__ == "SoftTimeLimitExceeded":  # Celery's per-document time limit
+            observe.ingestion_failed("timeout")
+            _fail(
+                document_id,
+                f"The document took longer than {settings.RAG_INGEST_TIME_LIMIT} s to process and was stopped.",
+            )
+        else:
+            logger.exception("Unexpected error while ingesting document %s", document_id)
+            observe.ingestion_failed("unexpected")
+            _fail(document_id, "An unexpected error stopped the ingestion of this document; see the worker log.")
     document.refresh_from_db()
     return _outcome(document, timings)
 
@@ -317,7 +333,7 @@ def document_process(
 def _fail(document_id: int, reason: str) -> None:
     """Mark a document failed and make sure nothing of it stays in the table or the index."""
     try:
-        with transaction.atomic(), engines.get_index().writer() as writer:
+        with engines.get_index().writer() as writer, transaction.atomic():
             writer.remove_document(document_id)
             Chunk.objects.filter(document_id=document_id).delete()
     except IngestionError:

@@ -122,12 +122,15 @@ def index_check() -> IndexCheckReport:
 
 
 def index_repair(*, progress: Callable[[int], None] | None = None) -> IndexCheckReport:
-    """Remove vectors that have no chunk, embed chunks that have no vector; return the state after."""
-    report = index_check()
-    if report.extra:
-        with engines.get_index().writer() as writer:
+    """Remove vectors that have no chunk, embed chunks that have no vector; return the state after.
+
+    The comparison runs under the writers' lock: ingestions hold it until their database commit,
+    so a document being indexed right now is never mistaken for a gap.
+    """
+    with engines.get_index().writer() as writer:
+        report = index_check()
+        if report.extra:
             writer.remove_ids(report.extra)
-    if report.missing:
-        with engines.get_index().writer() as writer:
+        if report.missing:
             _embed_into(writer, report.missing, progress)
     return index_check()

@@ -1,4 +1,5 @@
 """Who may read what, as a matrix: for each caller, exactly the allowed chunks appear anywhere."""
+
 from __future__ import annotations
 
 import io

@@ -1,0 +1,118 @@
+"""Ingestion throughput, end to end, against the raw embedding throughput of the same chunks.
+
+    .venv/bin/python bench/bench_ingest.py [FOLDER] [--runs 3]
+
+Each run ingests every file of FOLDER (default ../shared/corpus) into a fresh database and index
+through the product's own pipeline (``manage.py ingest --sync`` does the same), then embeds the
+resulting chunk texts once more with the bare embedder. Prints pages/s, chunks/s, the time per
+stage, and the pipeline's throughput as a ratio of the raw embedding throughput (median of runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _setup(var_dir: Path) -> None:
+    os.environ["VAR_DIR"] = str(var_dir)
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    for name in ("DATABASE_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "INDEX_DIR", "MEDIA_ROOT"):
+        os.environ.pop(name, None)  # a private SQLite database and index under var_dir
+    sys.path.insert(0, str(REPO))
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+
+
+def _one_run(folder: Path) -> dict[str, float]:
+    from django.core.files import File
+
+    from knowledge.models import Chunk, Document
+    from knowledge.services import documents as document_services
+    from knowledge.services import engines
+
+    Chunk.objects.all().delete()
+    Document.objects.all().delete()
+    engines.reset()
+    embedder = engines.get_embedder()
+    embedder.embed_passages(["warm-up"])  # the model's load time is not ingestion time
+
+    stages = {"parse": 0.0, "chunk": 0.0, "embed": 0.0, "index": 0.0}
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() not in {".json"})
+    started = time.perf_counter()
+    for path in files:
+        with path.open("rb") as handle:
+            document = document_services.document_create(file=File(handle), filename=path.name, dispatch=False)
+        outcome = document_services.document_process(document_id=document.pk)
+        for stage, seconds in outcome.timings.items():
+            stages[stage] = stages.get(stage, 0.0) + seconds
+    total = time.perf_counter() - started
+
+    ready = Document.objects.filter(status=Document.Status.READY)
+    pages = sum(d.page_count or 1 for d in ready)
+    texts = list(Chunk.objects.filter(document__in=ready).values_list("text", "heading"))
+    from ingestion.chunking import embedding_text
+    from ingestion.types import ChunkDraft
+
+    config = engines.chunking_config()
+    embedded = [
+        embedding_text(ChunkDraft(0, text, None, tuple(h.split(" > ")) if h else (), 0), config) for text, h in texts
+    ]
+    raw_started = time.perf_counter()
+    for start in range(0, len(embedded), 64):
+        embedder.embed_passages(embedded[start : start + 64])
+    raw = time.perf_counter() - raw_started
+    return {
+        "files": len(files),
+        "ready": ready.count(),
+        "pages": pages,
+        "chunks": len(texts),
+        "seconds": total,
+        "pages_per_s": pages / total,
+        "chunks_per_s": len(texts) / total,
+        "raw_embed_chunks_per_s": len(texts) / raw,
+        "ratio_to_raw_embedding": (len(texts) / total) / (len(texts) / raw),
+        "embed_share": stages["embed"] / total,
+        **{f"{stage}_s": seconds for stage, seconds in stages.items()},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folder", nargs="?", default=str(REPO.parent / "shared" / "corpus"))
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="kp-bench-") as var_dir:
+        _setup(Path(var_dir))
+        runs = [_one_run(Path(args.folder)) for _ in range(args.runs)]
+    median = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+    print(f"Ingestion of {args.folder}: median of {len(runs)} run(s)")
+    print(
+        f"  files {median['files']:.0f}, ready {median['ready']:.0f}, pages {median['pages']:.0f}, "
+        f"chunks {median['chunks']:.0f}, {median['seconds']:.1f} s"
+    )
+    print(
+        f"  pages/s {median['pages_per_s']:.2f}   chunks/s {median['chunks_per_s']:.2f}   "
+        f"raw embedding chunks/s {median['raw_embed_chunks_per_s']:.2f}   "
+        f"pipeline/raw {median['ratio_to_raw_embedding']:.2f}"
+    )
+    stages = "   ".join(f"{stage} {median[f'{stage}_s']:.1f} s" for stage in ("parse", "chunk", "embed", "index"))
+    print(f"  stages: {stages}   (embedding {median['embed_share']:.0%} of the time)")
+    print(json.dumps({key: round(value, 4) for key, value in median.items()}))
+
+
+if __name__ == "__main__":
+    main()
