@@ -90,8 +90,9 @@ def _check_model() -> dict[str, Any]:
     from knowledge.services import engines
 
     config = engines.llm_config()
-    if engines.get_llm().is_loaded():
-        return {"ok": True, "backend": config.backend, "loaded": True}
+    llm = engines.get_llm()
+    if llm.is_loaded():
+        return {"ok": True, "backend": config.backend, "loaded": True, "model": llm.model_name()}
     if config.backend == "openai":
         cached = _model_check_cache.get(config.base_url)
         if cached is not None and time.monotonic() - cached[0] < _MODEL_CHECK_TTL_S:

@@ -20,15 +20,21 @@ def broker_outage() -> Iterator[Callable[[], None]]:
     """Point this process's Celery app at a port where nothing listens; yield a function that ends the outage."""
     from portal.celery import app
 
-    real = app.conf.broker_url
+    real, real_write = app.conf.broker_url, app.conf.broker_write_url
     dead = "redis://127.0.0.1:9/0" if real.startswith("redis") else "sqla+sqlite:////nonexistent/dir/broker.db"
 
-    def restore() -> None:
-        app.conf.broker_url = real
-        app._pool = None  # the producer pool belongs to the broker it was built for
+    def forget_connections() -> None:
+        # the connection and producer pools belong to the broker they were built for
+        app._pool = None
+        app.amqp._producer_pool = None
 
-    app.conf.broker_url = dead
-    app._pool = None
+    def restore() -> None:
+        app.conf.broker_url, app.conf.broker_write_url = real, real_write
+        forget_connections()
+
+    # Celery publishes through broker_write_url when it is set (it is, to the same URL).
+    app.conf.broker_url = app.conf.broker_write_url = dead
+    forget_connections()
     yield restore
     restore()
 
