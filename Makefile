@@ -35,7 +35,7 @@ lint: install
 	$(VENV)/bin/mypy
 
 bench: install
-	$(PY) bench/run_all.py
+	$(PY) bench/bench_ingest.py --runs 3
 
 clean:
 	rm -rf $(VENV)
