@@ -1,6 +1,11 @@
 """Ingestion throughput, end to end, against the raw embedding throughput of the same chunks.
 
     .venv/bin/python bench/bench_ingest.py [FOLDER] [--runs 3]
+    .venv/bin/python bench/bench_ingest.py --pdf-pages 2000 [--runs 3]
+
+With ``--pdf-pages N``, FOLDER is replaced by a generated set of text PDFs of N pages in all (files of
+``--pages-per-file`` pages, each page about 350 words of real prose: SciFact abstracts read from
+../shared/eval, never copied into the repository), as a company's reports would be.
 
 Each run ingests every file of FOLDER (default ../shared/corpus) into a fresh database and index
 through the product's own pipeline (``manage.py ingest --sync`` does the same), then embeds the
@@ -90,14 +95,62 @@ def _one_run(folder: Path) -> dict[str, float]:
     }
 
 
+def generate_pdfs(folder: Path, pages: int, pages_per_file: int, source: Path) -> Path:
+    """Write text PDFs of ``pages`` pages in all into ``folder``; the prose comes from a BEIR corpus file."""
+    from fpdf import FPDF
+
+    texts: list[str] = []
+    with source.open(encoding="utf-8") as lines:
+        for line in lines:
+            record = json.loads(line)
+            texts.append(f"{record.get('title', '')}. {record.get('text', '')}")
+            if len(texts) >= pages * 3:
+                break
+    # the core fonts know Latin-1 only
+    texts = [t.encode("latin-1", "replace").decode("latin-1") for t in texts]
+    folder.mkdir(parents=True, exist_ok=True)
+    position = 0
+    for file_number in range(0, pages, pages_per_file):
+        pdf = FPDF(format="A4")
+        pdf.set_auto_page_break(auto=False)
+        pdf.set_font("Helvetica", size=10)
+        for page in range(min(pages_per_file, pages - file_number)):
+            pdf.add_page()
+            pdf.set_font("Helvetica", style="B", size=13)
+            pdf.cell(
+                0, 10, f"Report {file_number // pages_per_file + 1}, section {page + 1}", new_x="LMARGIN", new_y="NEXT"
+            )
+            pdf.set_font("Helvetica", size=10)
+            words = 0
+            while words < 350:  # about one printed page
+                text = texts[position % len(texts)]
+                position += 1
+                pdf.multi_cell(0, 5, text, new_x="LMARGIN", new_y="NEXT")
+                pdf.ln(2)
+                words += len(text.split())
+                if pdf.get_y() > 270:
+                    break
+        pdf.output(str(folder / f"report-{file_number // pages_per_file + 1:03d}.pdf"))
+    return folder
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", nargs="?", default=str(REPO.parent / "shared" / "corpus"))
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--pdf-pages", type=int, default=0, help="ingest N generated text-PDF pages instead")
+    parser.add_argument("--pages-per-file", type=int, default=100, help="pages per generated PDF (default 100)")
+    parser.add_argument(
+        "--prose", default=str(REPO.parent / "shared" / "eval" / "scifact-dev" / "corpus.jsonl"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="kp-bench-") as var_dir:
+        folder = Path(args.folder)
+        if args.pdf_pages > 0:
+            folder = generate_pdfs(Path(var_dir) / "pdfs", args.pdf_pages, args.pages_per_file, Path(args.prose))
+            args.folder = f"{args.pdf_pages} generated text-PDF pages ({args.pages_per_file} per file)"
         _setup(Path(var_dir))
-        runs = [_one_run(Path(args.folder)) for _ in range(args.runs)]
+        runs = [_one_run(folder) for _ in range(args.runs)]
     median = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
     print(f"Ingestion of {args.folder}: median of {len(runs)} run(s)")
     print(

@@ -56,13 +56,32 @@ def embedding_text(
 ) -> str:
     """The text to embed for ``chunk``: its heading path on a first line (when any), then its text.
 
+    When the chunk's text starts with the innermost heading (the chunk opens its section), that
+    heading is not repeated: the first line holds the outer path only, or nothing for a top level.
+
     Pass the :class:`ChunkingConfig` the chunk was made with (or its ``include_headings``): the chunk's
     ``token_count`` was measured on this text. Headings are included by default.
     """
     if include_headings is None:
         include_headings = config.include_headings if config is not None else True
-    line = heading_line(chunk.headings) if include_headings else ""
+    if not include_headings:
+        return chunk.text
+    headings = chunk.headings
+    # a chunk that opens with its own section's heading already says it on its first line: the
+    # heading line then only carries the outer path (a document's title is not embedded twice)
+    if headings and _opens_with(chunk.text, headings[-1]):
+        headings = headings[:-1]
+    line = heading_line(headings)
     return f"{line}\n{chunk.text}" if line else chunk.text
+
+
+def _opens_with(text: str, heading: str) -> bool:
+    heading = _WHITESPACE.sub(" ", heading).strip()
+    return bool(heading) and (text == heading or text.startswith(heading + "\n"))
+
+
+def _same_heading(text: str, heading: str) -> bool:
+    return _WHITESPACE.sub(" ", text).strip() == _WHITESPACE.sub(" ", heading).strip() != ""
 
 
 @dataclass(frozen=True)
@@ -114,6 +133,18 @@ class _Chunker:
             raise ValueError(f"hard_limit {self.hard_limit} leaves no room for text after the heading path")
         # a long heading path must not squeeze the text to nothing: allow up to the hard limit
         return max(room, min(hard_room, max(16, self.target // 4)))
+
+    def chunk_budget(self, pieces: Sequence[_Piece]) -> int:
+        """Content tokens a chunk made of ``pieces`` may hold: like :meth:`budget`, for its heading line.
+
+        A chunk that opens with its section's heading block does not repeat that heading in its heading
+        line (see :func:`embedding_text`), so only the outer path is paid for.
+        """
+        headings = self.chunk_headings(pieces)
+        first = pieces[0]
+        if headings and first.kind == "heading" and _same_heading(first.text, headings[-1]):
+            headings = headings[:-1]
+        return self.budget(headings, self.target)
 
     # ---- splitting ------------------------------------------------------------------------
     def pieces_of(self, index: int, block: Block, text: str) -> list[_Piece]:
@@ -291,7 +322,7 @@ class _Chunker:
                     emit()
                     continue
                 headings = self.chunk_headings([*current, piece])
-                if used + piece.cost > self.budget(headings, self.target):
+                if used + piece.cost > self.chunk_budget([*current, piece]):
                     finished = emit()
                     following, end = queue[0], finished[-1]
                     # no overlap across pages: a chunk's page must be where its text is
@@ -301,7 +332,7 @@ class _Chunker:
                     ):
                         reset_overlap(self.overlap(finished, headings))
                     continue
-            elif carried and used + piece.cost > self.budget(self.chunk_headings([*current, piece]), self.target):
+            elif carried and used + piece.cost > self.chunk_budget([*current, piece]):
                 current = []  # no room for the overlap before this piece
                 reset_overlap()
             current.append(queue.popleft())

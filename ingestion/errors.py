@@ -3,6 +3,7 @@
 Every error has a stable ``code`` and a message a person understands; the domain layer stores
 that message as the document's failure reason.
 """
+
 from __future__ import annotations
 
 
@@ -57,3 +58,9 @@ class DocumentTooLargeError(IngestionError):
     """The document exceeds a safety limit (pages, unpacked size): refused rather than hang a worker."""
 
     code = "too_large"
+
+
+class MemoryLimitError(DocumentTooLargeError):
+    """Reading the document needed more memory than allowed (``ingestion.sandbox``): refused, not OOM-killed."""
+
+    code = "memory_limit"

@@ -5,6 +5,7 @@ stems), so "électricité" in a question finds "electricite" in a passage. Measu
 questions with the right passage, the best-overlapping sentence holds the answer far more often
 than a 135M-parameter model's generated answer does, so highlights are the visible ground truth.
 """
+
 from __future__ import annotations
 
 import math
@@ -48,6 +49,33 @@ def split_sentences(text: str) -> list[tuple[int, int]]:
     return spans
 
 
+_HEADING_MAX_WORDS = 16
+_FINAL_PUNCTUATION = (".", "!", "?", "…", ":", ";", "»", '"', ")", "]")
+
+
+def heading_lines(text: str, spans: Sequence[tuple[int, int]]) -> list[bool]:
+    """Which sentence spans of a chunk's ``text`` are heading lines, such as the title that opens a document.
+
+    A heading line is short, has no final punctuation, and is followed by one line break and by another
+    heading line or by prose (a sentence that ends with punctuation or goes on in the same paragraph), as
+    chunking writes a heading block above its text. Table rows and list items are not: what follows them is
+    neither.
+    """
+    result = [False] * len(spans)
+    for i in range(len(spans) - 2, -1, -1):
+        start, end = spans[i]
+        following_start, following_end = spans[i + 1]
+        line = text[start:end].strip()
+        if text[end:following_start] != "\n" or line.endswith(_FINAL_PUNCTUATION):
+            continue
+        if len(line.split()) > _HEADING_MAX_WORDS:
+            continue
+        following = text[following_start:following_end].strip()
+        continues = text[following_end : following_end + 1] == " "
+        result[i] = result[i + 1] or following.endswith(_FINAL_PUNCTUATION) or continues
+    return result
+
+
 def _terms(analyzer: TextAnalyzer, text: str, language: str | None) -> set[str]:
     words = analyzer.words(text)
     lang = language or analyzer.detect(words) or analyzer.languages[0]
@@ -58,7 +86,9 @@ def highlight(question: str, passage: str, *, max_sentences: int = 2) -> Highlig
     """The one or two consecutive sentences of ``passage`` that share the most terms with ``question``.
 
     Rare terms weigh more than common ones (an idf over the passage's sentences); with no shared
-    term at all the passage's first sentence is returned with coverage 0.
+    term at all the passage's first sentence is returned with coverage 0. Heading lines (the title a
+    chunk opens with, see :func:`heading_lines`) are not quoted unless the passage is nothing else, and
+    several sentences are quoted only when they fit the highlight's length limit together.
     """
     analyzer = _analyzer()
     spans = split_sentences(passage)
@@ -68,19 +98,29 @@ def highlight(question: str, passage: str, *, max_sentences: int = 2) -> Highlig
     query = analyzer.query_tokens(question, candidates=(language,) if language else ())
     query_terms = set(query)
     sentence_terms = [_terms(analyzer, passage[a:b], language) & query_terms for a, b in spans]
-    # idf over sentences: a term found in every sentence tells little about where the answer is
     n = len(spans)
+    # a heading line (a document's title above its text) names the topic, so it shares the question's
+    # words, but it never holds the answer: it is not quoted, unless the passage is nothing else
+    quotable = [not heading for heading in heading_lines(passage, spans)]
+    if not any(quotable):
+        quotable = [True] * n
+    # idf over sentences: a term found in every sentence tells little about where the answer is
+    counted = [terms for terms, ok in zip(sentence_terms, quotable, strict=True) if ok]
     weight = {
-        term: math.log(1 + n / (1 + sum(term in terms for terms in sentence_terms))) + 0.5 for term in query_terms
+        term: math.log(1 + len(counted) / (1 + sum(term in terms for terms in counted))) + 0.5 for term in query_terms
     }
 
     def score(terms: set[str]) -> float:
         return sum(weight[t] for t in terms)
 
-    best = (0.0, 0, 1)
+    first = quotable.index(True)
+    best = (0.0, first, 1)
     for i in range(n):
         for width in range(1, max_sentences + 1):
-            if i + width > n:
+            if i + width > n or not quotable[i + width - 1]:
+                break
+            # several sentences must fit whole: cutting them would drop the end of the answer
+            if width > 1 and len(passage[spans[i][0] : spans[i + width - 1][1]].strip()) > _MAX_HIGHLIGHT_CHARS:
                 break
             terms = set().union(*sentence_terms[i : i + width])
             value = score(terms)
@@ -103,9 +143,22 @@ def extractive_answer(highlights: Sequence[Highlight], *, max_sources: int = 3) 
     """An answer made of the best highlights, each followed by its source number: "… [1] … [2]".
 
     ``highlights[i]`` belongs to source number i + 1. Sources whose highlight shares no term with
-    the question are left out, unless none does (then the first one is quoted).
+    the question are left out, unless none does (then the first one is quoted). A sentence is
+    quoted once: when overlapping chunks give the same highlight (or one inside another), the
+    longer one is quoted with every source that holds it, as in "… [1][2]".
     """
-    ranked = [(i, h) for i, h in enumerate(highlights) if h.coverage > 0][:max_sources]
+    ranked = [(i, h) for i, h in enumerate(highlights) if h.coverage > 0]
     if not ranked and highlights:
         ranked = [(0, highlights[0])]
-    return " ".join(f"{h.text} [{i + 1}]" for i, h in ranked)
+    quoted: list[tuple[str, str, list[int]]] = []  # (text, comparable text, source numbers)
+    for i, h in ranked:
+        key = " ".join(h.text.casefold().split())
+        for position, (text, seen, numbers) in enumerate(quoted):
+            if key in seen or seen in key:
+                quoted[position] = (h.text, key, numbers) if len(key) > len(seen) else (text, seen, numbers)
+                numbers.append(i + 1)
+                break
+        else:
+            if len(quoted) < max_sources:
+                quoted.append((h.text, key, [i + 1]))
+    return " ".join(f"{text} " + "".join(f"[{n}]" for n in numbers) for text, _, numbers in quoted)

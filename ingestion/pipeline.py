@@ -1,15 +1,17 @@
 """File → blocks → chunks → vectors: the whole ingestion of one file, without storage."""
+
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ingestion.chunking import ChunkingConfig, chunk_blocks, embedding_text
 from ingestion.errors import EmptyDocumentError
-from ingestion.parsing import parse_file
+from ingestion.parsing import DEFAULT_MAX_PAGES, DEFAULT_MAX_UNPACKED_MB, parse_file
+from ingestion.sandbox import DEFAULT_MEMORY_MB, run_limited
 from ingestion.types import ChunkDraft, ParsedDocument
 
 if TYPE_CHECKING:
@@ -24,6 +26,17 @@ class PipelineOptions:
     ocr: bool = True
     ocr_languages: str = "eng+fra"
     password: str | None = None
+    #: safety limits passed to the parser: PDF pages, and what an Office file may unpack to
+    max_pages: int = DEFAULT_MAX_PAGES
+    max_unpacked_mb: int = DEFAULT_MAX_UNPACKED_MB
+    #: memory (MB) the parse may use on top of the process's own, in a forked child (``ingestion.sandbox``);
+    #: 0 = no limit, parse in this process
+    max_memory_mb: int = DEFAULT_MEMORY_MB
+    #: folder of the on-disk cache of passage vectors (see ``ingestion.embedding_cache``); "" = no cache
+    embed_cache_dir: str = ""
+    #: 1-based page numbers: process only this slice of a PDF (one part of a big one); a slice without
+    #: text then gives no chunks instead of EmptyDocumentError. None = the whole file
+    pages: range | None = None
 
 
 @dataclass(frozen=True)
@@ -35,7 +48,17 @@ class PipelineResult:
     timings: dict[str, float]
 
 
-def run_pipeline(
+@dataclass(frozen=True)
+class PreparedDocument:
+    """A parsed and chunked file, not embedded yet."""
+
+    parsed: ParsedDocument
+    chunks: list[ChunkDraft]
+    #: seconds spent in each stage: parse, chunk
+    timings: dict[str, float]
+
+
+def prepare_file(
     path: Path,
     *,
     embedder: Embedder,
@@ -43,20 +66,32 @@ def run_pipeline(
     filename: str | None = None,
     mime_type: str | None = None,
     progress: Callable[[str], None] | None = None,
-) -> PipelineResult:
-    """Parse, chunk and embed one file. Raises an ``IngestionError`` subclass on bad input."""
+) -> PreparedDocument:
+    """Parse and chunk one file (chunks measured with ``embedder``'s tokenizer).
+
+    Raises an ``IngestionError`` subclass on bad input, ``EmptyDocumentError`` when it has no text,
+    ``MemoryLimitError`` when parsing needed more than ``options.max_memory_mb``.
+    """
     notify = progress or (lambda stage: None)
     timings: dict[str, float] = {}
 
     notify("parsing")
     started = time.perf_counter()
-    parsed = parse_file(
-        path,
-        filename=filename,
-        password=options.password,
-        ocr=options.ocr,
-        ocr_languages=options.ocr_languages,
-        mime_type=mime_type,
+    # Parsing is where hostile files explode (zip and decompression bombs): it runs in a child process
+    # under a memory limit. The embedder is used in this process only.
+    parsed = run_limited(
+        lambda: parse_file(
+            path,
+            filename=filename,
+            password=options.password,
+            ocr=options.ocr,
+            ocr_languages=options.ocr_languages,
+            mime_type=mime_type,
+            pages=options.pages,
+            max_pages=options.max_pages,
+            max_unpacked_mb=options.max_unpacked_mb,
+        ),
+        memory_mb=options.max_memory_mb,
     )
     timings["parse"] = time.perf_counter() - started
 
@@ -69,11 +104,39 @@ def run_pipeline(
         hard_limit=embedder.max_tokens,
     )
     timings["chunk"] = time.perf_counter() - started
-    if not chunks:
+    if not chunks and options.pages is None:
         raise EmptyDocumentError("The document contains no extractable text")
+    return PreparedDocument(parsed=parsed, chunks=chunks, timings=timings)
 
-    notify("embedding")
+
+def embed_chunks(chunks: Sequence[ChunkDraft], *, embedder: Embedder, options: PipelineOptions) -> np.ndarray:
+    """The vectors of ``chunks`` (one row each), through the embedding cache when one is configured.
+
+    Chunks of several documents may be embedded together: batches then fill up across documents.
+    """
+    from ingestion.embedding_cache import embed_passages_cached, open_cache
+
+    cache = open_cache(options.embed_cache_dir) if options.embed_cache_dir else None
+    texts = [embedding_text(chunk, options.chunking) for chunk in chunks]
+    return embed_passages_cached(embedder, texts, cache)
+
+
+def run_pipeline(
+    path: Path,
+    *,
+    embedder: Embedder,
+    options: PipelineOptions,
+    filename: str | None = None,
+    mime_type: str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> PipelineResult:
+    """Parse, chunk and embed one file. Raises an ``IngestionError`` subclass on bad input."""
+    prepared = prepare_file(
+        path, embedder=embedder, options=options, filename=filename, mime_type=mime_type, progress=progress
+    )
+    if progress:
+        progress("embedding")
     started = time.perf_counter()
-    vectors = embedder.embed_passages([embedding_text(chunk, options.chunking) for chunk in chunks])
-    timings["embed"] = time.perf_counter() - started
-    return PipelineResult(parsed=parsed, chunks=chunks, vectors=vectors, timings=timings)
+    vectors = embed_chunks(prepared.chunks, embedder=embedder, options=options)
+    timings = {**prepared.timings, "embed": time.perf_counter() - started}
+    return PipelineResult(parsed=prepared.parsed, chunks=prepared.chunks, vectors=vectors, timings=timings)

@@ -1,4 +1,4 @@
-"""Hybrid search: dense (FAISS) and lexical (BM25) results fused by reciprocal rank.
+"""Hybrid search: dense (FAISS) and lexical (BM25) results fused (see :func:`fuse`).
 
 The BM25 side is built from the chunk texts stored with the index, lazily, whenever the index
 version changes; a chunk already analysed keeps its analysis, so a new version only costs the
@@ -23,11 +23,12 @@ import numpy as np
 from .embedding import Embedder
 from .errors import IndexMismatchError
 from .index import IndexSnapshot, VectorIndex
+from .rerank import Reranker
 
 if TYPE_CHECKING:
     import bm25s
 
-__all__ = ["HybridSearcher", "SearchConfig", "SearchHit", "TextAnalyzer"]
+__all__ = ["HybridSearcher", "SearchConfig", "SearchHit", "TextAnalyzer", "fuse"]
 
 #: language code -> (Snowball stemmer name, name of the bm25s stop-word list)
 LANGUAGES: dict[str, tuple[str, str]] = {
@@ -42,16 +43,31 @@ LANGUAGES: dict[str, tuple[str, str]] = {
 _WORD = re.compile(r"\w+")
 
 
+#: fusion methods: reciprocal rank fusion, or a weighted sum of min-max normalised scores
+FUSIONS = ("rrf", "convex")
+#: which first-stage retrievers run: both (fused), or one alone (for comparisons and special corpora)
+RETRIEVERS = ("hybrid", "dense", "bm25")
+
+
 @dataclass(frozen=True)
 class SearchConfig:
     """How many candidates each side retrieves and how they are fused."""
 
+    #: "hybrid" (dense and BM25, fused), "dense" or "bm25" alone
+    retrievers: str = "hybrid"
     dense_k: int = 100
     bm25_k: int = 100
-    #: the constant of reciprocal rank fusion: score = sum(weight / (rrf_k + rank))
+    #: "rrf": score = sum(weight / (rrf_k + rank)); "convex": score = sum(weight * min-max normalised score)
+    fusion: str = "rrf"
+    #: the constant of reciprocal rank fusion
     rrf_k: int = 60
     dense_weight: float = 1.0
     bm25_weight: float = 1.0
+    #: BM25 (Lucene variant): term-frequency saturation and document-length normalisation
+    bm25_k1: float = 1.5
+    bm25_b: float = 0.75
+    #: how many of the best fused candidates a configured reranker reorders (the rest follow them)
+    rerank_k: int = 30
     #: languages the lexical analysis recognises, the first one winning ties and unknown texts
     languages: tuple[str, ...] = ("en", "fr", "de", "es", "it", "nl", "pt")
     #: check for a newer saved index version before each search (one small file read)
@@ -62,9 +78,10 @@ class SearchConfig:
 class SearchHit:
     """One retrieved chunk.
 
-    ``score`` is the fused (RRF) score that orders the hits; ``dense_score`` the cosine similarity of
+    ``score`` is the fused score (see :func:`fuse`); ``dense_score`` the cosine similarity of
     the chunk to the query (computed for BM25-only hits as well); ``bm25_score`` the BM25 score,
-    None when BM25 did not retrieve the chunk.
+    None when BM25 did not retrieve the chunk; ``rerank_score`` the reranker's score when a reranker
+    ordered the hit (the reranked hits come first, in that order, then the others by fused score).
     """
 
     chunk_id: int
@@ -72,6 +89,7 @@ class SearchHit:
     dense_score: float | None
     bm25_score: float | None
     document_id: int
+    rerank_score: float | None = None
 
 
 @functools.lru_cache(maxsize=200_000)
@@ -174,6 +192,8 @@ class _Lexical:
     """The BM25 index of one index version."""
 
     version: int
+    #: (k1, b) it was built with: a searcher given another config rebuilds it
+    parameters: tuple[float, float]
     model: bm25s.BM25 | None
     positions: np.ndarray  # the index position of each BM25 document
     #: the term ids of this version (a later version may start a new vocabulary)
@@ -182,10 +202,53 @@ class _Lexical:
     languages: frozenset[str]
 
 
-class HybridSearcher:
-    """Dense + BM25 search over one :class:`VectorIndex`, with collection and document filters."""
+def _validate(config: SearchConfig) -> None:
+    if config.fusion not in FUSIONS:
+        raise ValueError(f"unknown fusion {config.fusion!r}: choose among {FUSIONS}")
+    if config.retrievers not in RETRIEVERS:
+        raise ValueError(f"unknown retrievers {config.retrievers!r}: choose among {RETRIEVERS}")
 
-    def __init__(self, index: VectorIndex, embedder: Embedder, config: SearchConfig) -> None:
+
+def fuse(
+    dense: Sequence[tuple[int, float]], lexical: Sequence[tuple[int, float]], config: SearchConfig
+) -> dict[int, float]:
+    """The fused score of every chunk of either ranking (each a list of (chunk id, score), best first).
+
+    ``rrf``: each ranking gives ``weight / (rrf_k + rank)``. ``convex``: each ranking's scores are
+    min-max normalised (its best 1, its ``dense_k``-th or ``bm25_k``-th 0, below that 0 as well, so
+    that asking for more hits does not change the scores of the first ones; a lone candidate gets 1)
+    and weighted; a chunk missing from a ranking gets nothing from it.
+    """
+    _validate(config)
+    fused: dict[int, float] = {}
+    sides = ((config.dense_weight, dense, config.dense_k), (config.bm25_weight, lexical, config.bm25_k))
+    for weight, results, depth in sides:
+        if not results:
+            continue
+        if config.fusion == "rrf":
+            for rank, (chunk_id, _) in enumerate(results, start=1):
+                fused[chunk_id] = fused.get(chunk_id, 0.0) + weight / (config.rrf_k + rank)
+        else:
+            high = results[0][1]
+            low = results[min(len(results), max(1, depth)) - 1][1]
+            span = high - low
+            for chunk_id, score in results:
+                normalised = max(0.0, (score - low) / span) if span > 0 else 1.0
+                fused[chunk_id] = fused.get(chunk_id, 0.0) + weight * normalised
+    return fused
+
+
+class HybridSearcher:
+    """Dense + BM25 search over one :class:`VectorIndex`, with collection and document filters.
+
+    ``config`` may be replaced on a live searcher (to try another fusion, say) except for its
+    ``languages``, which the analyzer was built with; new BM25 parameters rebuild the BM25 index.
+    """
+
+    def __init__(
+        self, index: VectorIndex, embedder: Embedder, config: SearchConfig, reranker: Reranker | None = None
+    ) -> None:
+        _validate(config)
         if index.embedder_name != embedder.name or index.dimension != embedder.dimension:
             raise IndexMismatchError(
                 f"The index was built with {index.embedder_name} (dim {index.dimension}) but the configured "
@@ -194,6 +257,7 @@ class HybridSearcher:
         self.index = index
         self.embedder = embedder
         self.config = config
+        self.reranker = reranker
         self.analyzer = TextAnalyzer(config.languages)
         self._lock = threading.Lock()
         self._lexical: _Lexical | None = None
@@ -216,12 +280,18 @@ class HybridSearcher:
         snapshot = self.index.snapshot()  # both sides read the same version
         if len(snapshot) == 0:
             return []
+        # the query vector is needed even without the dense side: every hit carries its cosine
         vector = self.embedder.embed_query(query)
-        dense = snapshot.search(vector, max(self.config.dense_k, k), collections=collections, documents=documents)
-        lexical = self.bm25(
-            query, max(self.config.bm25_k, k), snapshot=snapshot, collections=collections, documents=documents
-        )
-        return self._fuse(snapshot, vector, dense, lexical, k)
+        retrievers = self.config.retrievers
+        dense: list[tuple[int, float]] = []
+        lexical: list[tuple[int, float]] = []
+        if retrievers != "bm25":
+            dense = snapshot.search(vector, max(self.config.dense_k, k), collections=collections, documents=documents)
+        if retrievers != "dense":
+            lexical = self.bm25(
+                query, max(self.config.bm25_k, k), snapshot=snapshot, collections=collections, documents=documents
+            )
+        return self._fuse(query, snapshot, vector, dense, lexical, k)
 
     def bm25(
         self,
@@ -256,20 +326,27 @@ class HybridSearcher:
 
     def _fuse(
         self,
+        query: str,
         snapshot: IndexSnapshot,
         vector: np.ndarray,
         dense: list[tuple[int, float]],
         lexical: list[tuple[int, float]],
         k: int,
     ) -> list[SearchHit]:
-        config = self.config
-        fused: dict[int, float] = {}
-        for weight, results in ((config.dense_weight, dense), (config.bm25_weight, lexical)):
-            for rank, (chunk_id, _) in enumerate(results, start=1):
-                fused[chunk_id] = fused.get(chunk_id, 0.0) + weight / (config.rrf_k + rank)
+        fused = fuse(dense, lexical, self.config)
         cosines = dict(dense)
         bm25_scores = dict(lexical)
-        best = sorted(fused, key=lambda c: (-fused[c], -cosines.get(c, -2.0)))[:k]
+        ordered = sorted(fused, key=lambda c: (-fused[c], -cosines.get(c, -2.0)))
+        reranked: dict[int, float] = {}
+        if self.reranker is not None and self.config.rerank_k > 0:
+            head = ordered[: self.config.rerank_k]
+            positions = [snapshot.position(c) for c in head]
+            texts = [snapshot.texts[p] if p is not None else "" for p in positions]
+            scores = self.reranker.scores(query, texts)
+            reranked = {c: float(v) for c, v in zip(head, scores.tolist(), strict=True)}
+            # stable: equal reranker scores keep their fused order
+            ordered = sorted(head, key=lambda c: -reranked[c]) + ordered[len(head) :]
+        best = ordered[:k]
         missing = [c for c in best if c not in cosines]
         for chunk_id, stored in snapshot.vectors(missing).items():
             cosines[chunk_id] = float(stored @ vector)
@@ -283,6 +360,7 @@ class HybridSearcher:
                     dense_score=cosines.get(chunk_id),
                     bm25_score=bm25_scores.get(chunk_id),
                     document_id=int(snapshot.document_ids[position]) if position is not None else -1,
+                    rerank_score=reranked.get(chunk_id),
                 )
             )
         return hits
@@ -290,17 +368,20 @@ class HybridSearcher:
     # ---- the BM25 index -----------------------------------------------------------------------
     def _lexical_for(self, snapshot: IndexSnapshot) -> _Lexical:
         lexical = self._lexical
-        if lexical is not None and lexical.version == snapshot.version:
+        parameters = (self.config.bm25_k1, self.config.bm25_b)
+        if lexical is not None and lexical.version == snapshot.version and lexical.parameters == parameters:
             return lexical
         with self._lock:
             lexical = self._lexical
-            if lexical is None or lexical.version != snapshot.version:
+            if lexical is None or lexical.version != snapshot.version or lexical.parameters != parameters:
                 lexical = self._build(snapshot)
                 self._lexical = lexical
             return lexical
 
     def _build(self, snapshot: IndexSnapshot) -> _Lexical:
         import bm25s
+
+        parameters = (self.config.bm25_k1, self.config.bm25_b)
 
         analyzer = self.analyzer
         positions = snapshot.live_positions
@@ -346,10 +427,11 @@ class HybridSearcher:
 
         model = None
         if any(corpus):
-            model = bm25s.BM25()
+            model = bm25s.BM25(k1=parameters[0], b=parameters[1])
             model.index((corpus, dict(vocabulary)), create_empty_token=False, show_progress=False)
         return _Lexical(
             version=snapshot.version,
+            parameters=parameters,
             model=model,
             positions=positions,
             vocabulary=vocabulary,

@@ -111,6 +111,43 @@ class Chunk(models.Model):
         return self.pk
 
 
+class DocumentPart(models.Model):
+    """A page range of a big PDF, parsed, chunked and embedded by its own task.
+
+    Its chunks and vectors wait here until the last part is done; that part writes them all as the
+    document's chunks and deletes the parts. A document being processed whole has no parts.
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending", _("Pending")
+        DONE = "done", _("Done")
+
+    document = models.ForeignKey(Document, on_delete=models.CASCADE, related_name="parts")
+    #: 1-based position of the part in the document
+    number = models.PositiveIntegerField()
+    first_page = models.PositiveIntegerField()
+    last_page = models.PositiveIntegerField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    #: the part's chunk drafts in reading order: {"text", "page", "headings", "token_count"}
+    chunks = models.JSONField(default=list, blank=True)
+    #: their vectors, float32, one row per chunk, row-major
+    vectors = models.BinaryField(default=b"", blank=True)
+    title = models.CharField(max_length=300, blank=True)
+    ocr_pages = models.JSONField(default=list, blank=True)
+    warnings = models.JSONField(default=list, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["document_id", "number"]
+        constraints = [
+            models.UniqueConstraint(fields=["document", "number"], name="unique_document_part_number"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.document_id} pages {self.first_page}-{self.last_page}"
+
+
 class Conversation(models.Model):
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations")
     title = models.CharField(max_length=300, blank=True)

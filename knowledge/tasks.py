@@ -11,7 +11,7 @@ from django.db import OperationalError
 
 from ingestion.errors import IndexBusyError
 from knowledge.models import Document
-from knowledge.services import documents
+from knowledge.services import document_parts, documents
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +41,19 @@ def document_ingest_task(document_id: int, force: bool = False) -> dict[str, obj
         Document.objects.filter(pk=document_id).update(stage="waiting for OCR")
         document_ocr_task.delay(document_id, force=force)
         return {"document_id": document_id, "status": "ocr"}
-    outcome = documents.document_process(document_id=document_id, ocr=False, force=force)
+    # A big text PDF continues as page ranges, one document_ingest_part task each.
+    parts = document_parts.document_split(document_id=document_id, ocr=False)
+    if parts:
+        return {"document_id": document_id, "status": "split", "parts": len(parts)}
+    outcome = documents.document_process(document_id=document_id, ocr=False, force=force, split=False)
     return {"document_id": document_id, "status": outcome.status, "chunks": outcome.chunks}
+
+
+@shared_task(name="knowledge.document_ingest_part", **_RETRY)
+def document_ingest_part_task(document_id: int, part_id: int) -> dict[str, object]:
+    """Ingest one page range of a big PDF; the part that completes the set indexes the document."""
+    outcome = document_parts.document_part_process(document_id=document_id, part_id=part_id)
+    return {"document_id": document_id, "part_id": part_id, "status": outcome.status, "chunks": outcome.chunks}
 
 
 @shared_task(name="knowledge.document_ocr", **_RETRY)
@@ -50,7 +61,7 @@ def document_ocr_task(document_id: int, force: bool = False) -> dict[str, object
     """Ingest a scanned document with OCR (about 12 s a page), on its own queue."""
     if not Document.objects.filter(pk=document_id).exists():
         return {"document_id": document_id, "status": "deleted"}
-    outcome = documents.document_process(document_id=document_id, ocr=True, force=force)
+    outcome = documents.document_process(document_id=document_id, ocr=True, force=force, split=False)
     return {"document_id": document_id, "status": outcome.status, "chunks": outcome.chunks}
 
 

@@ -258,7 +258,19 @@ RAG_OCR = _bool("RAG_OCR", True)
 RAG_INGEST_TIME_LIMIT = _positive_int("RAG_INGEST_TIME_LIMIT", 3600, minimum=10)
 RAG_MAX_PAGES = _positive_int("RAG_MAX_PAGES", 5000)
 RAG_MAX_UNPACKED_MB = _positive_int("RAG_MAX_UNPACKED_MB", 512)
+# A text PDF with more pages than this is processed as parts of this many pages, one task each, so one
+# big file does not hold one worker for its whole length. 0 = never split.
+RAG_SPLIT_PAGES = _positive_int("RAG_SPLIT_PAGES", 50, minimum=0)
+# Memory (MB) the parse of one document may use on top of the worker's own, in a child process: a file
+# that explodes past it fails ("needed more than … MB") instead of getting the worker OOM-killed.
+# 0 = no limit (parse in the worker's process).
+RAG_INGEST_MEMORY_MB = _positive_int("RAG_INGEST_MEMORY_MB", 2048, minimum=0)
+if 0 < RAG_INGEST_MEMORY_MB < 64:
+    raise ImproperlyConfigured(f"RAG_INGEST_MEMORY_MB must be 0 (no limit) or at least 64; got {RAG_INGEST_MEMORY_MB}")
 RAG_OCR_LANGUAGES = env.str("RAG_OCR_LANGUAGES", default="eng+fra")
+# An on-disk cache of passage vectors keyed by the exact embedded text: reingesting an unchanged
+# document, rebuilding the index or re-running `evaluate` does not embed again ("" = no cache).
+RAG_EMBED_CACHE_DIR = env.str("RAG_EMBED_CACHE_DIR", default="")
 
 RAG_LLM_BACKEND = _choice("RAG_LLM_BACKEND", "local", ("local", "openai"))
 RAG_LLM_MODEL_DIR = env.str("RAG_LLM_MODEL_DIR", default="")
@@ -278,6 +290,10 @@ RAG_ANSWER_MODE = _choice(
     ("extractive", "generative"),
 )
 RAG_TOP_K = _positive_int("RAG_TOP_K", 5)
+# Optional cross-encoder reranking: a local sentence-transformers CrossEncoder folder ("" = off) and
+# how many of the best fused candidates it reorders.
+RAG_RERANKER_MODEL = env.str("RAG_RERANKER_MODEL", default="")
+RAG_RERANK_CANDIDATES = _positive_int("RAG_RERANK_CANDIDATES", 30)
 RAG_SCORE_THRESHOLD = _float("RAG_SCORE_THRESHOLD", 0.0)
 
 API_RATE_LIMIT = env.str("API_RATE_LIMIT", default="60/m").strip()

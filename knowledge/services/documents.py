@@ -24,7 +24,7 @@ from knowledge.errors import (
     UnsupportedUploadError,
     UploadTooLargeError,
 )
-from knowledge.models import DEFAULT_COLLECTION_SLUG, Chunk, Collection, Document
+from knowledge.models import DEFAULT_COLLECTION_SLUG, Chunk, Collection, Document, DocumentPart
 from knowledge.observability import instrumentation as observe
 from knowledge.services import engines
 
@@ -218,35 +218,54 @@ def document_needs_ocr(*, document: Document) -> bool:
     if not settings.RAG_OCR:
         return False
     from ingestion.parsing import needs_ocr, sniff_mime
+    from ingestion.sandbox import run_limited
 
     path = Path(document.file.path)
     try:
         if sniff_mime(path, document.original_name) != "application/pdf":
             return False
-        return bool(needs_ocr(path))
+        # reading every page's text layer is parsing too: a hostile PDF must not exhaust the worker here
+        return bool(run_limited(lambda: needs_ocr(path), memory_mb=settings.RAG_INGEST_MEMORY_MB))
     except IngestionError:
         return False  # the real parse reports the problem
 
 
 @observe.observe_ingestion
 def document_process(
-    *, document_id: int, ocr: bool = True, force: bool = False, progress: Callable[[str], None] | None = None
+    *,
+    document_id: int,
+    ocr: bool = True,
+    force: bool = False,
+    split: bool = True,
+    progress: Callable[[str], None] | None = None,
 ) -> ProcessOutcome:
     """Parse, chunk, embed and index one document, replacing whatever it had before.
+
+    With ``split``, a text PDF over ``RAG_SPLIT_PAGES`` pages is processed as page ranges, one after
+    the other in this process (see ``knowledge.services.document_parts``; the workers run them side by
+    side instead).
 
     Idempotent: running it again replaces the document's chunks and vectors. A permanent
     ingestion error marks the document failed with its reason and leaves no chunk or vector
     behind; transient errors propagate so the task is retried.
     """
-    from ingestion.pipeline import PipelineOptions, run_pipeline
+    from ingestion.pipeline import run_pipeline
 
     document = Document.objects.select_related("collection").get(pk=document_id)
     if document.status == Document.Status.READY and not force:
         return _outcome(document, {})
+    if split:
+        from knowledge.services import document_parts
+
+        part_ids = document_parts.document_split(document_id=document_id, ocr=ocr, dispatch=False)
+        if part_ids:
+            return document_parts.document_parts_process(document_id=document_id, part_ids=part_ids, progress=progress)
 
     Document.objects.filter(pk=document_id).update(
         status=Document.Status.PROCESSING, stage="parsing", error="", attempts=document.attempts + 1
     )
+    # The parts of an earlier split of this document, if any, are outdated: their tasks do nothing.
+    DocumentPart.objects.filter(document_id=document_id).delete()
 
     def notify(stage: str) -> None:
         observe.ingestion_stage(stage)
@@ -257,9 +276,7 @@ def document_process(
     timings: dict[str, float] = {}
     try:
         embedder = engines.get_embedder()
-        options = PipelineOptions(
-            chunking=engines.chunking_config(), ocr=ocr and settings.RAG_OCR, ocr_languages=settings.RAG_OCR_LANGUAGES
-        )
+        options = engines.pipeline_options(ocr=ocr)
         result = run_pipeline(
             Path(document.file.path),
             embedder=embedder,

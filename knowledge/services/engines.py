@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from ingestion.chunking import ChunkingConfig
     from ingestion.embedding import Embedder, EmbedderConfig
     from ingestion.index import VectorIndex
+    from ingestion.pipeline import PipelineOptions
+    from ingestion.rerank import Reranker
     from ingestion.search import HybridSearcher
     from llm.config import LLMConfig
     from llm.handler import LLMHandler
@@ -60,6 +62,21 @@ def chunking_config() -> ChunkingConfig:
     return ChunkingConfig(max_tokens=settings.RAG_CHUNK_TOKENS, overlap_tokens=settings.RAG_CHUNK_OVERLAP)
 
 
+def pipeline_options(*, ocr: bool = True) -> PipelineOptions:
+    """How documents are ingested, from the settings (``ocr=False`` skips OCR even when it is enabled)."""
+    from ingestion.pipeline import PipelineOptions
+
+    return PipelineOptions(
+        chunking=chunking_config(),
+        ocr=ocr and settings.RAG_OCR,
+        ocr_languages=settings.RAG_OCR_LANGUAGES,
+        max_pages=settings.RAG_MAX_PAGES,
+        max_unpacked_mb=settings.RAG_MAX_UNPACKED_MB,
+        max_memory_mb=settings.RAG_INGEST_MEMORY_MB,
+        embed_cache_dir=settings.RAG_EMBED_CACHE_DIR,
+    )
+
+
 def get_embedder() -> Embedder:
     from ingestion.embedding import get_embedder as build
 
@@ -84,11 +101,23 @@ def get_searcher() -> HybridSearcher:
     from ingestion.search import HybridSearcher, SearchConfig
 
     def build() -> HybridSearcher:
-        return HybridSearcher(get_index(), get_embedder(), SearchConfig())
+        config = SearchConfig(rerank_k=settings.RAG_RERANK_CANDIDATES)
+        return HybridSearcher(get_index(), get_embedder(), config, reranker=get_reranker())
 
     searcher: HybridSearcher = _cached(f"searcher:{settings.INDEX_DIR}", build)
     get_index()  # reload when stale; the searcher rebuilds its BM25 side on a new version
     return searcher
+
+
+def get_reranker() -> Reranker | None:
+    """The configured cross-encoder (``RAG_RERANKER_MODEL``), or None when reranking is off."""
+    if not settings.RAG_RERANKER_MODEL:
+        return None
+    from ingestion.rerank import Reranker, RerankerConfig
+
+    config = RerankerConfig(model_dir=settings.RAG_RERANKER_MODEL, threads=settings.RAG_EMBED_THREADS)
+    reranker: Reranker = _cached(f"reranker:{settings.RAG_RERANKER_MODEL}", lambda: Reranker(config))
+    return reranker
 
 
 def llm_config() -> LLMConfig:

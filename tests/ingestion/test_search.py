@@ -165,3 +165,26 @@ def test_weights_change_the_fusion(searcher: HybridSearcher) -> None:
 
     assert hits[0].chunk_id != 30
     assert np.isclose(hits[0].score, 1 / 61)
+
+
+@pytest.mark.parametrize("fusion", ["rrf", "convex"])
+def test_one_retriever_alone_keeps_its_own_order(searcher: HybridSearcher, fusion: str) -> None:
+    query = "At what hour is the Quendrix delivery?"
+    snapshot = searcher.index.snapshot()
+    vector = searcher.embedder.embed_query(query)
+    dense = HybridSearcher(
+        searcher.index, searcher.embedder, replace(searcher.config, retrievers="dense", fusion=fusion)
+    )
+    bm25 = HybridSearcher(searcher.index, searcher.embedder, replace(searcher.config, retrievers="bm25", fusion=fusion))
+
+    assert [h.chunk_id for h in dense.search(query, 4)] == [c for c, _ in snapshot.search(vector, 4)]
+    bm25_hits = bm25.search(query, 4)
+    assert [h.chunk_id for h in bm25_hits] == [c for c, _ in searcher.bm25(query, 4)]
+    assert all(h.dense_score is not None for h in bm25_hits)  # every hit still carries its cosine
+
+
+def test_an_unknown_fusion_or_retriever_is_refused(searcher: HybridSearcher) -> None:
+    with pytest.raises(ValueError, match="unknown fusion"):
+        HybridSearcher(searcher.index, searcher.embedder, replace(searcher.config, fusion="max"))
+    with pytest.raises(ValueError, match="unknown retrievers"):
+        HybridSearcher(searcher.index, searcher.embedder, replace(searcher.config, retrievers="sparse"))

@@ -1,0 +1,345 @@
+"""Big PDFs processed as page ranges, one task each, so one big file does not hold one worker for its length.
+
+A text PDF with more than ``RAG_SPLIT_PAGES`` pages is planned as parts of that many pages
+(:func:`document_split`). Each part parses, chunks and embeds its pages and keeps the result in its
+``DocumentPart`` row (:func:`document_part_process`); the part that finds every part done writes all
+the chunks and vectors as :func:`~knowledge.services.documents.document_process` does (one index
+writer session held until the database has committed), marks the document ready and deletes the parts.
+
+Scanned PDFs (with pages that OCR would read) are not split: they go whole to the ``ocr`` queue, as
+before. A plan is current while its parts exist and the document is ``processing``: a new plan or a
+whole-file run deletes the parts, a failure deletes them and marks the document failed, a replace or
+a reingest makes the document ``queued``, a delete removes everything; the part tasks of an outdated
+plan then do nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from ingestion.errors import EmptyDocumentError, IngestionError
+from knowledge.models import Chunk, Document, DocumentPart
+from knowledge.observability import instrumentation as observe
+from knowledge.services import documents, engines
+from knowledge.services.documents import ProcessOutcome
+
+logger = logging.getLogger(__name__)
+
+PDF = "application/pdf"
+#: the status of a part task that had nothing to do (outdated plan, document gone)
+SKIPPED = "skipped"
+_STAGE_MAX = 32  # Document.stage's max_length
+
+
+def document_split_ranges(*, document: Document, ocr: bool) -> list[range]:
+    """The page ranges (1-based) ``document`` is processed in; [] when it is processed whole.
+
+    Only a PDF with more than ``RAG_SPLIT_PAGES`` pages (and at most ``RAG_MAX_PAGES``) is split; with
+    ``ocr``, only one that has no page for OCR to read.
+    """
+    size = settings.RAG_SPLIT_PAGES
+    if size <= 0:
+        return []
+    from ingestion.parsing import pdf_page_count, sniff_mime
+
+    try:
+        path = Path(document.file.path)
+        if sniff_mime(path, document.original_name) != PDF:
+            return []
+        count = pdf_page_count(path)
+    except (IngestionError, OSError, ValueError):
+        return []  # processed whole, which reports the problem
+    if not size < count <= settings.RAG_MAX_PAGES:
+        return []
+    if ocr and documents.document_needs_ocr(document=document):
+        return []
+    return [range(first, min(first + size, count + 1)) for first in range(1, count + 1, size)]
+
+
+def document_split(*, document_id: int, ocr: bool, dispatch: bool = True) -> list[int]:
+    """Plan a big text PDF as parts and return their ids in page order; [] when it is processed whole.
+
+    The document becomes ``processing``; a previous plan's parts are dropped. With ``dispatch`` one
+    ``knowledge.document_ingest_part`` task per part is sent once the plan is committed.
+    """
+    document = Document.objects.filter(pk=document_id).first()
+    if document is None:
+        return []
+    ranges = document_split_ranges(document=document, ocr=ocr)
+    if not ranges:
+        return []
+    with transaction.atomic():
+        locked = Document.objects.select_for_update().filter(pk=document_id).first()
+        if locked is None:
+            return []
+        DocumentPart.objects.filter(document_id=document_id).delete()
+        parts = DocumentPart.objects.bulk_create(
+            DocumentPart(document_id=document_id, number=number, first_page=pages[0], last_page=pages[-1])
+            for number, pages in enumerate(ranges, 1)
+        )
+        Document.objects.filter(pk=document_id).update(
+            status=Document.Status.PROCESSING,
+            stage=f"split into {len(parts)} parts"[:_STAGE_MAX],
+            error="",
+            attempts=locked.attempts + 1,
+            updated_at=timezone.now(),
+        )
+        part_ids = [part.pk for part in parts]
+        if dispatch:
+            transaction.on_commit(lambda: _send(document_id, part_ids))
+    return part_ids
+
+
+def _send(document_id: int, part_ids: Sequence[int]) -> None:
+    from knowledge.tasks import document_ingest_part_task
+
+    for part_id in part_ids:
+        document_ingest_part_task.delay(document_id, part_id)
+
+
+@observe.observe_ingestion
+def document_part_process(
+    *, document_id: int, part_id: int, progress: Callable[[str], None] | None = None
+) -> ProcessOutcome:
+    """Parse, chunk and embed one part of a split document; the part that completes the set indexes it.
+
+    Idempotent: a part already done is not processed again, and a part of an outdated plan (the
+    document was deleted, replaced, reingested or failed meanwhile) does nothing (status "skipped").
+    A permanent ingestion error fails the whole document with its reason and leaves no chunk, vector
+    or part behind; transient errors propagate so the task is retried.
+    """
+    return _part_run(document_id=document_id, part_id=part_id, progress=progress)
+
+
+def document_parts_process(
+    *, document_id: int, part_ids: Sequence[int], progress: Callable[[str], None] | None = None
+) -> ProcessOutcome:
+    """Process the parts of a split document one after the other in this process (no worker)."""
+    timings: dict[str, float] = {}
+    for part_id in part_ids:
+        outcome = _part_run(document_id=document_id, part_id=part_id, progress=progress)
+        for stage, seconds in outcome.timings.items():
+            timings[stage] = timings.get(stage, 0.0) + seconds
+        if outcome.status != Document.Status.PROCESSING:
+            break
+    return _outcome(document_id, timings)
+
+
+def _part_run(*, document_id: int, part_id: int, progress: Callable[[str], None] | None) -> ProcessOutcome:
+    part = DocumentPart.objects.select_related("document").filter(pk=part_id, document_id=document_id).first()
+    if part is None or part.document.status != Document.Status.PROCESSING:
+        return _skipped(document_id)
+
+    timings: dict[str, float] = {}
+    if part.status == DocumentPart.Status.PENDING:
+        total = DocumentPart.objects.filter(document_id=document_id).count()
+
+        def notify(stage: str) -> None:
+            observe.ingestion_stage(stage)
+            _set_stage(document_id, f"{stage} (part {part.number} of {total})")
+            if progress:
+                progress(stage)
+
+        try:
+            timings = _part_prepare(part, notify)
+        except IngestionError as exc:
+            if exc.transient:
+                raise
+            return _part_failed(document_id, part_id, exc, part=part)
+        except Exception as exc:
+            return _part_failed(document_id, part_id, exc, part=part)
+    return _assemble_if_complete(document_id, part_id, timings, progress)
+
+
+def _part_prepare(part: DocumentPart, notify: Callable[[str], None]) -> dict[str, float]:
+    """Run the pipeline on the part's pages and keep its chunks and vectors in its row."""
+    from ingestion.pipeline import run_pipeline
+
+    document = part.document
+    # Parts never OCR: a PDF with pages for OCR to read is not split (see document_split_ranges).
+    options = replace(engines.pipeline_options(ocr=False), pages=range(part.first_page, part.last_page + 1))
+    result = run_pipeline(
+        Path(document.file.path),
+        embedder=engines.get_embedder(),
+        options=options,
+        filename=document.original_name,
+        progress=notify,
+    )
+    # Only a pending part is stored: a duplicate delivery that finished first, or a new plan, wins.
+    DocumentPart.objects.filter(pk=part.pk, status=DocumentPart.Status.PENDING).update(
+        status=DocumentPart.Status.DONE,
+        chunks=[
+            {"text": draft.text, "page": draft.page, "heading": draft.heading_path, "token_count": draft.token_count}
+            for draft in result.chunks
+        ],
+        vectors=np.ascontiguousarray(result.vectors, dtype=np.float32).tobytes(),
+        title=(result.parsed.title or "")[:300],
+        ocr_pages=list(result.parsed.ocr_pages),
+        warnings=list(result.parsed.warnings),
+        updated_at=timezone.now(),
+    )
+    return dict(result.timings)
+
+
+def _assemble_if_complete(
+    document_id: int, part_id: int, timings: dict[str, float], progress: Callable[[str], None] | None
+) -> ProcessOutcome:
+    parts = DocumentPart.objects.filter(document_id=document_id)
+    if not parts.filter(pk=part_id).exists():
+        return _skipped(document_id, timings)
+    total = parts.count()
+    pending = parts.filter(status=DocumentPart.Status.PENDING).count()
+    if pending:
+        _set_stage(document_id, f"{total - pending} of {total} parts done")
+        return _outcome(document_id, timings)
+
+    observe.ingestion_stage("indexing")
+    _set_stage(document_id, "indexing")
+    if progress:
+        progress("indexing")
+    started = time.perf_counter()
+    try:
+        assembled = _assemble(document_id, part_id)
+    except IngestionError as exc:
+        if exc.transient:
+            raise
+        return _part_failed(document_id, part_id, exc)
+    except Exception as exc:
+        return _part_failed(document_id, part_id, exc)
+    if not assembled:
+        return _skipped(document_id, timings)
+    return _outcome(document_id, {**timings, "index": time.perf_counter() - started})
+
+
+def _assemble(document_id: int, part_id: int) -> bool:
+    """Write the chunks and vectors of every part as the document's; False when another part did it."""
+    embedder = engines.get_embedder()
+    index = engines.get_index()
+    # As in document_process: the writer's lock is held until the database has committed. The lock
+    # on the document's row makes this check-and-write happen once, whichever parts finish together.
+    with index.writer() as writer, transaction.atomic():
+        document = (
+            Document.objects.select_for_update().filter(pk=document_id, status=Document.Status.PROCESSING).first()
+        )
+        parts = list(DocumentPart.objects.filter(document_id=document_id).order_by("number"))
+        if (
+            document is None
+            or part_id not in {part.pk for part in parts}
+            or any(part.status != DocumentPart.Status.DONE for part in parts)
+        ):
+            return False
+        drafts = [draft for part in parts for draft in part.chunks]
+        if not drafts:
+            raise EmptyDocumentError("The document contains no extractable text")
+        vectors = np.concatenate(
+            [
+                np.frombuffer(bytes(part.vectors), dtype=np.float32).reshape(len(part.chunks), embedder.dimension)
+                for part in parts
+                if part.chunks
+            ]
+        )
+        Chunk.objects.filter(document_id=document_id).delete()
+        rows = Chunk.objects.bulk_create(
+            Chunk(
+                document_id=document_id,
+                ordinal=ordinal,
+                text=draft["text"],
+                page=draft["page"],
+                heading=draft["heading"],
+                token_count=draft["token_count"],
+            )
+            for ordinal, draft in enumerate(drafts)
+        )
+        writer.remove_document(document_id)
+        writer.add(
+            [row.pk for row in rows],
+            vectors,
+            document_id=document_id,
+            collection_id=document.collection_id,
+            texts=[row.text for row in rows],
+        )
+        Document.objects.filter(pk=document_id).update(
+            status=Document.Status.READY,
+            stage="",
+            error="",
+            mime_type=PDF,
+            page_count=parts[-1].last_page,
+            chunk_count=len(rows),
+            ocr_pages=sorted({page for part in parts for page in part.ocr_pages}),
+            warnings=[warning for part in parts for warning in part.warnings],
+            embedder=embedder.name,
+            processed_at=timezone.now(),
+            title=document.title or parts[0].title or document.original_name,
+        )
+        DocumentPart.objects.filter(document_id=document_id).delete()
+    Document.objects.filter(pk=document_id).update(index_version=index.version)
+    return True
+
+
+def _part_failed(document_id: int, part_id: int, exc: Exception, *, part: DocumentPart | None = None) -> ProcessOutcome:
+    """Fail the whole document for good, unless the part belongs to an outdated plan."""
+    code, reason = _failure(exc, part)
+    with transaction.atomic():
+        current = (
+            Document.objects.select_for_update().filter(pk=document_id, status=Document.Status.PROCESSING).exists()
+            and DocumentPart.objects.filter(pk=part_id).exists()
+        )
+        if not current:
+            return _skipped(document_id)
+        # The other parts of the plan now do nothing; _fail below removes any chunk and vector.
+        DocumentPart.objects.filter(document_id=document_id).delete()
+        Document.objects.filter(pk=document_id).update(status=Document.Status.FAILED, stage="", error=reason)
+    observe.ingestion_failed(code)
+    documents._fail(document_id, reason)
+    return _outcome(document_id, {})
+
+
+def _failure(exc: Exception, part: DocumentPart | None) -> tuple[str, str]:
+    """The failure's code (for the metrics) and the sentence a person reads."""
+    if isinstance(exc, IngestionError):
+        return exc.code, exc.message
+    if type(exc).__name__ == "SoftTimeLimitExceeded":  # Celery's per-task time limit
+        limit = settings.RAG_INGEST_TIME_LIMIT
+        if part is None:
+            return "timeout", f"Indexing the document took longer than {limit} s and was stopped."
+        return "timeout", (
+            f"Pages {part.first_page}-{part.last_page} took longer than {limit} s to process and were stopped."
+        )
+    if isinstance(exc, FileNotFoundError):
+        return "unexpected", "The stored file of this document is missing; upload it again."
+    logger.error("Unexpected error while ingesting a part of a split document", exc_info=exc)
+    return "unexpected", "An unexpected error stopped the ingestion of this document; see the worker log."
+
+
+def _set_stage(document_id: int, stage: str) -> None:
+    # Parts run side by side: only a document still being processed shows their progress.
+    Document.objects.filter(pk=document_id, status=Document.Status.PROCESSING).update(
+        stage=stage[:_STAGE_MAX], updated_at=timezone.now()
+    )
+
+
+def _outcome(document_id: int, timings: dict[str, float]) -> ProcessOutcome:
+    document = Document.objects.filter(pk=document_id).first()
+    if document is None:
+        return ProcessOutcome(document_id, SKIPPED, "", 0, None, timings)
+    return ProcessOutcome(
+        document_id=document_id,
+        status=document.status,
+        error=document.error,
+        chunks=document.chunk_count,
+        pages=document.page_count,
+        timings=timings,
+    )
+
+
+def _skipped(document_id: int, timings: dict[str, float] | None = None) -> ProcessOutcome:
+    return ProcessOutcome(document_id, SKIPPED, "", 0, None, timings or {})

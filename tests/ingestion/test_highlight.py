@@ -1,0 +1,74 @@
+"""Highlights: the sentences of a chunk that answer a question, never the title above them."""
+
+from __future__ import annotations
+
+from ingestion.highlight import extractive_answer, heading_lines, highlight, split_sentences
+
+TITLE_AND_TEXT = (
+    "Nicolas Berggruen\n"
+    "Nicolas Berggruen est un investisseur, philanthrope et collectionneur d'art américano-allemand. "
+    "Il est né à Paris en 1961."
+)
+
+
+def test_a_title_that_repeats_the_question_words_is_not_quoted() -> None:
+    found = highlight("Qui est Nicolas Berggruen ?", TITLE_AND_TEXT)
+
+    assert found.text.startswith("Nicolas Berggruen est un investisseur")
+    assert "\n" not in found.text
+    assert found.coverage == 1.0
+
+
+def test_without_shared_words_the_first_sentence_after_the_title_is_given() -> None:
+    found = highlight("Quelle est la couleur du ciel ?", TITLE_AND_TEXT)
+
+    assert found.text.startswith("Nicolas Berggruen est un investisseur") and found.coverage == 0.0
+
+
+def test_heading_lines_are_titles_above_prose_not_table_rows_or_list_items() -> None:
+    text = "Guide\nInstallation\nRun the installer. Then restart.\n\nName | Age\nBob | 42\nAlice | 37"
+    spans = split_sentences(text)
+
+    flags = dict(zip((text[a:b] for a, b in spans), heading_lines(text, spans), strict=True))
+
+    assert flags == {
+        "Guide": True,
+        "Installation": True,
+        "Run the installer.": False,
+        "Then restart.": False,
+        "Name | Age": False,
+        "Bob | 42": False,
+        "Alice | 37": False,
+    }
+
+
+def test_a_passage_that_is_only_a_heading_is_still_quoted() -> None:
+    assert highlight("Berggruen", "Nicolas Berggruen").text == "Nicolas Berggruen"
+
+
+def test_two_sentences_are_quoted_only_when_the_second_adds_terms_and_both_fit() -> None:
+    passage = "The export job is called Zorbulat. It runs every night at two. " + "Filler words here. " * 5
+    assert highlight("When does the Zorbulat export job run at night?", passage).text == (
+        "The export job is called Zorbulat. It runs every night at two."
+    )
+    long_passage = "The export job is called Zorbulat " + "and more " * 80 + ". It runs every night at two."
+    found = highlight("When does the Zorbulat export job run at night?", long_passage)
+    assert len(found.text) <= 600 and found.text.count(".") <= 1
+
+
+def test_the_extractive_answer_cites_each_quoted_source() -> None:
+    first = highlight("Qui est Nicolas Berggruen ?", TITLE_AND_TEXT)
+    unrelated = highlight("Qui est Nicolas Berggruen ?", "Le ciel est bleu.")
+
+    assert extractive_answer([first, unrelated]) == f"{first.text} [1]"
+
+
+def test_a_sentence_found_in_overlapping_chunks_is_quoted_once_with_both_citations() -> None:
+    question = "When does the nightly Zorbulat export start?"
+    sentence = "The nightly Zorbulat export starts at two in the morning."
+    first = highlight(question, f"Operations handbook. {sentence}")
+    overlap = highlight(question, f"{sentence} It runs for an hour.")
+    other = highlight(question, "Exports are kept for thirty days after the nightly run.")
+    answer = extractive_answer([first, overlap, other])
+    assert answer.count("Zorbulat export starts at two") == 1
+    assert "[1][2]" in answer and "[3]" in answer

@@ -1,0 +1,162 @@
+"""``manage.py evaluate``: a BEIR folder through the real pipeline and retriever, then cleaned away."""
+
+from __future__ import annotations
+
+import io
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from knowledge.models import Chunk, Collection, Document
+from knowledge.services import answering, engines
+from knowledge.services.bulk import markdown_document
+from knowledge.services.evaluation import answer_contains, mrr_at_k, ndcg_at_k, recall_at_k
+
+# on_commit callbacks (stored files removed after the delete commits) only run outside a test transaction
+pytestmark = pytest.mark.django_db(transaction=True)
+
+CORPUS = [
+    ("d1", "Zorbulat export", "The nightly export job is called Zorbulat and it starts at two in the morning."),
+    ("d2", "Holidays", "Paid holidays must be taken before the end of May, or they are lost."),
+    ("d3", "Électricité", "L'électricité sera coupée mardi matin dans tout le bâtiment pour des travaux."),
+    ("d4", "Canteen", "The canteen is closed on Friday because of a staff meeting."),
+    ("d5", "Passwords", "To reset a forgotten password, click *Forgot password* on the sign-in page."),
+    ("d6", "Parking", "Visitors park in the underground car park, level minus two, next to the lifts."),
+    ("d7", "Printers", "The printers on the third floor are replaced by new models in June."),
+    ("d8", "Badges", "A lost badge is replaced by the reception desk for a fee of ten euros."),
+]
+QUERIES = [
+    ("q1", "What is the Zorbulat job?", {"d1": 1}),
+    ("q2", "Quand l'électricité sera-t-elle coupée dans le bâtiment ?", {"d3": 1}),
+    ("q3", "Who replaces a lost badge?", {"d8": 1}),
+]
+ANSWERS = [("q1", "d1", ["two in the morning", "Zorbulat"]), ("q3", "d8", ["reception desk"])]
+KEYS = {"ndcg@10", "recall@10", "recall@100", "mrr@10", "queries", "search_ms_p50", "search_ms_p95"}
+
+
+@pytest.fixture
+def beir(tmp_path: Path) -> Path:
+    folder = tmp_path / "beir"
+    folder.mkdir()
+    lines = [json.dumps({"_id": i, "title": t, "text": x}, ensure_ascii=False) for i, t, x in CORPUS]
+    (folder / "corpus.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    lines = [json.dumps({"_id": q, "text": text}, ensure_ascii=False) for q, text, _ in QUERIES]
+    (folder / "queries.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    rows = ["query-id\tcorpus-id\tscore"] + [f"{q}\t{d}\t{s}" for q, _, rel in QUERIES for d, s in rel.items()]
+    (folder / "qrels.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return folder
+
+
+def _with_answers(folder: Path) -> Path:
+    lines = [json.dumps({"_id": q, "corpus_id": d, "answers": a}) for q, d, a in ANSWERS]
+    (folder / "answers.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return folder
+
+
+def _evaluate(folder: Path, cache: Path, *args: str) -> tuple[dict[str, Any], str]:
+    out = io.StringIO()
+    call_command("evaluate", "--data", str(folder), "--embed-cache", str(cache), *args, stdout=out)
+    text = out.getvalue()
+    return json.loads(text.strip().splitlines()[-1]), text
+
+
+def _nothing_left(portal_dirs: dict[str, Path]) -> None:
+    assert not Collection.objects.filter(slug__startswith="eval-").exists()
+    assert Document.objects.count() == 0 and Chunk.objects.count() == 0
+    assert len(engines.get_index()) == 0
+    media = portal_dirs["media"] / "documents"
+    assert not media.exists() or not any(media.iterdir())
+
+
+def test_the_last_line_holds_the_metrics_and_the_collection_is_gone(
+    beir: Path, tmp_path: Path, portal_dirs: dict[str, Path]
+) -> None:
+    metrics, output = _evaluate(_with_answers(beir), tmp_path / "cache")
+
+    assert set(metrics) == KEYS | {"answer_contains", "answer_mode", "answers"}
+    assert metrics["answer_mode"] == "extractive" and metrics["answers"] == len(ANSWERS)
+    assert metrics["queries"] == 3
+    # each query's words belong to its document alone
+    assert metrics["recall@10"] == metrics["recall@100"] == 1.0
+    assert 0.6 < metrics["ndcg@10"] <= 1.0 and 0.5 < metrics["mrr@10"] <= 1.0
+    assert metrics["answer_contains"] == 1.0
+    assert "8 documents ready" in output
+    _nothing_left(portal_dirs)
+
+
+def test_without_answers_there_is_no_answer_metric_and_quiet_prints_only_the_json(beir: Path, tmp_path: Path) -> None:
+    metrics, output = _evaluate(beir, tmp_path / "cache", "--quiet", "--k", "5", "--limit-queries", "2")
+
+    assert set(metrics) == {"ndcg@5", "recall@5", "recall@100", "mrr@5", "queries"}
+    assert metrics["queries"] == 2
+    assert output.strip().count("\n") == 0
+
+
+def test_keep_leaves_the_collection_and_a_second_run_reuses_the_cached_vectors(
+    beir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = tmp_path / "cache"
+    first, _ = _evaluate(beir, cache, "--quiet", "--keep", "--collection-slug", "kept-eval")
+
+    collection = Collection.objects.get(slug="kept-eval")
+    assert collection.documents.filter(status=Document.Status.READY).count() == len(CORPUS)
+    with sqlite3.connect(cache / "vectors.sqlite3") as connection:
+        stored = connection.execute("SELECT COUNT(*) FROM vectors").fetchone()[0]
+    assert stored == Chunk.objects.filter(document__collection=collection).count()
+
+    def no_embedding(self: Any, texts: Any) -> Any:
+        raise AssertionError(f"{len(texts)} passages embedded again")
+
+    monkeypatch.setattr(type(engines.get_embedder()), "embed_passages", no_embedding)
+    second, _ = _evaluate(beir, cache, "--quiet")
+
+    assert second == first
+    with pytest.raises(CommandError, match="already exists"):
+        _evaluate(beir, cache, "--quiet", "--collection-slug", "kept-eval")
+
+
+def test_an_error_midway_still_removes_the_collection(
+    beir: Path, tmp_path: Path, portal_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(**kwargs: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(answering, "answer_question", broken)
+
+    with pytest.raises(KeyboardInterrupt):
+        _evaluate(_with_answers(beir), tmp_path / "cache", "--quiet")
+
+    _nothing_left(portal_dirs)
+
+
+def test_a_folder_without_the_beir_files_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(CommandError, match=r"corpus\.jsonl is missing"):
+        _evaluate(tmp_path, tmp_path / "cache")
+
+
+def test_markdown_documents_keep_their_text_literal() -> None:
+    from ingestion.parsing.markdown_doc import MIME_TYPE  # noqa: F401  (the parser the files go through)
+
+    text = "p < 0.05 & *not* emphasis_\n1. not a list\n# not a heading\n| not | a table |"
+    document = markdown_document("A title #1", text)
+
+    assert document.startswith("# A title \\#1\n\n")
+    assert "\\*not\\*" in document and "1\\. not a list" in document and "\\# not a heading" in document
+
+
+def test_metric_functions() -> None:
+    relevant = {"a": 1, "b": 1}
+
+    assert ndcg_at_k(["a", "b", "c"], relevant, 10) == pytest.approx(1.0)
+    assert ndcg_at_k(["c", "a"], {"a": 1}, 10) == pytest.approx(1 / 1.584962500721156)
+    assert recall_at_k(["c", "a"], relevant, 10) == 0.5
+    assert recall_at_k(["c", "a"], relevant, 1) == 0.0
+    assert mrr_at_k(["c", "d", "b"], relevant, 10) == pytest.approx(1 / 3)
+    assert mrr_at_k(["c", "d", "b"], relevant, 2) == 0.0
+    assert answer_contains("It costs  Ten\nEuros [1]", ["ten euros"])
+    assert not answer_contains("It costs ten", ["ten euros", ""])
