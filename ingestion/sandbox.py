@@ -10,6 +10,12 @@ exception) on the way out, through a pipe. It must never touch the embedder (its
 not survive a fork), the database or the broker; parsing needs none of them. It always ends with
 ``os._exit``, so no ``atexit`` hook, Celery or pytest handler and no buffered output of the parent
 runs twice. Where ``fork`` or ``RLIMIT_AS`` is missing (not Linux), the work runs in this process.
+
+``RLIMIT_AS`` alone is not enough in a long-lived worker: memory its allocator has already mapped and
+freed is reused by the child without any new mapping, so a child of a big process could use that much
+more than the budget. A watchdog thread in the child therefore also checks, several times a second,
+the memory that is its own: pages it wrote since the fork (copies of the parent's included) and pages
+it mapped anew, that is the private pages of ``/proc/self/smaps_rollup``.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ import select
 import signal
 import struct
 import sys
+import threading
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -37,6 +45,8 @@ DEFAULT_MEMORY_MB = 2048
 
 _HEADER = struct.Struct("!Q")  # length of the pickled payload that follows
 _POLL_S = 0.2
+#: how often the child's watchdog reads its private memory (a read walks the page tables: ~1 ms)
+_WATCH_S = 0.05
 # Signals whose handlers the child must not inherit: a Celery pool process's SIGUSR1 raises its soft
 # time limit, its SIGTERM handler belongs to the pool; the child is stopped by the parent instead.
 _RESET_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGALRM", "SIGCHLD", "SIGPIPE")
@@ -167,18 +177,35 @@ def _child(work: Callable[[], object], write_fd: int, memory_mb: int, parent: in
     if hard != resource.RLIM_INFINITY:
         limit = min(limit, hard)
     resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    finished = threading.Lock()  # the first of the work and the watchdog to finish writes the payload
+
+    def finish(message: tuple[str, object]) -> None:
+        if not finished.acquire(blocking=False):
+            return
+        payload = _pickled(message)
+        _write_all(write_fd, _HEADER.pack(len(payload)) + payload)
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(0)
+
+    def watch(base_rss: int) -> None:
+        budget = memory_mb * 1024 * 1024
+        while True:
+            if _private_bytes() - base_rss > budget:
+                finish(("memory", None))
+            time.sleep(_WATCH_S)
+
+    threading.Thread(target=watch, args=(_private_bytes(),), daemon=True).start()
     try:
         message: tuple[str, object] = ("ok", work())
     except MemoryError:
         message = ("memory", None)
     except BaseException as exc:
         message = ("raise", exc)
-    payload = _pickled(message)
-    _write_all(write_fd, _HEADER.pack(len(payload)) + payload)
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    os._exit(0)
+    finish(message)
+    while True:  # the watchdog is writing the payload and ends the process
+        time.sleep(1)
 
 
 def _prepare_child(parent: int) -> None:
@@ -237,6 +264,20 @@ def _write_all(fd: int, data: bytes) -> None:
     while view:
         written = os.write(fd, view)
         view = view[written:]
+
+
+def _private_bytes() -> int:
+    """Memory of this process shared with no other (after a fork: what it wrote or mapped since)."""
+    try:
+        with open("/proc/self/smaps_rollup", encoding="ascii") as rollup:
+            return sum(
+                int(line.split()[1]) * 1024
+                for line in rollup
+                if line.startswith(("Private_Clean:", "Private_Dirty:", "Swap:"))
+            )
+    except OSError:  # kernels before 4.14: the resident size, a weaker measure
+        with open("/proc/self/statm", encoding="ascii") as statm:
+            return int(statm.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096)
 
 
 def _address_space_bytes() -> int:

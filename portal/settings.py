@@ -278,6 +278,9 @@ RAG_LLM_MODEL_FILE = env.str("RAG_LLM_MODEL_FILE", default="")
 RAG_LLM_BASE_URL = env.str("RAG_LLM_BASE_URL", default="")
 RAG_LLM_API_KEY = env.str("RAG_LLM_API_KEY", default="")
 RAG_LLM_MODEL = env.str("RAG_LLM_MODEL", default="")
+# Threads of the local model (torch); by default as many as the embedder's. On cores shared with
+# other busy processes, 1 can be faster (bench/README.md, "Answers under load").
+RAG_LLM_THREADS = _positive_int("RAG_LLM_THREADS", RAG_EMBED_THREADS)
 RAG_LLM_CONTEXT_WINDOW = _positive_int("RAG_LLM_CONTEXT_WINDOW", 2048, minimum=256)
 RAG_LLM_TIMEOUT = _float("RAG_LLM_TIMEOUT", 120.0)
 LLM_MAX_TOKENS = _positive_int("LLM_MAX_TOKENS", 512)

@@ -133,7 +133,7 @@ def llm_config() -> LLMConfig:
         context_window=settings.RAG_LLM_CONTEXT_WINDOW,
         max_tokens=settings.LLM_MAX_TOKENS,
         timeout=settings.RAG_LLM_TIMEOUT,
-        threads=settings.RAG_EMBED_THREADS,
+        threads=settings.RAG_LLM_THREADS,
     )
 
 

@@ -87,6 +87,24 @@ def test_work_that_needs_more_than_the_limit_fails_with_a_reason_and_the_parent_
     assert run_limited(lambda: "still here", memory_mb=64) == "still here"
 
 
+def _reuse_freed_heap() -> int:
+    parts = [bytearray(300) for _ in range(300_000)]  # ~100 MB, in heap the parent freed
+    time.sleep(0.3)
+    return len(parts)
+
+
+def test_memory_the_parent_freed_but_kept_mapped_still_counts() -> None:
+    # A long-lived worker keeps freed heap mapped: the child reuses it without a new mapping, so
+    # the address-space cap alone would not see it; the watchdog counts the child's own pages.
+    kept = [bytearray(200) for _ in range(500_000)]
+    freed = [bytearray(200) for _ in range(1_500_000)]
+    del freed
+    with pytest.raises(MemoryLimitError, match="needed more than 32 MB of memory"):
+        run_limited(_reuse_freed_heap, memory_mb=32)
+    assert run_limited(_reuse_freed_heap, memory_mb=1024) == 300_000
+    assert len(kept) == 500_000
+
+
 def test_one_huge_allocation_past_the_limit_fails_the_same_way() -> None:
     with pytest.raises(MemoryLimitError, match="needed more than 128 MB of memory"):
         run_limited(lambda: bytearray(16 << 30), memory_mb=128)
