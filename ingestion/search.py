@@ -58,14 +58,14 @@ class SearchConfig:
     dense_k: int = 100
     bm25_k: int = 100
     #: "rrf": score = sum(weight / (rrf_k + rank)); "convex": score = sum(weight * min-max normalised score)
-    fusion: str = "rrf"
+    fusion: str = "convex"
     #: the constant of reciprocal rank fusion
     rrf_k: int = 60
-    dense_weight: float = 1.0
-    bm25_weight: float = 1.0
+    dense_weight: float = 0.5
+    bm25_weight: float = 0.5
     #: BM25 (Lucene variant): term-frequency saturation and document-length normalisation
-    bm25_k1: float = 1.5
-    bm25_b: float = 0.75
+    bm25_k1: float = 0.9
+    bm25_b: float = 0.4
     #: how many of the best fused candidates a configured reranker reorders (the rest follow them)
     rerank_k: int = 30
     #: languages the lexical analysis recognises, the first one winning ties and unknown texts
@@ -233,7 +233,9 @@ def fuse(
             low = results[min(len(results), max(1, depth)) - 1][1]
             span = high - low
             for chunk_id, score in results:
-                normalised = max(0.0, (score - low) / span) if span > 0 else 1.0
+                # a lone candidate (or all tied at the top) gets 1, what ranks below the anchor 0
+                top = 1.0 if score >= high else 0.0
+                normalised = max(0.0, (score - low) / span) if span > 0 else top
                 fused[chunk_id] = fused.get(chunk_id, 0.0) + weight * normalised
     return fused
 

@@ -159,7 +159,8 @@ def test_language_vote_and_query_analysis() -> None:
 
 
 def test_weights_change_the_fusion(searcher: HybridSearcher) -> None:
-    dense_only = HybridSearcher(searcher.index, searcher.embedder, replace(searcher.config, bm25_weight=0.0))
+    config = replace(searcher.config, fusion="rrf", dense_weight=1.0, bm25_weight=0.0)
+    dense_only = HybridSearcher(searcher.index, searcher.embedder, config)
 
     hits = dense_only.search("Quendrix schedule", 3, collections=[1])
 
