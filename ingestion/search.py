@@ -11,6 +11,7 @@ language's Snowball stemmer. Queries are analysed the same way.
 from __future__ import annotations
 
 import functools
+import logging
 import re
 import threading
 import unicodedata
@@ -103,11 +104,20 @@ def fold(word: str) -> str:
     return word if word.isascii() else _fold(word)
 
 
+def _quiet_bm25s() -> None:
+    """bm25s sets its logger to DEBUG when imported, over the application's logging configuration."""
+    bm25s_logger = logging.getLogger("bm25s")
+    if bm25s_logger.level == logging.DEBUG:
+        bm25s_logger.setLevel(logging.WARNING)
+
+
 class TextAnalyzer:
     """Per-language lexical analysis: words, language vote, stop words, Snowball stems, accent folding."""
 
     def __init__(self, languages: Sequence[str] = SearchConfig.languages) -> None:
         from bm25s import stopwords
+
+        _quiet_bm25s()
 
         unknown = [code for code in languages if code not in LANGUAGES]
         if unknown or not languages:
@@ -383,6 +393,7 @@ class HybridSearcher:
     def _build(self, snapshot: IndexSnapshot) -> _Lexical:
         import bm25s
 
+        _quiet_bm25s()
         parameters = (self.config.bm25_k1, self.config.bm25_b)
 
         analyzer = self.analyzer
