@@ -179,6 +179,36 @@ def _ranked_documents(
     return ranked
 
 
+def _ingest(
+    data: BeirData, collection: Collection, embed_cache_dir: str, bars: _Progress, say: Callable[[str], None]
+) -> dict[int, list[str]]:
+    """Ingest the corpus into ``collection``; the corpus ids of each document (a duplicate text shares one)."""
+    from knowledge.services.bulk import TextDocument, documents_ingest_texts
+
+    cache = embed_cache_dir or "off"
+    say(f"Ingesting {len(data.corpus)} documents into the collection {collection.slug} (embedding cache: {cache})")
+    bar = bars.bar(len(data.corpus), "embedding", "doc")
+    outcomes = documents_ingest_texts(
+        items=[TextDocument(title=title, text=text, name=f"{cid}.md") for cid, title, text in data.corpus],
+        collection=collection,
+        embed_cache_dir=embed_cache_dir,
+        progress=bar.update if bar is not None else None,
+    )
+    if bar is not None:
+        bar.close()
+    corpus_ids: dict[int, list[str]] = {}
+    for (cid, _, _), outcome in zip(data.corpus, outcomes, strict=True):
+        if outcome.document_id is not None:
+            corpus_ids.setdefault(outcome.document_id, []).append(cid)
+    return corpus_ids
+
+
+def _kept_corpus_ids(collection: Collection) -> dict[int, list[str]]:
+    """The corpus id of each document of a kept evaluation collection (its file is named ``<id>.md``)."""
+    rows = Document.objects.filter(collection=collection).values_list("pk", "original_name")
+    return {pk: [name.removesuffix(".md")] for pk, name in rows}
+
+
 def evaluation_run(
     *,
     data_dir: Path,
@@ -186,6 +216,7 @@ def evaluation_run(
     limit_queries: int | None = None,
     collection_slug: str = "",
     keep: bool = False,
+    reuse: bool = False,
     embed_cache_dir: str | None = None,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
@@ -202,11 +233,12 @@ def evaluation_run(
     for the ranking and the answers alike. ``answer_mode`` is how the questions of ``answers.jsonl``
     are answered (``extractive`` or ``generative``, the configured model, greedy), ``answer_limit`` how
     many of them (None: all; generation takes seconds per question). The collection is deleted at
-    the end, even on an error or an interrupt, unless ``keep``.
+    the end, even on an error or an interrupt, unless ``keep``. ``reuse`` measures a collection kept
+    by an earlier run (``collection_slug``) without ingesting anything, and keeps it.
     """
     from ingestion.search import fuse
     from knowledge.services import answering, engines
-    from knowledge.services.bulk import TextDocument, documents_delete_many, documents_ingest_texts
+    from knowledge.services.bulk import documents_delete_many
 
     say = log or (lambda message: None)
     if answer_mode not in (answering.EXTRACTIVE, answering.GENERATIVE):
@@ -235,34 +267,28 @@ def evaluation_run(
         say(f"Search configuration: {config}")
 
     slug = collection_slug or f"eval-{secrets.token_hex(4)}"
-    if Collection.objects.filter(slug=slug).exists():
-        raise EvaluationError(f"The collection {slug} already exists: choose another slug")
-    collection = Collection.objects.create(
+    existing = Collection.objects.filter(slug=slug).first()
+    if reuse and existing is None:
+        raise EvaluationError(f"There is no collection {slug} to reuse: run once with --keep first")
+    if existing is not None and not reuse:
+        raise EvaluationError(f"The collection {slug} already exists: choose another slug, or --reuse it")
+    keep = keep or reuse
+    collection = existing or Collection.objects.create(
         slug=slug, name=f"Evaluation {Path(data_dir).name} ({slug})", is_public=False
     )
     bars = _Progress(progress)
     try:
         if search:
             searcher.config = config
-        cache = embed_cache_dir or "off"
-        say(f"Ingesting {len(data.corpus)} documents into the collection {slug} (embedding cache: {cache})")
-        bar = bars.bar(len(data.corpus), "embedding", "doc")
-        outcomes = documents_ingest_texts(
-            items=[TextDocument(title=title, text=text, name=f"{cid}.md") for cid, title, text in data.corpus],
-            collection=collection,
-            embed_cache_dir=embed_cache_dir,
-            progress=bar.update if bar is not None else None,
-        )
-        if bar is not None:
-            bar.close()
-        corpus_ids: dict[int, list[str]] = {}
-        for (cid, _, _), outcome in zip(data.corpus, outcomes, strict=True):
-            if outcome.document_id is not None:
-                corpus_ids.setdefault(outcome.document_id, []).append(cid)
+        if reuse:
+            say(f"Reusing the documents of the collection {slug} (kept by an earlier run of the same folder)")
+            corpus_ids = _kept_corpus_ids(collection)
+        else:
+            corpus_ids = _ingest(data, collection, embed_cache_dir, bars, say)
         ready = Document.objects.filter(collection=collection, status=Document.Status.READY)
         documents = ready.count()
         chunks = sum(ready.values_list("chunk_count", flat=True))
-        failed = sum(1 for o in outcomes if o.status == Document.Status.FAILED)
+        failed = Document.objects.filter(collection=collection, status=Document.Status.FAILED).count()
         say(f"{documents} documents ready ({chunks} chunks, {failed} failed)")
 
         per_document = max(1.0, chunks / max(1, documents))

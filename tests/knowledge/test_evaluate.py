@@ -120,6 +120,20 @@ def test_keep_leaves_the_collection_and_a_second_run_reuses_the_cached_vectors(
     with pytest.raises(CommandError, match="already exists"):
         _evaluate(beir, cache, "--quiet", "--collection-slug", "kept-eval")
 
+    # --reuse measures the kept collection without ingesting it again, under other search settings too
+    reused, _ = _evaluate(beir, cache, "--quiet", "--reuse", "--collection-slug", "kept-eval")
+    assert {k: v for k, v in reused.items() if k not in timing} == {k: v for k, v in first.items() if k not in timing}
+    dense, _ = _evaluate(
+        beir, cache, "--quiet", "--reuse", "--collection-slug", "kept-eval", "--search", "retrievers=dense"
+    )
+    assert set(dense) == set(first)
+    assert Collection.objects.filter(slug="kept-eval").exists()
+    assert collection.documents.count() == len(CORPUS)
+    with pytest.raises(CommandError, match="no collection nowhere to reuse"):
+        _evaluate(beir, cache, "--quiet", "--reuse", "--collection-slug", "nowhere")
+    with pytest.raises(CommandError, match="--reuse needs --collection-slug"):
+        _evaluate(beir, cache, "--quiet", "--reuse")
+
 
 def test_an_error_midway_still_removes_the_collection(
     beir: Path, tmp_path: Path, portal_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch

@@ -80,6 +80,12 @@ class Command(BaseCommand):
         )
         parser.add_argument("--keep", action="store_true", help="keep the collection afterwards, for inspection")
         parser.add_argument(
+            "--reuse",
+            action="store_true",
+            help="measure the collection --collection-slug kept by an earlier --keep run of the same folder, "
+            "without ingesting (to compare --search settings quickly)",
+        )
+        parser.add_argument(
             "--embed-cache",
             default=None,
             metavar="DIR",
@@ -112,6 +118,8 @@ class Command(BaseCommand):
         if not data.is_dir():
             raise CommandError(f"No such folder: {data}")
         quiet: bool = options["quiet"]
+        if options["reuse"] and not options["collection_slug"]:
+            raise CommandError("--reuse needs --collection-slug (the collection kept by an earlier --keep run)")
         search = _search_overrides(options["search"])
         started = time.perf_counter()
         try:
@@ -122,6 +130,7 @@ class Command(BaseCommand):
                     limit_queries=options["limit_queries"],
                     collection_slug=options["collection_slug"],
                     keep=options["keep"],
+                    reuse=options["reuse"],
                     embed_cache_dir=options["embed_cache"],
                     progress=not quiet,
                     log=None if quiet else self.stdout.write,
