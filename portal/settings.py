@@ -248,7 +248,7 @@ RAG_EMBEDDER = _choice("RAG_EMBEDDER", "e5", ("e5", "sentence-transformers"))
 RAG_EMBEDDER_MODEL = env.str("RAG_EMBEDDER_MODEL", default="")
 RAG_EMBED_BATCH_SIZE = _positive_int("RAG_EMBED_BATCH_SIZE", 16)
 RAG_EMBED_THREADS = _positive_int("RAG_EMBED_THREADS", min(4, os.cpu_count() or 1))
-RAG_CHUNK_TOKENS = _positive_int("RAG_CHUNK_TOKENS", 512, minimum=32)
+RAG_CHUNK_TOKENS = _positive_int("RAG_CHUNK_TOKENS", 350, minimum=32)
 RAG_CHUNK_OVERLAP = _positive_int("RAG_CHUNK_OVERLAP", 40, minimum=0)
 if RAG_CHUNK_OVERLAP >= RAG_CHUNK_TOKENS:
     raise ImproperlyConfigured("RAG_CHUNK_OVERLAP must be smaller than RAG_CHUNK_TOKENS")
