@@ -26,7 +26,7 @@ from ingestion.types import ChunkDraft, ParsedDocument
 from knowledge.errors import DuplicateDocumentError
 from knowledge.models import Chunk, Collection, Document
 from knowledge.services import engines
-from knowledge.services.documents import document_create
+from knowledge.services.documents import chunk_row, document_chunks_write, document_create
 
 logger = logging.getLogger(__name__)
 
@@ -219,30 +219,16 @@ def _write_group(
     now = timezone.now()
     # as in document_process: the writer lock is held until the database has committed
     with index.writer() as writer, transaction.atomic():
-        Chunk.objects.filter(document_id__in=[e.document.pk for e in pending]).delete()
-        rows = Chunk.objects.bulk_create(
-            Chunk(
-                document_id=entry.document.pk,
-                ordinal=draft.ordinal,
-                text=draft.text,
-                page=draft.page,
-                heading=draft.heading_path,
-                token_count=draft.token_count,
-            )
-            for entry in ready
-            for draft in entry.chunks
-        )
+        Chunk.objects.filter(document_id__in=[e.document.pk for e in pending if e.error]).delete()
         offset = 0
         for entry in ready:
             count = len(entry.chunks)
-            mine = rows[offset : offset + count]
-            writer.remove_document(entry.document.pk)
-            writer.add(
-                [row.pk for row in mine],
-                vectors[offset : offset + count],
+            document_chunks_write(
+                writer,
                 document_id=entry.document.pk,
                 collection_id=collection.pk,
-                texts=[row.text for row in mine],
+                chunks=[chunk_row(entry.document.pk, draft) for draft in entry.chunks],
+                vectors=vectors[offset : offset + count],
             )
             offset += count
             assert entry.parsed is not None

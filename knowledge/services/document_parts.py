@@ -247,25 +247,22 @@ def _assemble(document_id: int, part_id: int) -> bool:
                 if part.chunks
             ]
         )
-        Chunk.objects.filter(document_id=document_id).delete()
-        rows = Chunk.objects.bulk_create(
-            Chunk(
-                document_id=document_id,
-                ordinal=ordinal,
-                text=draft["text"],
-                page=draft["page"],
-                heading=draft["heading"],
-                token_count=draft["token_count"],
-            )
-            for ordinal, draft in enumerate(drafts)
-        )
-        writer.remove_document(document_id)
-        writer.add(
-            [row.pk for row in rows],
-            vectors,
+        count = documents.document_chunks_write(
+            writer,
             document_id=document_id,
             collection_id=document.collection_id,
-            texts=[row.text for row in rows],
+            chunks=[
+                Chunk(
+                    document_id=document_id,
+                    ordinal=ordinal,
+                    text=draft["text"],
+                    page=draft["page"],
+                    heading=draft["heading"],
+                    token_count=draft["token_count"],
+                )
+                for ordinal, draft in enumerate(drafts)
+            ],
+            vectors=vectors,
         )
         Document.objects.filter(pk=document_id).update(
             status=Document.Status.READY,
@@ -273,7 +270,7 @@ def _assemble(document_id: int, part_id: int) -> bool:
             error="",
             mime_type=PDF,
             page_count=parts[-1].last_page,
-            chunk_count=len(rows),
+            chunk_count=count,
             ocr_pages=sorted({page for part in parts for page in part.ocr_pages}),
             warnings=[warning for part in parts for warning in part.warnings],
             embedder=embedder.name,

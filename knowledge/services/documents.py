@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
@@ -29,7 +29,11 @@ from knowledge.observability import instrumentation as observe
 from knowledge.services import engines
 
 if TYPE_CHECKING:
+    import numpy as np
     from django.contrib.auth.models import AbstractBaseUser
+
+    from ingestion.index import IndexWriter
+    from ingestion.types import ChunkDraft
 
 logger = logging.getLogger(__name__)
 
@@ -230,6 +234,39 @@ def document_needs_ocr(*, document: Document) -> bool:
         return False  # the real parse reports the problem
 
 
+def document_chunks_write(
+    writer: IndexWriter, *, document_id: int, collection_id: int, chunks: Sequence[Chunk], vectors: np.ndarray
+) -> int:
+    """Replace a document's chunks and vectors with ``chunks`` (unsaved, in order) and their ``vectors``.
+
+    Call it inside ``with index.writer() as writer, transaction.atomic():`` so that the writer's lock
+    is held until the database has committed. Returns how many chunks were written.
+    """
+    Chunk.objects.filter(document_id=document_id).delete()
+    rows = Chunk.objects.bulk_create(chunks)
+    writer.remove_document(document_id)
+    writer.add(
+        [row.pk for row in rows],
+        vectors,
+        document_id=document_id,
+        collection_id=collection_id,
+        texts=[row.text for row in rows],
+    )
+    return len(rows)
+
+
+def chunk_row(document_id: int, draft: ChunkDraft, *, ordinal: int | None = None) -> Chunk:
+    """The (unsaved) Chunk row of a chunk draft."""
+    return Chunk(
+        document_id=document_id,
+        ordinal=draft.ordinal if ordinal is None else ordinal,
+        text=draft.text,
+        page=draft.page,
+        heading=draft.heading_path,
+        token_count=draft.token_count,
+    )
+
+
 @observe.observe_ingestion
 def document_process(
     *,
@@ -292,25 +329,12 @@ def document_process(
         # (which takes the same lock) never sees one without the other. If the index save then
         # fails, the error below marks the document failed and removes its chunks.
         with index.writer() as writer, transaction.atomic():
-            Chunk.objects.filter(document_id=document_id).delete()
-            rows = Chunk.objects.bulk_create(
-                Chunk(
-                    document_id=document_id,
-                    ordinal=draft.ordinal,
-                    text=draft.text,
-                    page=draft.page,
-                    heading=draft.heading_path,
-                    token_count=draft.token_count,
-                )
-                for draft in result.chunks
-            )
-            writer.remove_document(document_id)
-            writer.add(
-                [row.pk for row in rows],
-                result.vectors,
+            count = document_chunks_write(
+                writer,
                 document_id=document_id,
                 collection_id=document.collection_id,
-                texts=[row.text for row in rows],
+                chunks=[chunk_row(document_id, draft) for draft in result.chunks],
+                vectors=result.vectors,
             )
             Document.objects.filter(pk=document_id).update(
                 status=Document.Status.READY,
@@ -318,7 +342,7 @@ def document_process(
                 error="",
                 mime_type=result.parsed.mime_type,
                 page_count=result.parsed.page_count,
-                chunk_count=len(rows),
+                chunk_count=count,
                 ocr_pages=list(result.parsed.ocr_pages),
                 warnings=list(result.parsed.warnings),
                 embedder=embedder.name,
