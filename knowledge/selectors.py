@@ -182,8 +182,13 @@ def service_status(*, user: Any = None, api_key: ApiKey | None = None) -> dict[s
     documents: dict[str, int] = {}
     if database["ok"] and user is not None and user.is_authenticated:
         documents = document_counts(documents=documents_visible_to(user=user, api_key=api_key))
-    return {"status": "ready" if ready else "degraded", "model": model, "index": index, "queue": queue,
-            "documents": documents}
+    return {
+        "status": "ready" if ready else "degraded",
+        "model": model,
+        "index": index,
+        "queue": queue,
+        "documents": documents,
+    }
 
 
 # --- Web pages: documents, conversations and usage ----------------------------------------------

@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -99,11 +100,42 @@ def document_split(*, document_id: int, ocr: bool, dispatch: bool = True) -> lis
     return part_ids
 
 
+def document_parts_redispatch_stale(*, cutoff: datetime) -> int:
+    """Send again the pending parts of every split document with no progress since ``cutoff``.
+
+    Returns how many documents had parts sent. A part delivered twice is harmless (it is idempotent).
+    """
+    stale = list(
+        Document.objects.filter(
+            status=Document.Status.PROCESSING, updated_at__lt=cutoff, parts__status=DocumentPart.Status.PENDING
+        )
+        .distinct()
+        .values_list("pk", flat=True)
+    )
+    for document_id in stale:
+        # the document's clock restarts: the parts get a whole period before being sent again
+        Document.objects.filter(pk=document_id).update(updated_at=timezone.now())
+        pending = list(
+            DocumentPart.objects.filter(document_id=document_id, status=DocumentPart.Status.PENDING).values_list(
+                "pk", flat=True
+            )
+        )
+        logger.warning(
+            "Split document %s made no progress: sending its %d pending parts again", document_id, len(pending)
+        )
+        with transaction.atomic():
+            transaction.on_commit(lambda document_id=document_id, pending=pending: _send(document_id, pending))
+    return len(stale)
+
+
 def _send(document_id: int, part_ids: Sequence[int]) -> None:
     from knowledge.tasks import document_ingest_part_task
 
-    for part_id in part_ids:
-        document_ingest_part_task.delay(document_id, part_id)
+    try:
+        for part_id in part_ids:
+            document_ingest_part_task.delay(document_id, part_id)
+    except Exception:  # the broker is down: beat sends the pending parts again later
+        logger.exception("Could not queue the parts of document %s; they are sent again later", document_id)
 
 
 @observe.observe_ingestion

@@ -401,10 +401,25 @@ def _outcome(document: Document, timings: dict[str, float]) -> ProcessOutcome:
 
 
 def documents_redispatch_stale(*, older_than_s: int | None = None) -> int:
-    """Queue again every document still ``queued`` after ``RAG_REDISPATCH_AFTER_S``; return how many."""
+    """Queue again every document still ``queued`` after ``RAG_REDISPATCH_AFTER_S``; return how many.
+
+    The pending parts of a split document that has made no progress for longer than a part may run
+    (``RAG_INGEST_TIME_LIMIT``) plus ``RAG_REDISPATCH_AFTER_S`` are sent again too (their tasks were
+    lost: the broker went down after the plan was committed); ``older_than_s`` overrides both ages.
+    """
     from datetime import timedelta
 
+    from knowledge.services.document_parts import document_parts_redispatch_stale
+
     age = older_than_s if older_than_s is not None else settings.RAG_REDISPATCH_AFTER_S
+    parts_age = older_than_s if older_than_s is not None else age + settings.RAG_INGEST_TIME_LIMIT
+    documents_sent = _documents_redispatch_queued(age)
+    return documents_sent + document_parts_redispatch_stale(cutoff=timezone.now() - timedelta(seconds=parts_age))
+
+
+def _documents_redispatch_queued(age: int) -> int:
+    from datetime import timedelta
+
     cutoff = timezone.now() - timedelta(seconds=age)
     stale = list(
         Document.objects.filter(status=Document.Status.QUEUED, updated_at__lt=cutoff).values_list("pk", flat=True)

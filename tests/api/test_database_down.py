@@ -1,4 +1,5 @@
 """With the database unreachable the API answers 503 JSON, not a 500 page."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator

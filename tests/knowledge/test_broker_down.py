@@ -1,4 +1,5 @@
 """An upload while the broker is unreachable is kept, stays queued, and is processed once it is back."""
+
 from __future__ import annotations
 
 import io

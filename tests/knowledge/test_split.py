@@ -205,6 +205,30 @@ def test_a_part_delivered_twice_does_not_duplicate_chunks(tmp_path: Path) -> Non
     _assert_index_matches_chunks()
 
 
+def test_parts_whose_tasks_were_lost_are_sent_again(
+    eager_celery: None, django_capture_on_commit_callbacks: Any, settings: Any, tmp_path: Path
+) -> None:
+    """The broker went down after the plan was committed: beat sends the pending parts again."""
+    document = _create(_text_pdf(tmp_path / "big.pdf", 12))
+    first, _, _ = document_parts.document_split(document_id=document.pk, ocr=False, dispatch=False)
+    assert document_ingest_part_task(document.pk, first)["status"] == "processing"  # one part ran, two were lost
+
+    # a document that made progress recently is left alone (its parts may be running)
+    settings.RAG_REDISPATCH_AFTER_S, settings.RAG_INGEST_TIME_LIMIT = 600, 3600
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        assert document_services.documents_redispatch_stale() == 0
+    assert not callbacks
+
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        assert document_services.documents_redispatch_stale(older_than_s=0) == 1
+    assert len(callbacks) == 1
+    document.refresh_from_db()
+    assert document.status == "ready", document.error
+    assert document.chunk_count == Chunk.objects.filter(document=document).count() == 12
+    assert not DocumentPart.objects.exists()
+    _assert_index_matches_chunks()
+
+
 def test_a_failing_part_fails_the_whole_document_and_leaves_nothing_behind(tmp_path: Path) -> None:
     document = _create(_text_pdf(tmp_path / "big.pdf", 12))
     document_services.document_process(document_id=document.pk)
