@@ -5,13 +5,16 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 
 from knowledge.models import Chunk, Document
 from knowledge.observability import instrumentation as observe
 from knowledge.services import engines
+
+if TYPE_CHECKING:
+    from ingestion.highlight import Highlight
 
 EXTRACTIVE = "extractive"
 GENERATIVE = "generative"
@@ -36,9 +39,13 @@ class Source:
     text: str
     highlight: str
     heading: str = ""
+    #: the highlight as found (with its coverage), kept so that an extractive answer does not search again
+    match: Highlight | None = field(default=None, repr=False, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        shown = asdict(self)
+        del shown["match"]
+        return shown
 
 
 @dataclass(frozen=True)
@@ -114,6 +121,7 @@ def sources_retrieve(*, question: str, collection_ids: Sequence[int], top_k: int
         score = hit.dense_score if hit.dense_score is not None else 0.0
         if score < settings.RAG_SCORE_THRESHOLD:
             continue
+        match = highlight(question, chunk.text)
         sources.append(
             Source(
                 id=chunk.pk,
@@ -122,8 +130,9 @@ def sources_retrieve(*, question: str, collection_ids: Sequence[int], top_k: int
                 page=chunk.page,
                 score=round(float(score), 4),
                 text=chunk.text,
-                highlight=highlight(question, chunk.text).text,
+                highlight=match.text,
                 heading=chunk.heading,
+                match=match,
             )
         )
     return sources
@@ -145,7 +154,7 @@ def _nothing_found(question: str, mode: str, started: float, model: str) -> Answ
 def _extractive(question: str, sources: list[Source], started: float, retrieve_s: float) -> Answer:
     from ingestion.highlight import extractive_answer, highlight
 
-    highlights = [highlight(question, s.text) for s in sources]
+    highlights = [s.match or highlight(question, s.text) for s in sources]
     return Answer(
         output=extractive_answer(highlights),
         sources=sources,

@@ -328,7 +328,7 @@ def _part_failed(document_id: int, part_id: int, exc: Exception, *, part: Docume
         DocumentPart.objects.filter(document_id=document_id).delete()
         Document.objects.filter(pk=document_id).update(status=Document.Status.FAILED, stage="", error=reason)
     observe.ingestion_failed(code)
-    documents._fail(document_id, reason)
+    documents.document_fail(document_id, reason)
     return _outcome(document_id, {})
 
 

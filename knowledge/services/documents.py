@@ -355,23 +355,23 @@ def document_process(
         if exc.transient:
             raise
         observe.ingestion_failed(exc.code)
-        _fail(document_id, exc.message)
+        document_fail(document_id, exc.message)
     except Exception as exc:
         if type(exc).__name__ == "SoftTimeLimitExceeded":  # Celery's per-document time limit
             observe.ingestion_failed("timeout")
-            _fail(
+            document_fail(
                 document_id,
                 f"The document took longer than {settings.RAG_INGEST_TIME_LIMIT} s to process and was stopped.",
             )
         else:
             logger.exception("Unexpected error while ingesting document %s", document_id)
             observe.ingestion_failed("unexpected")
-            _fail(document_id, "An unexpected error stopped the ingestion of this document; see the worker log.")
+            document_fail(document_id, "An unexpected error stopped the ingestion of this document; see the worker log.")
     document.refresh_from_db()
     return _outcome(document, timings)
 
 
-def _fail(document_id: int, reason: str) -> None:
+def document_fail(document_id: int, reason: str) -> None:
     """Mark a document failed and make sure nothing of it stays in the table or the index."""
     try:
         with engines.get_index().writer() as writer, transaction.atomic():
