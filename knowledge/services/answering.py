@@ -15,6 +15,7 @@ from knowledge.services import engines
 
 if TYPE_CHECKING:
     from ingestion.highlight import Highlight
+    from llm.types import Generation
 
 EXTRACTIVE = "extractive"
 GENERATIVE = "generative"
@@ -209,9 +210,13 @@ def answer_question(
     llm = engines.get_llm()
     messages, used = _rag_messages(question, sources, history, max_tokens)
     generation = llm.generate(messages, temperature=temperature, top_p=top_p, max_tokens=max_tokens)
+    return _generated(generation, used, started, retrieve_s)
+
+
+def _generated(generation: Generation, sources: list[Source], started: float, retrieve_s: float) -> Answer:
     return Answer(
         output=generation.text.strip(),
-        sources=used,
+        sources=sources,
         prompt_tokens=generation.prompt_tokens,
         completion_tokens=generation.completion_tokens,
         seconds=time.perf_counter() - started,
@@ -256,16 +261,7 @@ def answer_question_stream(
     try:
         for item in stream:
             if isinstance(item, Generation):
-                yield Answer(
-                    output=item.text.strip(),
-                    sources=used,
-                    prompt_tokens=item.prompt_tokens,
-                    completion_tokens=item.completion_tokens,
-                    seconds=time.perf_counter() - started,
-                    model=item.model,
-                    mode=GENERATIVE,
-                    timings={"retrieve": retrieve_s, "generate": time.perf_counter() - started - retrieve_s},
-                )
+                yield _generated(item, used, started, retrieve_s)
             elif item:
                 yield StreamPiece(item)
     finally:

@@ -366,7 +366,9 @@ def document_process(
         else:
             logger.exception("Unexpected error while ingesting document %s", document_id)
             observe.ingestion_failed("unexpected")
-            document_fail(document_id, "An unexpected error stopped the ingestion of this document; see the worker log.")
+            document_fail(
+                document_id, "An unexpected error stopped the ingestion of this document; see the worker log."
+            )
     document.refresh_from_db()
     return _outcome(document, timings)
 
