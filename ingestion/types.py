@@ -1,4 +1,5 @@
 """Plain data passed between the ingestion stages."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -127,6 +127,8 @@ class DocumentPart(models.Model):
     number = models.PositiveIntegerField()
     first_page = models.PositiveIntegerField()
     last_page = models.PositiveIntegerField()
+    #: its pages include scans: it is read with OCR, by a task of the "ocr" queue
+    ocr = models.BooleanField(default=False)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     #: the part's chunk drafts in reading order: {"text", "page", "headings", "token_count"}
     chunks = models.JSONField(default=list, blank=True)

@@ -56,11 +56,24 @@ def document_ingest_part_task(document_id: int, part_id: int) -> dict[str, objec
     return {"document_id": document_id, "part_id": part_id, "status": outcome.status, "chunks": outcome.chunks}
 
 
+@shared_task(name="knowledge.document_ocr_part", **_RETRY)
+def document_ocr_part_task(document_id: int, part_id: int) -> dict[str, object]:
+    """Ingest one page range of a big scan with OCR, on the "ocr" queue."""
+    return document_ingest_part_task(document_id, part_id)
+
+
 @shared_task(name="knowledge.document_ocr", **_RETRY)
 def document_ocr_task(document_id: int, force: bool = False) -> dict[str, object]:
     """Ingest a scanned document with OCR (about 12 s a page), on its own queue."""
-    if not Document.objects.filter(pk=document_id).exists():
+    document = Document.objects.filter(pk=document_id).first()
+    if document is None:
         return {"document_id": document_id, "status": "deleted"}
+    if document.status == Document.Status.READY and not force:
+        return {"document_id": document_id, "status": document.status}
+    # A long scan continues as page ranges, one document_ocr_part task each, read side by side.
+    parts = document_parts.document_split(document_id=document_id, ocr=True)
+    if parts:
+        return {"document_id": document_id, "status": "split", "parts": len(parts)}
     outcome = documents.document_process(document_id=document_id, ocr=True, force=force, split=False)
     return {"document_id": document_id, "status": outcome.status, "chunks": outcome.chunks}
 

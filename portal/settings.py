@@ -234,7 +234,7 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_CONNECTION_TIMEOUT = 3
 CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}
 CELERY_RESULT_EXTENDED = True
-CELERY_TASK_ROUTES = {"knowledge.document_ocr": {"queue": "ocr"}}
+CELERY_TASK_ROUTES = {"knowledge.document_ocr": {"queue": "ocr"}, "knowledge.document_ocr_part": {"queue": "ocr"}}
 # Redis redelivers a task whose worker vanished after this many seconds (other transports have
 # no such option: SQLAlchemy's would pass it on to create_engine and fail).
 CELERY_BROKER_TRANSPORT_OPTIONS = (
@@ -261,6 +261,9 @@ RAG_MAX_UNPACKED_MB = _positive_int("RAG_MAX_UNPACKED_MB", 512)
 # A text PDF with more pages than this is processed as parts of this many pages, one task each, so one
 # big file does not hold one worker for its whole length. 0 = never split.
 RAG_SPLIT_PAGES = _positive_int("RAG_SPLIT_PAGES", 50, minimum=0)
+# The same for a PDF with pages that need OCR (about 12 s a page): parts of this many pages, run by the
+# workers of the "ocr" queue side by side. 0 = never split a scan.
+RAG_SPLIT_OCR_PAGES = _positive_int("RAG_SPLIT_OCR_PAGES", 10, minimum=0)
 # Memory (MB) the parse of one document may use on top of the worker's own, in a child process: a file
 # that explodes past it fails ("needed more than … MB") instead of getting the worker OOM-killed.
 # 0 = no limit (parse in the worker's process).

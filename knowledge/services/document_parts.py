@@ -1,13 +1,14 @@
 """Big PDFs processed as page ranges, one task each, so one big file does not hold one worker for its length.
 
 A text PDF with more than ``RAG_SPLIT_PAGES`` pages is planned as parts of that many pages
-(:func:`document_split`). Each part parses, chunks and embeds its pages and keeps the result in its
-``DocumentPart`` row (:func:`document_part_process`); the part that finds every part done writes all
-the chunks and vectors as :func:`~knowledge.services.documents.document_process` does (one index
-writer session held until the database has committed), marks the document ready and deletes the parts.
+(:func:`document_split`); a PDF with pages that need OCR, as parts of ``RAG_SPLIT_OCR_PAGES`` pages
+read with OCR by the workers of the ``ocr`` queue. Each part parses, chunks and embeds its pages and
+keeps the result in its ``DocumentPart`` row (:func:`document_part_process`); the part that finds
+every part done writes all the chunks and vectors as
+:func:`~knowledge.services.documents.document_process` does (one index writer session held until the
+database has committed), marks the document ready and deletes the parts.
 
-Scanned PDFs (with pages that OCR would read) are not split: they go whole to the ``ocr`` queue, as
-before. A plan is current while its parts exist and the document is ``processing``: a new plan or a
+A plan is current while its parts exist and the document is ``processing``: a new plan or a
 whole-file run deletes the parts, a failure deletes them and marks the document failed, a replace or
 a reingest makes the document ``queued``, a delete removes everything; the part tasks of an outdated
 plan then do nothing.
@@ -41,41 +42,41 @@ SKIPPED = "skipped"
 _STAGE_MAX = 32  # Document.stage's max_length
 
 
-def document_split_ranges(*, document: Document, ocr: bool) -> list[range]:
-    """The page ranges (1-based) ``document`` is processed in; [] when it is processed whole.
+def document_split_ranges(*, document: Document, ocr: bool) -> tuple[list[range], bool]:
+    """The page ranges (1-based) ``document`` is processed in ([] when whole), and whether they need OCR.
 
-    Only a PDF with more than ``RAG_SPLIT_PAGES`` pages (and at most ``RAG_MAX_PAGES``) is split; with
-    ``ocr``, only one that has no page for OCR to read.
+    Only a PDF with more than ``RAG_SPLIT_PAGES`` pages (and at most ``RAG_MAX_PAGES``) is split. With
+    ``ocr``, a PDF with pages for OCR to read is split in ranges of ``RAG_SPLIT_OCR_PAGES`` pages instead.
     """
-    size = settings.RAG_SPLIT_PAGES
-    if size <= 0:
-        return []
     from ingestion.parsing import pdf_page_count, sniff_mime
 
     try:
         path = Path(document.file.path)
         if sniff_mime(path, document.original_name) != PDF:
-            return []
+            return [], False
         count = pdf_page_count(path)
     except (IngestionError, OSError, ValueError):
-        return []  # processed whole, which reports the problem
-    if not size < count <= settings.RAG_MAX_PAGES:
-        return []
-    if ocr and documents.document_needs_ocr(document=document):
-        return []
-    return [range(first, min(first + size, count + 1)) for first in range(1, count + 1, size)]
+        return [], False  # processed whole, which reports the problem
+    if count > settings.RAG_MAX_PAGES:
+        return [], False
+    scans = ocr and documents.document_needs_ocr(document=document)
+    size = settings.RAG_SPLIT_OCR_PAGES if scans else settings.RAG_SPLIT_PAGES
+    if size <= 0 or count <= size:
+        return [], scans
+    return [range(first, min(first + size, count + 1)) for first in range(1, count + 1, size)], scans
 
 
 def document_split(*, document_id: int, ocr: bool, dispatch: bool = True) -> list[int]:
-    """Plan a big text PDF as parts and return their ids in page order; [] when it is processed whole.
+    """Plan a big PDF as parts and return their ids in page order; [] when it is processed whole.
 
     The document becomes ``processing``; a previous plan's parts are dropped. With ``dispatch`` one
-    ``knowledge.document_ingest_part`` task per part is sent once the plan is committed.
+    ``knowledge.document_ingest_part`` task per part (``knowledge.document_ocr_part`` for a scan, on the
+    ``ocr`` queue) is sent once the plan is committed.
     """
     document = Document.objects.filter(pk=document_id).first()
     if document is None:
         return []
-    ranges = document_split_ranges(document=document, ocr=ocr)
+    ranges, scans = document_split_ranges(document=document, ocr=ocr)
     if not ranges:
         return []
     with transaction.atomic():
@@ -84,7 +85,7 @@ def document_split(*, document_id: int, ocr: bool, dispatch: bool = True) -> lis
             return []
         DocumentPart.objects.filter(document_id=document_id).delete()
         parts = DocumentPart.objects.bulk_create(
-            DocumentPart(document_id=document_id, number=number, first_page=pages[0], last_page=pages[-1])
+            DocumentPart(document_id=document_id, number=number, first_page=pages[0], last_page=pages[-1], ocr=scans)
             for number, pages in enumerate(ranges, 1)
         )
         Document.objects.filter(pk=document_id).update(
@@ -96,7 +97,7 @@ def document_split(*, document_id: int, ocr: bool, dispatch: bool = True) -> lis
         )
         part_ids = [part.pk for part in parts]
         if dispatch:
-            transaction.on_commit(lambda: _send(document_id, part_ids))
+            transaction.on_commit(lambda: _send(document_id, part_ids, ocr=scans))
     return part_ids
 
 
@@ -117,23 +118,30 @@ def document_parts_redispatch_stale(*, cutoff: datetime) -> int:
         Document.objects.filter(pk=document_id).update(updated_at=timezone.now())
         pending = list(
             DocumentPart.objects.filter(document_id=document_id, status=DocumentPart.Status.PENDING).values_list(
-                "pk", flat=True
+                "pk", "ocr"
             )
         )
         logger.warning(
             "Split document %s made no progress: sending its %d pending parts again", document_id, len(pending)
         )
         with transaction.atomic():
-            transaction.on_commit(lambda document_id=document_id, pending=pending: _send(document_id, pending))
+            for scans in {ocr for _, ocr in pending}:
+                part_ids = [pk for pk, ocr in pending if ocr == scans]
+                transaction.on_commit(
+                    lambda document_id=document_id, part_ids=part_ids, scans=scans: _send(
+                        document_id, part_ids, ocr=scans
+                    )
+                )
     return len(stale)
 
 
-def _send(document_id: int, part_ids: Sequence[int]) -> None:
-    from knowledge.tasks import document_ingest_part_task
+def _send(document_id: int, part_ids: Sequence[int], *, ocr: bool) -> None:
+    from knowledge.tasks import document_ingest_part_task, document_ocr_part_task
 
+    task = document_ocr_part_task if ocr else document_ingest_part_task
     try:
         for part_id in part_ids:
-            document_ingest_part_task.delay(document_id, part_id)
+            task.delay(document_id, part_id)
     except Exception:  # the broker is down: beat sends the pending parts again later
         logger.exception("Could not queue the parts of document %s; they are sent again later", document_id)
 
@@ -197,8 +205,7 @@ def _part_prepare(part: DocumentPart, notify: Callable[[str], None]) -> dict[str
     from ingestion.pipeline import run_pipeline
 
     document = part.document
-    # Parts never OCR: a PDF with pages for OCR to read is not split (see document_split_ranges).
-    options = replace(engines.pipeline_options(ocr=False), pages=range(part.first_page, part.last_page + 1))
+    options = replace(engines.pipeline_options(ocr=part.ocr), pages=range(part.first_page, part.last_page + 1))
     result = run_pipeline(
         Path(document.file.path),
         embedder=engines.get_embedder(),

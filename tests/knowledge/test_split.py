@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,22 @@ def _text_pdf(path: Path, pages: int, *, blank: frozenset[int] = frozenset()) ->
     return path
 
 
+def _scan_pdf(path: Path, pages: int) -> Path:
+    """A PDF of ``pages`` scanned pages: images of text, with no text layer (only OCR can read them)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=28)
+    images = []
+    for number in range(1, pages + 1):
+        image = Image.new("L", (1240, 1754), 255)  # A4 at 150 dpi
+        draw = ImageDraw.Draw(image)
+        for row, line in enumerate(_page_lines(number)[:4]):
+            draw.text((80, 120 + 48 * row), line, fill=0, font=font)
+        images.append(image)
+    images[0].save(path, "PDF", resolution=150, save_all=True, append_images=images[1:])
+    return path
+
+
 def _create(path: Path, collection: Collection | None = None) -> Document:
     with path.open("rb") as handle:
         return document_services.document_create(file=handle, filename=path.name, collection=collection, dispatch=False)
@@ -107,26 +124,35 @@ def _assert_index_matches_chunks() -> None:
     assert report.vectors == Chunk.objects.filter(document__status="ready").count()
 
 
-def test_only_big_text_pdfs_are_planned_as_page_ranges(settings: Any, tmp_path: Path, text_file: Any) -> None:
+def test_only_big_pdfs_are_planned_as_page_ranges(settings: Any, tmp_path: Path, text_file: Any) -> None:
     big = _create(_text_pdf(tmp_path / "big.pdf", 12))
-    assert document_parts.document_split_ranges(document=big, ocr=True) == [range(1, 6), range(6, 11), range(11, 13)]
+    assert document_parts.document_split_ranges(document=big, ocr=True) == (
+        [range(1, 6), range(6, 11), range(11, 13)],
+        False,
+    )
 
     small = _create(_text_pdf(tmp_path / "small.pdf", SPLIT))
     text = _create(text_file("notes.txt", "Notes about the canal locks.\n" * 200))
-    assert document_parts.document_split_ranges(document=small, ocr=True) == []
-    assert document_parts.document_split_ranges(document=text, ocr=True) == []
+    assert document_parts.document_split_ranges(document=small, ocr=True) == ([], False)
+    assert document_parts.document_split_ranges(document=text, ocr=True) == ([], False)
 
-    # a page without text would be OCR'd: such a PDF goes whole to the OCR queue, as before
+    # a page without text is read with OCR: such a PDF is split in ranges of RAG_SPLIT_OCR_PAGES pages
     settings.RAG_OCR = True
+    settings.RAG_SPLIT_OCR_PAGES = 4
     scanned = _create(_text_pdf(tmp_path / "scanned.pdf", 12, blank=frozenset({4})))
-    assert document_parts.document_split_ranges(document=scanned, ocr=True) == []
-    assert len(document_parts.document_split_ranges(document=scanned, ocr=False)) == 3
+    assert document_parts.document_split_ranges(document=scanned, ocr=True) == (
+        [range(1, 5), range(5, 9), range(9, 13)],
+        True,
+    )
+    assert len(document_parts.document_split_ranges(document=scanned, ocr=False)[0]) == 3
+    settings.RAG_SPLIT_OCR_PAGES = 0
+    assert document_parts.document_split_ranges(document=scanned, ocr=True) == ([], True)
 
     settings.RAG_MAX_PAGES = 10  # refused whole, with its reason, as before
-    assert document_parts.document_split_ranges(document=big, ocr=True) == []
+    assert document_parts.document_split_ranges(document=big, ocr=True) == ([], False)
     settings.RAG_MAX_PAGES = 5000
     settings.RAG_SPLIT_PAGES = 0
-    assert document_parts.document_split_ranges(document=big, ocr=True) == []
+    assert document_parts.document_split_ranges(document=big, ocr=True) == ([], False)
 
 
 def test_a_split_pdf_ingested_in_process_matches_an_unsplit_ingestion(settings: Any, tmp_path: Path) -> None:
@@ -183,6 +209,36 @@ def test_the_ingest_task_sends_one_task_per_part(
     assert document.status == "ready", document.error
     assert document.page_count == 12
     assert document.attempts == 1
+    assert not DocumentPart.objects.exists()
+    _assert_index_matches_chunks()
+
+
+@pytest.mark.skipif(shutil.which("tesseract") is None, reason="Tesseract is not installed")
+def test_a_long_scan_is_read_with_ocr_as_page_ranges_on_the_ocr_queue(
+    eager_celery: None,
+    django_capture_on_commit_callbacks: Any,
+    settings: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    from portal.celery import app
+
+    settings.RAG_OCR = True
+    settings.RAG_SPLIT_OCR_PAGES = 1
+    # the parts of a scan are the OCR queue's work, never the text queue's
+    monkeypatch.setattr(document_ingest_part_task, "delay", lambda *args: pytest.fail("sent to the text queue"))
+    assert app.amqp.router.route({}, "knowledge.document_ocr_part")["queue"].name == "ocr"
+
+    path = _scan_pdf(tmp_path / "scan.pdf", 3)
+    with django_capture_on_commit_callbacks(execute=True) as callbacks, path.open("rb") as handle:
+        document = document_services.document_create(file=handle, filename=path.name)
+    assert len(callbacks) == 2  # the document's task (which hands it to the OCR task), then the parts
+    document.refresh_from_db()
+    assert document.status == "ready", document.error
+    assert (document.page_count, document.ocr_pages) == (3, [1, 2, 3])
+    chunks = _chunks(document)
+    assert [page for _, page, _ in chunks] == [1, 2, 3]
+    assert [topic in text.lower() for (text, _, _), topic in zip(chunks, TOPICS[:3], strict=True)] == [True] * 3
     assert not DocumentPart.objects.exists()
     _assert_index_matches_chunks()
 
