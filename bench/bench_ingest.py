@@ -75,21 +75,28 @@ def _one_run(folder: Path, raw_sample: int) -> dict[str, float]:
 
     ready = Document.objects.filter(status=Document.Status.READY)
     pages = sum(d.page_count or 1 for d in ready)
-    texts = list(Chunk.objects.filter(document__in=ready).values_list("text", "heading"))
+    texts = list(
+        Chunk.objects.filter(document__in=ready)
+        .order_by("document_id", "ordinal")
+        .values_list("text", "heading", "token_count")
+    )
     from ingestion.chunking import embedding_text
     from ingestion.types import ChunkDraft
 
     config = engines.chunking_config()
     embedded = [
-        embedding_text(ChunkDraft(0, text, None, tuple(h.split(" > ")) if h else (), 0), config) for text, h in texts
+        (embedding_text(ChunkDraft(0, text, None, tuple(h.split(" > ")) if h else (), 0), config), tokens)
+        for text, h, tokens in texts
     ]
-    if 0 < raw_sample < len(embedded):  # every n-th chunk: the same mix of lengths, in less time
-        step = len(embedded) / raw_sample
-        embedded = [embedded[int(i * step)] for i in range(raw_sample)]
+    if 0 < raw_sample < len(embedded):  # a run of consecutive chunks: whole pages, with their mix of lengths
+        first = (len(embedded) - raw_sample) // 2
+        embedded = embedded[first : first + raw_sample]
     raw_started = time.perf_counter()
     for start in range(0, len(embedded), 64):
-        embedder.embed_passages(embedded[start : start + 64])
-    raw = (time.perf_counter() - raw_started) * len(texts) / max(1, len(embedded))  # for all the chunks
+        embedder.embed_passages([text for text, _ in embedded[start : start + 64]])
+    # scaled to all the chunks by their tokens (the embedding time grows with them), not by their number
+    tokens = sum(count for _, _, count in texts)
+    raw = (time.perf_counter() - raw_started) * tokens / max(1, sum(count for _, count in embedded))
     return {
         "files": len(files),
         "ready": ready.count(),
@@ -173,7 +180,8 @@ def main() -> None:
             print(
                 f"run {number}: {figures['seconds']:.1f} s, pages/s {figures['pages_per_s']:.2f}, "
                 f"chunks/s {figures['chunks_per_s']:.2f}, raw embedding chunks/s "
-                f"{figures['raw_embed_chunks_per_s']:.2f}, pipeline/raw {figures['ratio_to_raw_embedding']:.2f}",
+                f"{figures['raw_embed_chunks_per_s']:.2f}, pipeline/raw {figures['ratio_to_raw_embedding']:.2f}; "
+                + ", ".join(f"{stage} {figures[f'{stage}_s']:.1f} s" for stage in ("parse", "chunk", "embed", "index")),
                 flush=True,
             )
     median = {key: statistics.median(run[key] for run in runs) for key in runs[0]}

@@ -2,35 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _settings_probe(tmp_path: Path, extra: dict[str, str], code: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("DJANGO_", "DATABASE_", "CELERY_", "RAG_", "MAX_", "INDEX_", "LLM_", "MEDIA_"))
-    }
-    env.update({"VAR_DIR": str(tmp_path / "var"), "DJANGO_SETTINGS_MODULE": "portal.settings", **extra})
-    return subprocess.run(
-        [sys.executable, "-c", f"import django; django.setup(); from django.conf import settings as s; {code}"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+from tests.settings_probe import settings_probe
 
 
 def test_defaults_are_safe_and_embedded(tmp_path: Path) -> None:
-    result = _settings_probe(
+    result = settings_probe(
         tmp_path,
         {},
         "print(s.DEBUG, s.DATABASES['default']['ENGINE'], s.CELERY_BROKER_URL.split(':')[0], "
@@ -48,8 +28,8 @@ def test_defaults_are_safe_and_embedded(tmp_path: Path) -> None:
 
 
 def test_secret_key_is_generated_once_and_kept(tmp_path: Path) -> None:
-    first = _settings_probe(tmp_path, {}, "print(s.SECRET_KEY)")
-    second = _settings_probe(tmp_path, {}, "print(s.SECRET_KEY)")
+    first = settings_probe(tmp_path, {}, "print(s.SECRET_KEY)")
+    second = settings_probe(tmp_path, {}, "print(s.SECRET_KEY)")
     assert first.returncode == 0, first.stderr
     assert first.stdout == second.stdout
     assert len(first.stdout.strip()) >= 40
@@ -59,7 +39,7 @@ def test_secret_key_is_generated_once_and_kept(tmp_path: Path) -> None:
 def test_secret_key_is_read_from_a_file(tmp_path: Path) -> None:
     keyfile = tmp_path / "key"
     keyfile.write_text("from-a-file-secret\n")
-    result = _settings_probe(tmp_path, {"DJANGO_SECRET_KEY_FILE": str(keyfile)}, "print(s.SECRET_KEY)")
+    result = settings_probe(tmp_path, {"DJANGO_SECRET_KEY_FILE": str(keyfile)}, "print(s.SECRET_KEY)")
     assert result.stdout.strip() == "from-a-file-secret"
 
 
@@ -77,7 +57,7 @@ def test_secret_key_is_read_from_a_file(tmp_path: Path) -> None:
 def test_malformed_values_stop_the_start_with_a_clear_error(
     tmp_path: Path, variable: str, value: str, message: str
 ) -> None:
-    result = _settings_probe(tmp_path, {variable: value}, "print('started')")
+    result = settings_probe(tmp_path, {variable: value}, "print('started')")
     assert result.returncode != 0
     assert "started" not in result.stdout
     assert message in result.stderr

@@ -12,7 +12,7 @@ from ingestion.sandbox import memory_limit_supported
 from knowledge.models import Document
 from knowledge.services import engines
 from knowledge.services import index as index_services
-from tests.test_settings import _settings_probe
+from tests.settings_probe import settings_probe
 
 pytestmark = [
     pytest.mark.django_db,
@@ -60,7 +60,7 @@ def test_the_memory_limit_setting_reaches_the_pipeline_or_stops_the_start(
         "from knowledge.services import engines; "
         "print(s.RAG_INGEST_MEMORY_MB, engines.pipeline_options().max_memory_mb)"
     )
-    result = _settings_probe(tmp_path, extra, code)
+    result = settings_probe(tmp_path, extra, code)
     if expected[0].isdigit():
         assert result.returncode == 0, result.stderr
         assert result.stdout.split() == expected.split()

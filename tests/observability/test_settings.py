@@ -2,33 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _probe(tmp_path: Path, extra: dict[str, str], code: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("DJANGO_", "METRICS_", "LOG_", "OTEL_", "PROMETHEUS_", "TRACES_"))
-    }
-    env.update({"VAR_DIR": str(tmp_path / "var"), "DJANGO_SETTINGS_MODULE": "portal.settings", **extra})
-    return subprocess.run(
-        [sys.executable, "-c", f"import os, django; django.setup(); from django.conf import settings as s; {code}"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+from tests.settings_probe import settings_probe
 
 
 def test_defaults_plain_logs_in_debug_no_tracing_and_a_metrics_folder_per_host(tmp_path: Path) -> None:
-    result = _probe(
+    result = settings_probe(
         tmp_path,
         {"DJANGO_DEBUG": "true", "METRICS_ALLOWED_IPS": "10.0.0.1, 192.168.0.0/16"},
         "print(s.LOG_FORMAT, s.LOG_CONTENT, s.OTEL_TRACES_EXPORTER, s.METRICS_ALLOWED_IPS, "
@@ -41,7 +21,7 @@ def test_defaults_plain_logs_in_debug_no_tracing_and_a_metrics_folder_per_host(t
 
 
 def test_a_malformed_allow_list_stops_the_start(tmp_path: Path) -> None:
-    result = _probe(tmp_path, {"METRICS_ALLOWED_IPS": "10.0.0.0/8,intranet"}, "print(1)")
+    result = settings_probe(tmp_path, {"METRICS_ALLOWED_IPS": "10.0.0.0/8,intranet"}, "print(1)")
 
     assert result.returncode != 0
     assert "METRICS_ALLOWED_IPS" in result.stderr and "intranet" in result.stderr
