@@ -53,6 +53,7 @@ def embedder_config() -> EmbedderConfig:
         model=settings.RAG_EMBEDDER_MODEL,
         batch_size=settings.RAG_EMBED_BATCH_SIZE,
         threads=settings.RAG_EMBED_THREADS,
+        quantize=settings.RAG_EMBEDDER_QUANTIZE,
     )
 
 

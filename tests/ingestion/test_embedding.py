@@ -12,7 +12,7 @@ import pytest
 
 from ingestion import embedding
 from ingestion.embedding import E5_NAME, PACKAGED_ST_NAME, E5Embedder, Embedder, EmbedderConfig, get_embedder
-from tests.ingestion.fixtures_engine import E5_CONFIG, e5, minilm
+from tests.ingestion.fixtures_engine import E5_CONFIG, MINILM_CONFIG, e5, minilm
 
 PASSAGES = [
     "La tour Eiffel a été construite pour l'Exposition universelle de 1889 à Paris.",
@@ -156,3 +156,20 @@ def test_minilm_embeds_and_counts_word_pieces() -> None:
     assert int(np.argmax(vectors @ query)) == 1
     assert model.count_tokens("hello world") == 4  # [CLS] hello world [SEP]
     assert model.count_tokens("word " * 400) == 402  # counted in full, never cut
+
+
+def test_minilm_in_int8_embeds_like_float32_under_its_own_name() -> None:
+    from dataclasses import replace
+
+    model = get_embedder(replace(MINILM_CONFIG, quantize="int8"))
+    exact = minilm()
+
+    assert model.name == f"{PACKAGED_ST_NAME}+int8"  # an index of float32 vectors refuses it
+    assert exact.name == PACKAGED_ST_NAME  # the float32 model is left as it was
+    vectors = model.embed_passages(PASSAGES[:2])
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    cosines = np.sum(vectors * exact.embed_passages(PASSAGES[:2]), axis=1)
+    assert cosines.min() > 0.9, cosines  # close, not equal: the ranking quality is what bench_quantize measures
+    assert int(np.argmax(vectors @ model.embed_query("How do plants turn light into energy?"))) == 1
+    with pytest.raises(ValueError, match="quantisation"):
+        get_embedder(replace(MINILM_CONFIG, quantize="int4"))
