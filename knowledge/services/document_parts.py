@@ -16,6 +16,7 @@ plan then do nothing.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -124,14 +125,10 @@ def document_parts_redispatch_stale(*, cutoff: datetime) -> int:
         logger.warning(
             "Split document %s made no progress: sending its %d pending parts again", document_id, len(pending)
         )
+        # the parts of one plan all share its OCR flag (see document_split)
+        send = functools.partial(_send, document_id, [pk for pk, _ in pending], ocr=any(ocr for _, ocr in pending))
         with transaction.atomic():
-            for scans in {ocr for _, ocr in pending}:
-                part_ids = [pk for pk, ocr in pending if ocr == scans]
-                transaction.on_commit(
-                    lambda document_id=document_id, part_ids=part_ids, scans=scans: _send(
-                        document_id, part_ids, ocr=scans
-                    )
-                )
+            transaction.on_commit(send)
     return len(stale)
 
 

@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
@@ -255,11 +256,11 @@ def document_chunks_write(
     return len(rows)
 
 
-def chunk_row(document_id: int, draft: ChunkDraft, *, ordinal: int | None = None) -> Chunk:
+def chunk_row(document_id: int, draft: ChunkDraft) -> Chunk:
     """The (unsaved) Chunk row of a chunk draft."""
     return Chunk(
         document_id=document_id,
-        ordinal=draft.ordinal if ordinal is None else ordinal,
+        ordinal=draft.ordinal,
         text=draft.text,
         page=draft.page,
         heading=draft.heading_path,
@@ -409,8 +410,6 @@ def documents_redispatch_stale(*, older_than_s: int | None = None) -> int:
     (``RAG_INGEST_TIME_LIMIT``) plus ``RAG_REDISPATCH_AFTER_S`` are sent again too (their tasks were
     lost: the broker went down after the plan was committed); ``older_than_s`` overrides both ages.
     """
-    from datetime import timedelta
-
     from knowledge.services.document_parts import document_parts_redispatch_stale
 
     age = older_than_s if older_than_s is not None else settings.RAG_REDISPATCH_AFTER_S
@@ -420,8 +419,6 @@ def documents_redispatch_stale(*, older_than_s: int | None = None) -> int:
 
 
 def _documents_redispatch_queued(age: int) -> int:
-    from datetime import timedelta
-
     cutoff = timezone.now() - timedelta(seconds=age)
     stale = list(
         Document.objects.filter(status=Document.Status.QUEUED, updated_at__lt=cutoff).values_list("pk", flat=True)
