@@ -172,7 +172,6 @@ class E5Tokenizer:
                 entry.type = kinds.CONTROL
         self._processor = sentencepiece.SentencePieceProcessor(model_proto=spec.SerializeToString())
         self._table = model.normalization
-        self.bos, self.eos = model.bos, model.eos
 
     def _normalize(self, text: str) -> str:
         text = re.sub(" {2,}", " ", text.translate(self._table))

