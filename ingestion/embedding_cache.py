@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .embedding import Embedder
+from .embedding import Embedder, passage_rows, passage_width
 
 __all__ = ["EmbeddingCache", "embed_passages_cached", "open_cache", "text_digest"]
 
@@ -143,28 +143,32 @@ def open_cache(directory: Path | str) -> EmbeddingCache:
 
 
 def embed_passages_cached(embedder: Embedder, texts: Sequence[str], cache: EmbeddingCache | None) -> np.ndarray:
-    """``embedder.embed_passages(texts)``, computing only the vectors ``cache`` does not hold yet.
+    """``passage_rows(embedder, texts)``, computing only the rows ``cache`` does not hold yet.
 
     New vectors are stored in the cache. A text repeated in ``texts`` is embedded once. Without a
     cache, or when the cache fails, every vector is computed.
     """
     if cache is None or not texts:
-        return embedder.embed_passages(texts)
+        return passage_rows(embedder, texts)
+    width = passage_width(embedder)
+    # rows with latent terms are stored apart from the same model's bare vectors of earlier versions
+    terms = getattr(embedder, "terms", 0)
+    name = f"{embedder.name}+terms{terms}" if terms else embedder.name
     try:
-        cached = cache.get_many(embedder.name, texts, embedder.dimension)
+        cached = cache.get_many(name, texts, width)
     except sqlite3.Error as exc:
         logger.warning("The embedding cache %s cannot be read (%s): computing every vector", cache.path, exc)
-        return embedder.embed_passages(texts)
+        return passage_rows(embedder, texts)
     missing = list(dict.fromkeys(t for t, v in zip(texts, cached, strict=True) if v is None))
     computed: dict[str, np.ndarray] = {}
     if missing:
-        vectors = embedder.embed_passages(missing)
+        vectors = passage_rows(embedder, missing)
         computed = dict(zip(missing, vectors, strict=True))
         try:
-            cache.put_many(embedder.name, missing, vectors)
+            cache.put_many(name, missing, vectors)
         except sqlite3.Error as exc:
             logger.warning("The embedding cache %s cannot be written (%s)", cache.path, exc)
-    out = np.empty((len(texts), embedder.dimension), dtype=np.float32)
+    out = np.empty((len(texts), width), dtype=np.float32)
     for row, (text, vector) in enumerate(zip(texts, cached, strict=True)):
         out[row] = vector if vector is not None else computed[text]
     return out

@@ -7,7 +7,8 @@ Layout of ``IndexConfig.directory``::
     v000000000042/        one complete version, never modified once CURRENT names it
         manifest.json     format, version, embedder name, dimension, kind ("flat" | "hnsw"), counts
         index.faiss       faiss.write_index of an IndexFlatIP or IndexHNSWFlat (vectors by position)
-        meta.npz          per position: chunk id, alive flag, document id, collection id, text offsets
+        meta.npz          per position: chunk id, alive flag, document id, collection id, text offsets,
+                          latent term ids and weights (when the embedder gives them)
         texts.bin         the chunk texts (UTF-8, concatenated; offsets in meta.npz) for BM25
     v000000000041/        the previous version, kept so that a reader still loading it can finish
 
@@ -156,6 +157,8 @@ class IndexSnapshot:
         collection_ids: np.ndarray,
         texts: list[str],
         config: IndexConfig,
+        term_ids: np.ndarray | None = None,
+        term_weights: np.ndarray | None = None,
     ) -> None:
         self.version = version
         self.embedder_name = embedder_name
@@ -167,6 +170,10 @@ class IndexSnapshot:
         self.document_ids = document_ids
         self.collection_ids = collection_ids
         self.texts = texts
+        #: per position, the latent terms of the chunk ((positions, t) int32 ids and float16 weights,
+        #: weight 0 where a chunk has fewer than t; t = 0 when the embedder gives none)
+        self.term_ids = term_ids if term_ids is not None else np.zeros((len(labels), 0), dtype=np.int32)
+        self.term_weights = term_weights if term_weights is not None else np.zeros((len(labels), 0), dtype=np.float16)
         self._config = config
         self.live_positions = np.flatnonzero(alive)
         self._positions = dict(zip(labels[self.live_positions].tolist(), self.live_positions.tolist(), strict=True))
@@ -209,6 +216,21 @@ class IndexSnapshot:
         view: np.ndarray = faiss.rev_swig_ptr(flat.get_xb(), n * self.dimension).reshape(n, self.dimension)
         view.flags.writeable = False
         return view
+
+    def term_scores(self, chunk_ids: Sequence[int], query: np.ndarray) -> np.ndarray:
+        """The latent-term score of each of ``chunk_ids``: the dot product of its terms with ``query``
+        (a dense (features,) array of the query's term weights); 0 for a chunk without terms."""
+        positions = [self.position(c) for c in chunk_ids]
+        known = np.array([p for p in positions if p is not None], dtype=np.int64)
+        scores = np.zeros(len(positions), dtype=np.float32)
+        if len(known) == 0 or self.term_ids.shape[1] == 0:
+            return scores
+        ids = self.term_ids[known]
+        weights = self.term_weights[known].astype(np.float32)
+        inside = ids < len(query)
+        values = (np.where(inside, query[np.minimum(ids, len(query) - 1)], 0.0) * weights).sum(axis=1)
+        scores[[i for i, p in enumerate(positions) if p is not None]] = values
+        return scores
 
     def vectors(self, ids: Sequence[int]) -> dict[int, np.ndarray]:
         """The stored vector of each of ``ids`` that is in the index."""
@@ -282,7 +304,7 @@ class IndexWriter:
         self._removed = base.alive.copy() if reset else np.zeros(len(base.labels), dtype=bool)
         # chunk id -> (batch, row) of its newest vector added in this session
         self._pending: dict[int, tuple[int, int]] = {}
-        self._batches: list[tuple[np.ndarray, int, int, list[str]]] = []
+        self._batches: list[tuple[np.ndarray, int, int, list[str], tuple[np.ndarray, np.ndarray]]] = []
         self.changed = reset
 
     @property
@@ -306,19 +328,29 @@ class IndexWriter:
         collection_id: int,
         texts: Sequence[str],
     ) -> None:
-        """Add (or replace) the vectors of chunks ``ids`` of one document."""
+        """Add (or replace) the vectors of chunks ``ids`` of one document.
+
+        ``vectors``: the embedder's passage rows, the vector alone or followed by latent term ids and
+        weights (``ingestion.embedding.split_rows``).
+        """
         labels = np.asarray(ids, dtype=np.int64).reshape(-1)
-        matrix = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32))
-        if matrix.ndim != 2 or matrix.shape != (len(labels), self._base.dimension):
-            raise ValueError(f"expected vectors of shape ({len(labels)}, {self._base.dimension}), got {matrix.shape}")
+        rows = np.asarray(vectors, dtype=np.float32)
+        dimension = self._base.dimension
+        if rows.ndim != 2 or rows.shape[0] != len(labels) or rows.shape[1] < dimension:
+            raise ValueError(f"expected vectors of shape ({len(labels)}, {dimension}), got {rows.shape}")
+        from .embedding import split_rows
+
+        matrix, term_ids, term_weights = split_rows(rows, dimension)
+        matrix = np.ascontiguousarray(matrix)
         if len(texts) != len(labels):
             raise ValueError(f"{len(labels)} ids but {len(texts)} texts")
         if len(labels) and labels.min() < 0:
             raise ValueError("chunk ids must not be negative")
-        if not np.isfinite(matrix).all():
+        if not np.isfinite(rows).all():
             raise ValueError("vectors must be finite")
         batch = len(self._batches)
-        self._batches.append((matrix, int(document_id), int(collection_id), list(texts)))
+        terms = (term_ids, term_weights.astype(np.float16))
+        self._batches.append((matrix, int(document_id), int(collection_id), list(texts), terms))
         for row, chunk_id in enumerate(labels.tolist()):
             self._remove_saved(chunk_id)
             self._pending[chunk_id] = (batch, row)
@@ -353,26 +385,31 @@ class IndexWriter:
         self._batches.clear()
         self.changed = True
 
-    def _new_rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    def _new_rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str], np.ndarray, np.ndarray]:
         dimension = self._base.dimension
         n = len(self._pending)
+        width = max((batch[4][0].shape[1] for batch in self._batches), default=0)
         labels = np.fromiter(self._pending.keys(), dtype=np.int64, count=n)
         vectors = np.empty((n, dimension), dtype=np.float32)
         documents = np.empty(n, dtype=np.int64)
         collections = np.empty(n, dtype=np.int64)
+        term_ids = np.zeros((n, width), dtype=np.int32)
+        term_weights = np.zeros((n, width), dtype=np.float16)
         texts: list[str] = []
         for i, (batch, row) in enumerate(self._pending.values()):
-            matrix, document_id, collection_id, batch_texts = self._batches[batch]
+            matrix, document_id, collection_id, batch_texts, (ids, weights) = self._batches[batch]
             vectors[i] = matrix[row]
             documents[i], collections[i] = document_id, collection_id
+            term_ids[i, : ids.shape[1]] = ids[row]
+            term_weights[i, : ids.shape[1]] = weights[row]
             texts.append(batch_texts[row])
-        return labels, vectors, documents, collections, texts
+        return labels, vectors, documents, collections, texts, term_ids, term_weights
 
     def build(self, version: int, config: IndexConfig) -> IndexSnapshot:
         """The snapshot holding the base plus this session's changes."""
         base = self._base
         keep = base.alive & ~self._removed
-        labels, vectors, documents, collections, texts = self._new_rows()
+        labels, vectors, documents, collections, texts, term_ids, term_weights = self._new_rows()
         total = int(np.count_nonzero(keep)) + len(labels)
         if total > config.approx_threshold or (base.kind == HNSW and total > config.approx_threshold // 2):
             kind = HNSW  # half the threshold as hysteresis: no flip-flop around it
@@ -401,6 +438,7 @@ class IndexWriter:
                 collection_ids=np.concatenate([base.collection_ids, collections]),
                 texts=[t if k else "" for t, k in zip(base.texts, keep.tolist(), strict=True)] + texts,
                 **common,
+                **_joined_terms(base, None, term_ids, term_weights),
             )
         kept = np.flatnonzero(keep)
         return IndexSnapshot(
@@ -411,7 +449,25 @@ class IndexWriter:
             collection_ids=np.concatenate([base.collection_ids[kept], collections]),
             texts=[base.texts[p] for p in kept.tolist()] + texts,
             **common,
+            **_joined_terms(base, kept, term_ids, term_weights),
         )
+
+
+def _joined_terms(base: IndexSnapshot, kept: np.ndarray | None, ids: np.ndarray, weights: np.ndarray) -> dict[str, Any]:
+    """The latent terms of ``base`` (its ``kept`` positions, or all) then the new ones, as wide as the wider."""
+    old_ids = base.term_ids if kept is None else base.term_ids[kept]
+    old_weights = base.term_weights if kept is None else base.term_weights[kept]
+    width = max(old_ids.shape[1], ids.shape[1])
+
+    def widened(matrix: np.ndarray, dtype: Any) -> np.ndarray:
+        out = np.zeros((len(matrix), width), dtype=dtype)
+        out[:, : matrix.shape[1]] = matrix
+        return out
+
+    return {
+        "term_ids": np.concatenate([widened(old_ids, np.int32), widened(ids, np.int32)]),
+        "term_weights": np.concatenate([widened(old_weights, np.float16), widened(weights, np.float16)]),
+    }
 
 
 def _new_faiss_index(
@@ -463,6 +519,8 @@ def _write_version(folder: Path, snapshot: IndexSnapshot) -> None:
             document_ids=snapshot.document_ids,
             collection_ids=snapshot.collection_ids,
             text_offsets=offsets,
+            term_ids=snapshot.term_ids,
+            term_weights=snapshot.term_weights,
         )
         file.flush()
         os.fsync(file.fileno())
@@ -540,10 +598,19 @@ def _load(directory: Path, name: str, config: IndexConfig, *, embedder_name: str
         document_ids = meta["document_ids"].astype(np.int64)
         collection_ids = meta["collection_ids"].astype(np.int64)
         offsets = meta["text_offsets"].astype(np.int64)
+        # an index saved before latent terms existed has none: its chunks get them from rebuild_index
+        term_ids = meta["term_ids"].astype(np.int32) if "term_ids" in meta else np.zeros((len(labels), 0), np.int32)
+        term_weights = (
+            meta["term_weights"].astype(np.float16)
+            if "term_weights" in meta
+            else np.zeros((len(labels), 0), np.float16)
+        )
     blob = (folder / TEXTS_FILE).read_bytes()
     n = len(labels)
     if not (
         index.ntotal == n == len(alive) == len(document_ids) == len(collection_ids) == len(offsets) - 1
+        and term_ids.shape == term_weights.shape
+        and len(term_ids) == n
         and index.d == dimension
         and (n == 0 or offsets[-1] == len(blob))
     ):
@@ -562,6 +629,8 @@ def _load(directory: Path, name: str, config: IndexConfig, *, embedder_name: str
         collection_ids=collection_ids,
         texts=texts,
         config=config,
+        term_ids=term_ids,
+        term_weights=term_weights,
     )
 
 

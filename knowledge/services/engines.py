@@ -55,6 +55,7 @@ def embedder_config() -> EmbedderConfig:
         batch_size=settings.RAG_EMBED_BATCH_SIZE,
         threads=settings.RAG_EMBED_THREADS,
         quantize=settings.RAG_EMBEDDER_QUANTIZE,
+        terms=settings.RAG_EMBEDDER_TERMS,
     )
 
 
@@ -103,7 +104,7 @@ def get_searcher() -> HybridSearcher:
     from ingestion.search import HybridSearcher, SearchConfig
 
     def build() -> HybridSearcher:
-        config = SearchConfig(rerank_k=settings.RAG_RERANK_CANDIDATES)
+        config = SearchConfig(rerank_k=settings.RAG_RERANK_CANDIDATES, terms_weight=settings.RAG_TERMS_WEIGHT)
         return HybridSearcher(get_index(), get_embedder(), config, reranker=get_reranker())
 
     searcher: HybridSearcher = _cached(f"searcher:{settings.INDEX_DIR}", build)

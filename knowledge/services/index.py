@@ -7,7 +7,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import numpy as np
 from django.conf import settings
 
 from knowledge.models import Chunk, Document
@@ -45,6 +44,7 @@ class IndexCheckReport:
 def _embed_into(writer: IndexWriter, chunk_ids: list[int], progress: Callable[[int], None] | None) -> None:
     """Embed the given chunks from their stored text and add them through ``writer``."""
     from ingestion.chunking import embedding_text
+    from ingestion.embedding import passage_rows
     from knowledge.services.documents import chunk_draft
 
     embedder = engines.get_embedder()
@@ -56,7 +56,7 @@ def _embed_into(writer: IndexWriter, chunk_ids: list[int], progress: Callable[[i
             .order_by("document_id", "ordinal")
         )
         texts = [embedding_text(chunk_draft(c), config) for c in batch]
-        vectors = np.asarray(embedder.embed_passages(texts), dtype=np.float32)
+        vectors = passage_rows(embedder, texts)
         # one add per document: the index keeps each vector's document and collection for filtering
         for offset, chunk in enumerate(batch):
             if offset and batch[offset - 1].document_id == chunk.document_id:

