@@ -35,9 +35,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _measure(embedder: Any, data: BeirData, corpus: list[tuple[str, str, str]]) -> tuple[dict[str, float], Any]:
-    from knowledge.services.evaluation import ndcg_at_k
-
     from ingestion.embedding import passage_rows
+    from knowledge.services.evaluation import ndcg_at_k
 
     texts = [f"{title}\n{text}".strip() for _, title, text in corpus]
     started = time.perf_counter()
