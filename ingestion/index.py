@@ -42,6 +42,7 @@ import numpy as np
 from filelock import FileLock
 from filelock import Timeout as LockTimeout
 
+from .embedding import split_rows
 from .errors import IndexBusyError, IndexCorruptError, IndexMismatchError
 
 # the stubs generated with the SWIG bindings miss most of the API (keyword arguments, HNSW params)
@@ -220,16 +221,15 @@ class IndexSnapshot:
     def term_scores(self, chunk_ids: Sequence[int], query: np.ndarray) -> np.ndarray:
         """The latent-term score of each of ``chunk_ids``: the dot product of its terms with ``query``
         (a dense (features,) array of the query's term weights); 0 for a chunk without terms."""
-        positions = [self.position(c) for c in chunk_ids]
-        known = np.array([p for p in positions if p is not None], dtype=np.int64)
-        scores = np.zeros(len(positions), dtype=np.float32)
-        if len(known) == 0 or self.term_ids.shape[1] == 0:
+        found = [(i, p) for i, p in enumerate(map(self.position, chunk_ids)) if p is not None]
+        scores = np.zeros(len(chunk_ids), dtype=np.float32)
+        if not found or self.term_ids.shape[1] == 0:
             return scores
-        ids = self.term_ids[known]
-        weights = self.term_weights[known].astype(np.float32)
-        inside = ids < len(query)
-        values = (np.where(inside, query[np.minimum(ids, len(query) - 1)], 0.0) * weights).sum(axis=1)
-        scores[[i for i, p in enumerate(positions) if p is not None]] = values
+        rows, positions = (list(column) for column in zip(*found, strict=True))
+        ids = self.term_ids[positions]
+        # a term the query does not have (its id past the query's last feature included) counts 0
+        weights_of_query = np.where(ids < len(query), query[np.minimum(ids, len(query) - 1)], 0.0)
+        scores[rows] = (weights_of_query * self.term_weights[positions].astype(np.float32)).sum(axis=1)
         return scores
 
     def vectors(self, ids: Sequence[int]) -> dict[int, np.ndarray]:
@@ -335,12 +335,9 @@ class IndexWriter:
         """
         labels = np.asarray(ids, dtype=np.int64).reshape(-1)
         rows = np.asarray(vectors, dtype=np.float32)
-        dimension = self._base.dimension
-        if rows.ndim != 2 or rows.shape[0] != len(labels) or rows.shape[1] < dimension:
-            raise ValueError(f"expected vectors of shape ({len(labels)}, {dimension}), got {rows.shape}")
-        from .embedding import split_rows
-
-        matrix, term_ids, term_weights = split_rows(rows, dimension)
+        if rows.ndim != 2 or rows.shape[0] != len(labels):
+            raise ValueError(f"expected vectors of shape ({len(labels)}, {self._base.dimension}), got {rows.shape}")
+        matrix, term_ids, term_weights = split_rows(rows, self._base.dimension)  # checks the width
         matrix = np.ascontiguousarray(matrix)
         if len(texts) != len(labels):
             raise ValueError(f"{len(labels)} ids but {len(texts)} texts")
@@ -437,8 +434,9 @@ class IndexWriter:
                 document_ids=np.concatenate([base.document_ids, documents]),
                 collection_ids=np.concatenate([base.collection_ids, collections]),
                 texts=[t if k else "" for t, k in zip(base.texts, keep.tolist(), strict=True)] + texts,
+                term_ids=_joined(base.term_ids, term_ids),
+                term_weights=_joined(base.term_weights, term_weights),
                 **common,
-                **_joined_terms(base, None, term_ids, term_weights),
             )
         kept = np.flatnonzero(keep)
         return IndexSnapshot(
@@ -448,26 +446,19 @@ class IndexWriter:
             document_ids=np.concatenate([base.document_ids[kept], documents]),
             collection_ids=np.concatenate([base.collection_ids[kept], collections]),
             texts=[base.texts[p] for p in kept.tolist()] + texts,
+            term_ids=_joined(base.term_ids[kept], term_ids),
+            term_weights=_joined(base.term_weights[kept], term_weights),
             **common,
-            **_joined_terms(base, kept, term_ids, term_weights),
         )
 
 
-def _joined_terms(base: IndexSnapshot, kept: np.ndarray | None, ids: np.ndarray, weights: np.ndarray) -> dict[str, Any]:
-    """The latent terms of ``base`` (its ``kept`` positions, or all) then the new ones, as wide as the wider."""
-    old_ids = base.term_ids if kept is None else base.term_ids[kept]
-    old_weights = base.term_weights if kept is None else base.term_weights[kept]
-    width = max(old_ids.shape[1], ids.shape[1])
-
-    def widened(matrix: np.ndarray, dtype: Any) -> np.ndarray:
-        out = np.zeros((len(matrix), width), dtype=dtype)
-        out[:, : matrix.shape[1]] = matrix
-        return out
-
-    return {
-        "term_ids": np.concatenate([widened(old_ids, np.int32), widened(ids, np.int32)]),
-        "term_weights": np.concatenate([widened(old_weights, np.float16), widened(weights, np.float16)]),
-    }
+def _joined(old: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """Rows of ``old`` then of ``new`` (latent terms), the narrower padded with zeros (weight 0: no term)."""
+    width = max(old.shape[1], new.shape[1])
+    out = np.zeros((len(old) + len(new), width), dtype=old.dtype)
+    out[: len(old), : old.shape[1]] = old
+    out[len(old) :, : new.shape[1]] = new
+    return out
 
 
 def _new_faiss_index(

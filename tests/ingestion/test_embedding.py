@@ -116,7 +116,7 @@ def test_e5_counts_tokens_with_its_own_tokenizer_prefix_and_specials_included(em
 
 def test_get_embedder_returns_one_instance_per_config(embedder: Embedder) -> None:
     assert get_embedder(E5_CONFIG) is embedder
-    assert get_embedder(EmbedderConfig(backend="e5", batch_size=16, threads=2)) is embedder
+    assert get_embedder(EmbedderConfig(backend="e5", batch_size=16, threads=2, terms=64)) is embedder
 
 
 def test_get_embedder_creates_the_model_once_under_concurrency(monkeypatch: pytest.MonkeyPatch) -> None:

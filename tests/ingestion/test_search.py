@@ -216,4 +216,8 @@ def test_the_terms_ranking_is_normalised_over_its_own_candidates() -> None:
     assert fused[1] == pytest.approx(0.5)
     assert fused[2] == pytest.approx(0.5 * 0.5 + 0.5 + 0.5 / 3)
     assert fused[3] == pytest.approx(0.5)
-    assert fuse([(1, 0.9)], [], config) == fuse([(1, 0.9)], [], config, [])
+    # without weight, the terms ranking changes nothing
+    plain = fuse([(1, 0.9), (2, 0.5), (3, 0.1)], [(2, 7.0), (1, 1.0)], config)
+    assert fuse(
+        [(1, 0.9), (2, 0.5), (3, 0.1)], [(2, 7.0), (1, 1.0)], replace(config, terms_weight=0.0), [(3, 4.0), (2, 2.0)]
+    ) == pytest.approx(plain)
