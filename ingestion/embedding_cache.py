@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .embedding import Embedder, passage_rows, passage_width
+from .embedding import Embedder, passage_rows, passage_width, rows_name
 
 __all__ = ["EmbeddingCache", "embed_passages_cached", "open_cache", "text_digest"]
 
@@ -151,9 +151,8 @@ def embed_passages_cached(embedder: Embedder, texts: Sequence[str], cache: Embed
     if cache is None or not texts:
         return passage_rows(embedder, texts)
     width = passage_width(embedder)
-    # rows with latent terms are stored apart from the same model's bare vectors of earlier versions
-    terms = getattr(embedder, "terms", 0)
-    name = f"{embedder.name}+terms{terms}" if terms else embedder.name
+    # rows with latent terms or a companion's vector are stored apart from the same model's bare vectors
+    name = rows_name(embedder)
     try:
         cached = cache.get_many(name, texts, width)
     except sqlite3.Error as exc:

