@@ -25,6 +25,7 @@ fifth of the index, then is rebuilt from its stored vectors.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import secrets
@@ -137,6 +138,11 @@ def read_saved_state(directory: Path) -> dict[str, Any] | None:
     }
 
 
+#: the type of stored term ids: feature numbers under 65,536 (latent terms 0-16,383, a companion's vector's
+#: components from 16,384 on), two bytes each, which matters when a companion keeps 384 of them a chunk
+TERM_ID = np.uint16
+
+
 def _bitmap(mask: np.ndarray) -> np.ndarray:
     return np.packbits(mask, bitorder="little")
 
@@ -171,9 +177,9 @@ class IndexSnapshot:
         self.document_ids = document_ids
         self.collection_ids = collection_ids
         self.texts = texts
-        #: per position, the latent terms of the chunk ((positions, t) int32 ids and float16 weights,
-        #: weight 0 where a chunk has fewer than t; t = 0 when the embedder gives none)
-        self.term_ids = term_ids if term_ids is not None else np.zeros((len(labels), 0), dtype=np.int32)
+        #: per position, the chunk's third-side terms, latent terms or a companion's vector ((positions, t)
+        #: uint16 ids and float16 weights, weight 0 where a chunk has fewer than t; t = 0 when there are none)
+        self.term_ids = term_ids if term_ids is not None else np.zeros((len(labels), 0), dtype=TERM_ID)
         self.term_weights = term_weights if term_weights is not None else np.zeros((len(labels), 0), dtype=np.float16)
         self._config = config
         self.live_positions = np.flatnonzero(alive)
@@ -217,6 +223,14 @@ class IndexSnapshot:
         view: np.ndarray = faiss.rev_swig_ptr(flat.get_xb(), n * self.dimension).reshape(n, self.dimension)
         view.flags.writeable = False
         return view
+
+    @functools.cached_property
+    def chunks_without_terms(self) -> int:
+        """Live chunks whose row holds no terms at all: embedded before the embedder gave any (or without
+        terms when it gives none). A chunk the companion was not given (another language) has its ids."""
+        if self.term_ids.shape[1] == 0:
+            return len(self)
+        return len(self) - int(np.count_nonzero(self.term_ids[self.live_positions].any(axis=1)))
 
     def term_scores(self, chunk_ids: Sequence[int], query: np.ndarray) -> np.ndarray:
         """The latent-term score of each of ``chunk_ids``: the dot product of its terms with ``query``
@@ -345,8 +359,10 @@ class IndexWriter:
             raise ValueError("chunk ids must not be negative")
         if not np.isfinite(rows).all():
             raise ValueError("vectors must be finite")
+        if term_ids.size and (term_ids.min() < 0 or term_ids.max() > np.iinfo(TERM_ID).max):
+            raise ValueError(f"term ids must lie in 0..{np.iinfo(TERM_ID).max}")
         batch = len(self._batches)
-        terms = (term_ids, term_weights.astype(np.float16))
+        terms = (term_ids.astype(TERM_ID), term_weights.astype(np.float16))
         self._batches.append((matrix, int(document_id), int(collection_id), list(texts), terms))
         for row, chunk_id in enumerate(labels.tolist()):
             self._remove_saved(chunk_id)
@@ -390,7 +406,7 @@ class IndexWriter:
         vectors = np.empty((n, dimension), dtype=np.float32)
         documents = np.empty(n, dtype=np.int64)
         collections = np.empty(n, dtype=np.int64)
-        term_ids = np.zeros((n, width), dtype=np.int32)
+        term_ids = np.zeros((n, width), dtype=TERM_ID)
         term_weights = np.zeros((n, width), dtype=np.float16)
         texts: list[str] = []
         for i, (batch, row) in enumerate(self._pending.values()):
@@ -590,7 +606,7 @@ def _load(directory: Path, name: str, config: IndexConfig, *, embedder_name: str
         collection_ids = meta["collection_ids"].astype(np.int64)
         offsets = meta["text_offsets"].astype(np.int64)
         # an index saved before latent terms existed has none: its chunks get them from rebuild_index
-        term_ids = meta["term_ids"].astype(np.int32) if "term_ids" in meta else np.zeros((len(labels), 0), np.int32)
+        term_ids = meta["term_ids"].astype(TERM_ID) if "term_ids" in meta else np.zeros((len(labels), 0), TERM_ID)
         term_weights = (
             meta["term_weights"].astype(np.float16)
             if "term_weights" in meta

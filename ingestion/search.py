@@ -296,6 +296,7 @@ class HybridSearcher:
         self._lexical: _Lexical | None = None
         self._analyses: dict[int, _Analysis] = {}
         self._vocabulary: dict[str, int] = {}
+        self._warned_version: int | None = None
 
     def search(
         self,
@@ -338,6 +339,15 @@ class HybridSearcher:
         query_terms = getattr(self.embedder, "query_terms", None)
         if self.config.terms_weight <= 0 or snapshot.term_ids.shape[1] == 0 or query_terms is None:
             return []
+        if snapshot.chunks_without_terms:
+            # scored as 0, they would rank under every chunk embedded since: the side waits for a rebuild
+            self._warn_once(
+                snapshot.version,
+                f"The third search side is off: {snapshot.chunks_without_terms} chunks of the index were embedded "
+                "without it (before RAG_COMPANION_EMBEDDER or RAG_EMBEDDER_TERMS was set); run "
+                "`manage.py rebuild_index`",
+            )
+            return []
         languages = getattr(self.embedder, "terms_languages", ())
         if languages and not self._in_languages(query, snapshot, languages):
             return []
@@ -354,6 +364,11 @@ class HybridSearcher:
         scores = snapshot.term_scores(candidates, vector)
         order = np.argsort(-scores, kind="stable")
         return [(candidates[i], float(scores[i])) for i in order.tolist()]
+
+    def _warn_once(self, version: int, message: str) -> None:
+        if self._warned_version != version:
+            self._warned_version = version
+            logger.warning(message)
 
     def _in_languages(self, query: str, snapshot: IndexSnapshot, languages: Collection[str]) -> bool:
         """Whether ``query`` reads as one of ``languages``: by its stop-word vote, or, when the vote is

@@ -258,7 +258,7 @@ RAG_EMBEDDER_TERMS = _positive_int("RAG_EMBEDDER_TERMS", 0, minimum=0)
 # A companion embedder fills the third search side instead: its vector is kept beside each chunk and its cosine
 # fused for questions in RAG_COMPANION_LANGUAGES. "minilm" = the packaged all-MiniLM-L6-v2 (English only; the
 # default with e5 and no latent terms: SciFact nDCG@10 0.734 -> 0.746), a local sentence-transformers folder,
-# or "" = none. Chunks embedded before it was set have no companion vector until `manage.py rebuild_index`.
+# or "" = none. While chunks embedded before it was set remain, the side is off: `manage.py rebuild_index`.
 RAG_COMPANION_EMBEDDER = env.str(
     "RAG_COMPANION_EMBEDDER", default="minilm" if RAG_EMBEDDER == "e5" and not RAG_EMBEDDER_TERMS else ""
 ).strip()

@@ -145,3 +145,23 @@ def test_a_companion_that_cannot_load_costs_its_side_not_the_search(
     assert hits[0].chunk_id == 1
     assert all(h.terms_score is None for h in hits)
     assert "third search side is skipped" in caplog.text
+
+
+def test_the_side_waits_for_a_rebuild_when_some_chunks_were_embedded_without_it(
+    tmp_path: Path, embedder: CompanionEmbedder, caplog: pytest.LogCaptureFixture
+) -> None:
+    index = VectorIndex(IndexConfig(tmp_path), embedder_name=embedder.name, dimension=embedder.dimension)
+    with index.writer() as writer:  # as before the companion was set: vectors alone
+        writer.add([1], embedder.embed_passages(ENGLISH[:1]), document_id=1, collection_id=1, texts=ENGLISH[:1])
+        writer.add([2, 3], passage_rows(embedder, ENGLISH[1:]), document_id=2, collection_id=1, texts=ENGLISH[1:])
+    searcher = HybridSearcher(index, embedder, SearchConfig())
+    question = "When are the Quendrix invoices paid?"
+
+    hits = searcher.search(question, 3)
+
+    # chunk 1 would get nothing from the side and rank under the newer chunks: the side is off instead
+    assert hits[0].chunk_id == 1 and all(h.terms_score is None for h in hits)
+    assert "rebuild_index" in caplog.text
+    with index.writer() as writer:  # what rebuild_index does
+        writer.add([1], passage_rows(embedder, ENGLISH[:1]), document_id=1, collection_id=1, texts=ENGLISH[:1])
+    assert all(h.terms_score is not None for h in searcher.search(question, 3))

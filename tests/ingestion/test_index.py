@@ -288,6 +288,8 @@ def test_latent_terms_are_kept_saved_and_scored(tmp_path: Path) -> None:
     reopened = open_index(tmp_path)  # read back from the saved files
     snapshot = reopened.snapshot()
     assert snapshot.term_ids.shape == snapshot.term_weights.shape == (2, 2)
+    assert snapshot.term_ids.dtype == np.uint16 and snapshot.term_weights.dtype == np.float16  # 4 bytes a term
+    assert snapshot.chunks_without_terms == 0
     query = np.zeros(10, dtype=np.float32)
     query[[5, 9]] = [1.0, 3.0]
     # chunk 1: 2*1 + 1*3; chunk 2: 0.5*3 (its second term has weight 0); an unknown chunk scores 0
@@ -312,8 +314,17 @@ def test_chunks_without_terms_mix_with_chunks_that_have_them(tmp_path: Path) -> 
 
     snapshot = open_index(tmp_path).snapshot()
     assert snapshot.term_ids.shape == (2, 3)
+    assert snapshot.chunks_without_terms == 1  # chunk 2 (the searcher leaves the side off until a rebuild)
     query = np.ones(5, dtype=np.float32)
     np.testing.assert_allclose(snapshot.term_scores([2, 3], query), [0.0, 3.0])
+
+
+def test_term_ids_out_of_their_range_are_refused(tmp_path: Path) -> None:
+    index = open_index(tmp_path)
+    for bad in (70_000, -1):
+        with index.writer() as writer, pytest.raises(ValueError, match="term ids"):
+            rows = _rows(unit_vectors(1), [[bad]], [[1.0]])
+            writer.add([1], rows, document_id=1, collection_id=1, texts=["a"])
 
 
 def test_rows_of_an_odd_width_are_refused(tmp_path: Path) -> None:
