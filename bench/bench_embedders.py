@@ -15,7 +15,8 @@ evaluate --search terms_weight=0``). ``companion``: e5 alone against e5 with the
 companion (``RAG_COMPANION_EMBEDDER=minilm``), what the companion's vectors cost at ingestion (its gain, again,
 by ``evaluate --search terms_weight=0``). Each embeds the folder's
 corpus (title and text, one vector a document) and its queries with 2 threads, scores dense retrieval (exact
-cosine) with nDCG@10, and prints passages per second and nDCG@10 of both, and their ratios. ONNX Runtime is
+cosine) with nDCG@10, and prints passages per second (of the median of ``--runs`` runs, 3 by default) and nDCG@10
+of both, and their ratios. ONNX Runtime is
 not tried (MODELS.md: 1.13x, and its packages break sentence-transformers here).
 """
 
@@ -37,14 +38,20 @@ if TYPE_CHECKING:
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _measure(embedder: Any, data: BeirData, corpus: list[tuple[str, str, str]]) -> tuple[dict[str, float], Any]:
+def _measure(
+    embedder: Any, data: BeirData, corpus: list[tuple[str, str, str]], runs: int
+) -> tuple[dict[str, float], Any]:
     from ingestion.embedding import passage_rows
     from knowledge.services.evaluation import ndcg_at_k
 
     texts = [f"{title}\n{text}".strip() for _, title, text in corpus]
-    started = time.perf_counter()
-    passages = passage_rows(embedder, texts)[:, : embedder.dimension]  # what ingestion computes
-    seconds = time.perf_counter() - started
+    timings = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        rows = passage_rows(embedder, texts)  # what ingestion computes
+        timings.append(time.perf_counter() - started)
+    seconds = float(np.median(timings))
+    passages = rows[:, : embedder.dimension]
     ids = [doc_id for doc_id, _, _ in corpus]
     known = set(ids)
     scores = []
@@ -91,6 +98,7 @@ def main() -> None:
         help="a BEIR folder (default: scifact-dev for int8 and companion, piaf-dev for the others)",
     )
     parser.add_argument("--limit-docs", type=int, default=0, help="embed only the first N documents (a smoke run)")
+    parser.add_argument("--runs", type=int, default=3, help="embed the corpus N times; passages/s of the median run")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
@@ -111,7 +119,7 @@ def main() -> None:
     for label, build in pair:
         embedder = build()
         passage_rows(embedder, ["warm-up"])  # every model loaded before the clock starts
-        figures[label], passages = _measure(embedder, beir, corpus)
+        figures[label], passages = _measure(embedder, beir, corpus, max(1, args.runs))
         vectors.append(passages)
         print(f"{label + ':':8} {json.dumps(figures[label])}", flush=True)
         del embedder
