@@ -54,6 +54,7 @@ def test_secret_key_is_read_from_a_file(tmp_path: Path) -> None:
         ("RAG_LLM_BACKEND", "openai", "RAG_LLM_BASE_URL"),
         ("RAG_COMPANION_EMBEDDER", "/no/such/model", "is not a folder"),
         ("RAG_COMPANION_LANGUAGES", "english", "two-letter language codes"),
+        ("RAG_FUSION", "max", "RAG_FUSION must be one of"),
     ],
 )
 def test_malformed_values_stop_the_start_with_a_clear_error(

@@ -106,7 +106,11 @@ def get_searcher() -> HybridSearcher:
     from ingestion.search import HybridSearcher, SearchConfig
 
     def build() -> HybridSearcher:
-        config = SearchConfig(rerank_k=settings.RAG_RERANK_CANDIDATES, terms_weight=settings.RAG_TERMS_WEIGHT)
+        config = SearchConfig(
+            fusion=settings.RAG_FUSION,
+            rerank_k=settings.RAG_RERANK_CANDIDATES,
+            terms_weight=settings.RAG_TERMS_WEIGHT,
+        )
         return HybridSearcher(get_index(), get_embedder(), config, reranker=get_reranker())
 
     searcher: HybridSearcher = _cached(f"searcher:{settings.INDEX_DIR}", build)

@@ -231,3 +231,21 @@ def test_check_index_finds_and_repairs_a_gap(
     call_command("check_index", "--repair", stdout=out)
     assert "Repaired" in out.getvalue()
     assert index_services.index_check().consistent
+
+
+def test_the_searcher_follows_the_search_settings(
+    settings: Any, ingest: Callable[..., Document], text_file: Callable[[str, str], Path]
+) -> None:
+    ingest(text_file("d.txt", "Delta document: the glaciers of Iceland are retreating every year."))
+    engines.reset()
+    hits = engines.get_searcher().search("Are the glaciers of Iceland shrinking?", k=1)
+    assert hits[0].terms_score is not None  # the companion scores English questions by default
+
+    settings.RAG_FUSION, settings.RAG_TERMS_WEIGHT = "rrf", 0.0
+    engines.reset()
+    try:
+        searcher = engines.get_searcher()
+        assert (searcher.config.fusion, searcher.config.terms_weight) == ("rrf", 0.0)
+        assert searcher.search("Are the glaciers of Iceland shrinking?", k=1)[0].terms_score is None
+    finally:
+        engines.reset()
