@@ -259,9 +259,10 @@ RAG_EMBEDDER_TERMS = _positive_int("RAG_EMBEDDER_TERMS", 0, minimum=0)
 # fused for questions in RAG_COMPANION_LANGUAGES. "minilm" = the packaged all-MiniLM-L6-v2 (English only; the
 # default with e5 and no latent terms: SciFact nDCG@10 0.734 -> 0.746), a local sentence-transformers folder,
 # or "" = none. While chunks embedded before it was set remain, the side is off: `manage.py rebuild_index`.
-RAG_COMPANION_EMBEDDER = env.str(
-    "RAG_COMPANION_EMBEDDER", default="minilm" if RAG_EMBEDDER == "e5" and not RAG_EMBEDDER_TERMS else ""
-).strip()
+# "auto" (the default) is that choice: minilm with e5 and no latent terms, else none.
+RAG_COMPANION_EMBEDDER = env.str("RAG_COMPANION_EMBEDDER", default="auto").strip()
+if RAG_COMPANION_EMBEDDER.lower() == "auto":
+    RAG_COMPANION_EMBEDDER = "minilm" if RAG_EMBEDDER == "e5" and not RAG_EMBEDDER_TERMS else ""
 if RAG_COMPANION_EMBEDDER.lower() in ("none", "off"):
     RAG_COMPANION_EMBEDDER = ""
 if RAG_COMPANION_EMBEDDER and RAG_COMPANION_EMBEDDER != "minilm" and not Path(RAG_COMPANION_EMBEDDER).is_dir():

@@ -73,6 +73,7 @@ def test_malformed_values_stop_the_start_with_a_clear_error(
         ({"RAG_EMBEDDER_TERMS": "64"}, ""),  # latent terms asked for fill the third side instead
         ({"RAG_EMBEDDER": "sentence-transformers"}, ""),  # MiniLM is the embedder already
         ({"RAG_COMPANION_EMBEDDER": "none"}, ""),
+        ({"RAG_COMPANION_EMBEDDER": "auto", "RAG_EMBEDDER_TERMS": "64"}, ""),  # docker-compose's default
     ],
 )
 def test_the_companion_embedder_is_on_by_default_with_e5(tmp_path: Path, extra: dict[str, str], companion: str) -> None:
