@@ -121,7 +121,8 @@ def read_manifest(directory: Path) -> dict[str, Any] | None:
 
 
 def read_saved_state(directory: Path) -> dict[str, Any] | None:
-    """What a status page shows of the saved index: version, vectors, embedder, dimension, kind, saved_at.
+    """What a status page shows of the saved index: version, vectors, embedder, dimension, kind, saved_at,
+    chunks_without_terms (None when the manifest predates it).
 
     None when nothing was saved yet. Cheap: reads the manifest only.
     """
@@ -135,6 +136,8 @@ def read_saved_state(directory: Path) -> dict[str, Any] | None:
         "dimension": manifest["dimension"],
         "kind": manifest["kind"],
         "saved_at": manifest["saved_at"],
+        # absent from manifests saved before it was recorded
+        "chunks_without_terms": manifest.get("chunks_without_terms"),
     }
 
 
@@ -542,6 +545,8 @@ def _write_version(folder: Path, snapshot: IndexSnapshot) -> None:
         "count": len(snapshot),
         "positions": len(snapshot.labels),
         "saved_at": time.time(),
+        # the third search side is off while some chunks have no terms: status pages tell it from here
+        "chunks_without_terms": snapshot.chunks_without_terms,
     }
     _write_bytes(folder / MANIFEST_FILE, json.dumps(manifest, indent=1).encode("utf-8"))
     _fsync_path(folder)

@@ -69,7 +69,14 @@ def _check_index() -> dict[str, Any]:
         return {"ok": False, "error": str(exc).strip()[:200]}
     if state is None:
         return {"ok": True, "vectors": 0, "version": 0, "note": "empty index (no document ingested yet)"}
-    return {"ok": True, **state}
+    check = {"ok": True, **state}
+    third_side = settings.RAG_COMPANION_EMBEDDER or settings.RAG_EMBEDDER_TERMS
+    if third_side and state.get("chunks_without_terms"):
+        check["note"] = (
+            f"the third search side is off: {state['chunks_without_terms']} chunks were embedded without it; "
+            "run `manage.py rebuild_index`"
+        )
+    return check
 
 
 #: how long the OpenAI-compatible server's answer to GET /models is trusted, and waited for

@@ -315,6 +315,7 @@ def test_chunks_without_terms_mix_with_chunks_that_have_them(tmp_path: Path) -> 
     snapshot = open_index(tmp_path).snapshot()
     assert snapshot.term_ids.shape == (2, 3)
     assert snapshot.chunks_without_terms == 1  # chunk 2 (the searcher leaves the side off until a rebuild)
+    assert read_saved_state(tmp_path)["chunks_without_terms"] == 1  # status pages read it from the manifest
     query = np.ones(5, dtype=np.float32)
     np.testing.assert_allclose(snapshot.term_scores([2, 3], query), [0.0, 3.0])
 

@@ -75,3 +75,23 @@ def test_readyz_answers_503_when_the_database_is_unreachable(tmp_path: Path) -> 
     for line in done.stderr.splitlines():  # the process logged JSON lines, if anything
         if line.startswith("{"):
             json.loads(line)
+
+
+@pytest.mark.django_db
+def test_readiness_says_when_the_third_search_side_waits_for_a_rebuild(
+    client: Any, settings: Any, portal_dirs: dict[str, Path]
+) -> None:
+    from ingestion.index import IndexConfig, VectorIndex
+    from tests.ingestion.fixtures_engine import unit_vectors
+
+    assert settings.RAG_COMPANION_EMBEDDER == "minilm"  # the default
+    index = VectorIndex(IndexConfig(portal_dirs["index"]), embedder_name="e5:multilingual-e5-small", dimension=384)
+    with index.writer() as writer:  # vectors alone, as saved before the companion was set
+        writer.add([1], unit_vectors(1, 384), document_id=1, collection_id=1, texts=["a"])
+
+    check = client.get("/readyz").json()["checks"]["index"]
+
+    assert check["ok"] is True and check["chunks_without_terms"] == 1
+    assert "rebuild_index" in check["note"]
+    settings.RAG_COMPANION_EMBEDDER = ""  # no third side configured: nothing to say
+    assert "note" not in client.get("/readyz").json()["checks"]["index"]
