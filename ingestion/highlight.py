@@ -20,6 +20,8 @@ from ingestion.search import TextAnalyzer
 # or at a line break; abbreviations such as "e.g." may split a sentence, which costs little here.
 _SENTENCE_END = re.compile(r"(?<=[.!?…])[\"'»)\]]*\s+|\n+")
 _MAX_HIGHLIGHT_CHARS = 600
+# What an answer's reader (the pages, an API client) takes for a citation: "[2]", "[2, 3]", "[2-4]".
+_MARKER_LIKE = re.compile(r"\[(\s*\d+(?:\s*[,;\-–]\s*\d+)*\s*)\]")
 
 
 @dataclass(frozen=True)
@@ -139,13 +141,23 @@ def highlight(question: str, passage: str, *, max_sentences: int = 2) -> Highlig
     return Highlight(text=text, coverage=coverage, start=start, end=end)
 
 
+def without_citation_markers(text: str) -> str:
+    """``text`` with its own bracketed numbers ("[2]") written in full-width brackets ("［2］").
+
+    Answers cite their sources as "[n]"; a document's footnote quoted in an answer, or shown to the
+    model as a source, must not read as one. The full-width form keeps what the text says.
+    """
+    return _MARKER_LIKE.sub(lambda match: f"［{match.group(1)}］", text)
+
+
 def extractive_answer(highlights: Sequence[Highlight], *, max_sources: int = 3) -> str:
     """An answer made of the best highlights, each followed by its source number: "… [1] … [2]".
 
     ``highlights[i]`` belongs to source number i + 1. Sources whose highlight shares no term with
     the question are left out, unless none does (then the first one is quoted). A sentence is
     quoted once: when overlapping chunks give the same highlight (or one inside another), the
-    longer one is quoted with every source that holds it, as in "… [1][2]".
+    longer one is quoted with every source that holds it, as in "… [1][2]". Only those markers are
+    citations: bracketed numbers of the quoted text are kept in full-width brackets.
     """
     ranked = [(i, h) for i, h in enumerate(highlights) if h.coverage > 0]
     if not ranked and highlights:
@@ -161,4 +173,6 @@ def extractive_answer(highlights: Sequence[Highlight], *, max_sources: int = 3) 
         else:
             if len(quoted) < max_sources:
                 quoted.append((h.text, key, [i + 1]))
-    return " ".join(f"{text} " + "".join(f"[{n}]" for n in numbers) for text, _, numbers in quoted)
+    return " ".join(
+        f"{without_citation_markers(text)} " + "".join(f"[{n}]" for n in numbers) for text, _, numbers in quoted
+    )

@@ -16,12 +16,14 @@ from django.utils.translation import gettext_lazy as _
 
 from knowledge.errors import KnowledgeError
 from knowledge.models import ApiKey, Chunk, Collection, Conversation, Document, Message, UsageRecord
-from knowledge.selectors import usage_daily_totals
+from knowledge.selectors import collections_readable_by, usage_daily_totals
 from knowledge.services import apikeys as apikey_services
 from knowledge.services import documents as document_services
 from knowledge.services import index as index_services
 
-_BADGE_COLOURS = {"queued": "#6b7280", "processing": "#2563eb", "ready": "#15803d", "failed": "#b91c1c"}
+#: the admin's own styles (status badges, the usage totals): a stylesheet, as the Content-Security-Policy
+#: refuses inline style attributes
+_ADMIN_CSS = {"all": ["portal/admin.css"]}
 
 
 @admin.register(Collection)
@@ -68,7 +70,7 @@ class ChunkInline(admin.TabularInline):
 @admin.register(Document)
 class DocumentAdmin(admin.ModelAdmin):
     list_display = ["title", "collection", "status_badge", "short_error", "page_count", "chunk_count", "created_at"]
-    list_filter = ["status", "collection"]
+    list_filter = ["status", ("collection", admin.RelatedOnlyFieldListFilter)]
     search_fields = ["title", "original_name", "sha256"]
     readonly_fields = [
         "status_badge",
@@ -94,6 +96,18 @@ class DocumentAdmin(admin.ModelAdmin):
     form = DocumentUploadForm
     actions = ["reingest", "delete_with_vectors", "rebuild_index"]
 
+    class Media:
+        css = _ADMIN_CSS
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Document]:
+        # the model permissions say who manages documents; the collections' groups say whose
+        return super().get_queryset(request).filter(collection__in=collections_readable_by(user=request.user))
+
+    def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        if db_field.name == "collection":
+            kwargs["queryset"] = collections_readable_by(user=request.user)
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
     def get_fields(self, request: HttpRequest, obj: Document | None = None) -> list[str]:
         if obj is None:
             return ["collection", "title", "file"]
@@ -114,11 +128,7 @@ class DocumentAdmin(admin.ModelAdmin):
 
     @admin.display(description=_("Status"), ordering="status")
     def status_badge(self, obj: Document) -> str:
-        return format_html(
-            '<span style="color:#fff;background:{};padding:2px 8px;border-radius:8px">{}</span>',
-            _BADGE_COLOURS.get(obj.status, "#6b7280"),
-            obj.get_status_display(),
-        )
+        return format_html('<span class="kp-badge kp-badge-{}">{}</span>', obj.status, obj.get_status_display())
 
     @admin.display(description=_("Error"))
     def short_error(self, obj: Document) -> str:
@@ -171,6 +181,10 @@ class ChunkAdmin(admin.ModelAdmin):
     search_fields = ["text", "heading"]
     readonly_fields = ["document", "ordinal", "page", "heading", "token_count", "text"]
 
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Chunk]:
+        readable = collections_readable_by(user=request.user)
+        return super().get_queryset(request).filter(document__collection__in=readable)
+
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
@@ -196,7 +210,23 @@ class ConversationAdmin(admin.ModelAdmin):
     inlines = [MessageInline]
 
 
-class ApiKeyCreateForm(forms.ModelForm):
+class ApiKeyForm(forms.ModelForm):
+    """A key reads all collections or those listed, never both; none listed means no access."""
+
+    class Meta:
+        model = ApiKey
+        fields = ["name", "all_collections", "collections"]
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        if cleaned.get("all_collections") and cleaned.get("collections"):
+            raise forms.ValidationError(
+                _("Choose “all collections” or some collections, not both."), code="ambiguous_reach"
+            )
+        return cleaned
+
+
+class ApiKeyCreateForm(ApiKeyForm):
     expires_in_days = forms.IntegerField(
         label=_("Expires in (days)"),
         min_value=1,
@@ -204,31 +234,49 @@ class ApiKeyCreateForm(forms.ModelForm):
         help_text=_("Leave empty for a key that never expires."),
     )
 
-    class Meta:
-        model = ApiKey
-        fields = ["user", "name", "collections"]
+    class Meta(ApiKeyForm.Meta):
+        fields = ["user", "name", "all_collections", "collections"]
 
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
     """Keys are made by ``apikey_create``: the raw key is shown once, in a message, and never stored."""
 
-    list_display = ["prefix", "name", "user", "created_at", "expires_at", "last_used_at", "revoked_at", "state"]
-    list_filter = [("user", admin.RelatedOnlyFieldListFilter), "revoked_at", "expires_at"]
+    list_display = [
+        "prefix",
+        "name",
+        "user",
+        "all_collections",
+        "created_at",
+        "expires_at",
+        "last_used_at",
+        "revoked_at",
+        "state",
+    ]
+    list_filter = [("user", admin.RelatedOnlyFieldListFilter), "all_collections", "revoked_at", "expires_at"]
     list_select_related = ["user"]
     search_fields = ["prefix", "name", "user__username"]
     filter_horizontal = ["collections"]
     actions = ["revoke"]
 
     def get_form(self, request: HttpRequest, obj: ApiKey | None = None, change: bool = False, **kwargs: Any) -> Any:
-        if obj is None:
-            kwargs["form"] = ApiKeyCreateForm
+        kwargs["form"] = ApiKeyCreateForm if obj is None else ApiKeyForm
         return super().get_form(request, obj, change=change, **kwargs)
 
     def get_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> list[str]:
         if obj is None:
-            return ["user", "name", "collections", "expires_in_days"]
-        return ["prefix", "user", "name", "collections", "created_at", "expires_at", "last_used_at", "revoked_at"]
+            return ["user", "name", "all_collections", "collections", "expires_in_days"]
+        return [
+            "prefix",
+            "user",
+            "name",
+            "all_collections",
+            "collections",
+            "created_at",
+            "expires_at",
+            "last_used_at",
+            "revoked_at",
+        ]
 
     def get_readonly_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> list[str]:
         if obj is None:
@@ -251,6 +299,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
         key, raw_key = apikey_services.apikey_create(
             user=form.cleaned_data["user"],
             name=form.cleaned_data.get("name") or "",
+            all_collections=bool(form.cleaned_data.get("all_collections")),
             collections=list(form.cleaned_data.get("collections") or []),
             expires_in=timedelta(days=days) if days else None,
         )
@@ -280,6 +329,9 @@ class ApiKeyAdmin(admin.ModelAdmin):
 @admin.register(UsageRecord)
 class UsageRecordAdmin(admin.ModelAdmin):
     """Read-only: what each request spent, with the totals per user per day of the filtered records."""
+
+    class Media:
+        css = _ADMIN_CSS
 
     list_display = [
         "created_at",

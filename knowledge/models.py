@@ -199,8 +199,15 @@ class ApiKey(models.Model):
     name = models.CharField(max_length=100, blank=True)
     prefix = models.CharField(max_length=16, unique=True, help_text=_("The key's public beginning, to recognise it."))
     key_hash = models.CharField(max_length=64, unique=True)
+    #: the key reads every collection its user may read; otherwise only those listed (none: no access)
+    all_collections = models.BooleanField(
+        default=False, help_text=_("Read every collection its user may read; otherwise only those listed below.")
+    )
     collections = models.ManyToManyField(
-        Collection, blank=True, related_name="api_keys", help_text=_("If any, the key may read only these.")
+        Collection,
+        blank=True,
+        related_name="api_keys",
+        help_text=_("Without “all collections”, the key may read only these; none means no access."),
     )
     created_at = models.DateTimeField(auto_now_add=True)
     expires_at = models.DateTimeField(null=True, blank=True)

@@ -19,17 +19,19 @@ if TYPE_CHECKING:
 def collections_readable_by(
     *, user: AbstractBaseUser | AnonymousUser, api_key: ApiKey | None = None
 ) -> QuerySet[Collection]:
-    """The collections a caller may read: staff all; signed-in users the public ones and their groups'.
+    """The collections a caller may read: superusers all; other users the public ones and their groups'.
 
-    A key limited to some collections narrows that further. Anonymous callers read nothing.
+    The staff flag opens nothing here (it is the admin's door, not a reading right). A key reads
+    what its user may read, narrowed to the collections it lists unless it is for all collections:
+    a limited key whose list is empty reads nothing. Anonymous callers read nothing.
     """
     if not user.is_authenticated or not user.is_active:
         return Collection.objects.none()
-    if user.is_staff or user.is_superuser:
+    if user.is_superuser:
         readable = Collection.objects.all()
     else:
         readable = Collection.objects.filter(Q(is_public=True) | Q(groups__in=user.groups.all())).distinct()
-    if api_key is not None and api_key.collections.exists():
+    if api_key is not None and not api_key.all_collections:
         readable = readable.filter(pk__in=api_key.collections.values("pk"))
     return readable
 

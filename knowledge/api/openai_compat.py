@@ -468,8 +468,7 @@ def _first_field_error(detail: Any, path: str | None = None) -> tuple[str | None
 _ERRORS = {
     400: OpenApiResponse(OpenAIErrorSerializer, description="Invalid request (OpenAI error shape)"),
     401: OpenApiResponse(OpenAIErrorSerializer, description="No valid API key"),
-    403: OpenApiResponse(OpenAIErrorSerializer, description="Collection not readable"),
-    404: OpenApiResponse(OpenAIErrorSerializer, description="Unknown collection"),
+    404: OpenApiResponse(OpenAIErrorSerializer, description="Unknown or unreadable collection (the same answer)"),
     429: OpenApiResponse(OpenAIErrorSerializer, description="Rate limited or token quota spent (Retry-After)"),
     503: OpenApiResponse(OpenAIErrorSerializer, description="Model or index unavailable"),
 }

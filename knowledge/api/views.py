@@ -27,7 +27,7 @@ from knowledge.services import requests as question_services
 _ERRORS = {
     400: OpenApiResponse(description="Invalid input: field errors"),
     401: OpenApiResponse(s.ErrorSerializer, description="No valid credentials"),
-    403: OpenApiResponse(s.ErrorSerializer, description="Collection not readable"),
+    403: OpenApiResponse(s.ErrorSerializer, description="Not allowed (document permissions)"),
     429: OpenApiResponse(s.ErrorSerializer, description="Rate limited or token quota spent (Retry-After)"),
     503: OpenApiResponse(s.ErrorSerializer, description="Model or index unavailable"),
 }
@@ -82,6 +82,16 @@ def _api_key(request: Request) -> Any:
 def _sse(events: Iterator[tuple[str, dict[str, Any]]]) -> Iterator[str]:
     for event, data in events:
         yield f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+class _HasPermission(permissions.IsAuthenticated):
+    """A signed-in caller whose user holds ``perm``, one of Django's model permissions (the staff flag is not one)."""
+
+    def __init__(self, perm: str) -> None:
+        self.perm = perm
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        return super().has_permission(request, view) and request.user.has_perm(self.perm)
 
 
 class _QuestionApi(LimitedApiView):
@@ -166,7 +176,8 @@ class TaskDetailApi(LimitedApiView):
     def get(self, request: Request, task_id: str) -> Response:
         from celery.result import AsyncResult
 
-        if not ApiTask.objects.filter(pk=task_id, user=request.user).exists():
+        # a task belongs to the key (or the session: no key) that made it, not to every key of its user
+        if not ApiTask.objects.filter(pk=task_id, user=request.user, api_key=_api_key(request)).exists():
             raise NotFoundError("No such task.")
         result = AsyncResult(str(task_id))
         body: dict[str, Any] = {"task_id": str(task_id)}
@@ -196,13 +207,13 @@ class StatusApi(LimitedApiView):
 
 
 class DocumentListApi(LimitedApiView):
-    """Documents the caller may read; staff upload new ones (multipart, field `file`)."""
+    """Documents the caller may read; holders of `knowledge.add_document` upload new ones (multipart, field `file`)."""
 
     parser_classes = [MultiPartParser, FormParser, SafeJSONParser]
 
     def get_permissions(self) -> list[Any]:
         if self.request.method == "POST":
-            return [permissions.IsAdminUser()]
+            return [_HasPermission("knowledge.add_document")]
         return [permissions.IsAuthenticated()]
 
     @extend_schema(responses={200: s.DocumentSerializer(many=True)})
@@ -245,11 +256,11 @@ class DocumentListApi(LimitedApiView):
 
 
 class DocumentDetailApi(LimitedApiView):
-    """One document's status; staff delete it (its chunks, vectors and file go with it)."""
+    """One document's status; holders of `knowledge.delete_document` delete it (chunks, vectors and file with it)."""
 
     def get_permissions(self) -> list[Any]:
         if self.request.method == "DELETE":
-            return [permissions.IsAdminUser()]
+            return [_HasPermission("knowledge.delete_document")]
         return [permissions.IsAuthenticated()]
 
     def _document(self, request: Request, document_id: int) -> Document:

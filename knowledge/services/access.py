@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from knowledge.errors import NotFoundError, PermissionDeniedError
-from knowledge.models import Collection
+from knowledge.errors import NotFoundError
 from knowledge.selectors import collections_readable_by
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+    from django.db.models import QuerySet
 
-    from knowledge.models import ApiKey
+    from knowledge.models import ApiKey, Collection
 
 
 def collection_ids_for(
@@ -19,15 +19,22 @@ def collection_ids_for(
 ) -> list[int]:
     """Ids of the collections to search: all readable ones, or the one named by ``slug``.
 
-    Raises ``NotFoundError`` for an unknown slug and ``PermissionDeniedError`` for a collection
-    the caller (or its key) may not read.
+    Raises ``NotFoundError`` for a collection that does not exist or that the caller (or its key)
+    may not read, with the same message: a restricted collection's name cannot be probed.
     """
     readable = collections_readable_by(user=user, api_key=api_key)
     if not slug:
         return list(readable.values_list("pk", flat=True))
-    collection = Collection.objects.filter(slug=slug).first()
+    return [readable_collection(readable=readable, slug=slug).pk]
+
+
+def readable_collection(*, readable: QuerySet[Collection], slug: str) -> Collection:
+    """The collection ``slug`` among ``readable``; ``NotFoundError`` alike whether it is unknown or unreadable."""
+    collection = readable.filter(slug=slug).first()
     if collection is None:
-        raise NotFoundError(f"Unknown collection: {slug}.")
-    if not readable.filter(pk=collection.pk).exists():
-        raise PermissionDeniedError(f"You may not read the collection {slug}.")
-    return [collection.pk]
+        raise NotFoundError(unknown_collection_message(slug))
+    return collection
+
+
+def unknown_collection_message(slug: str) -> str:
+    return f"Unknown collection: {slug}."

@@ -171,13 +171,16 @@ def _extractive(question: str, sources: list[Source], started: float, retrieve_s
 def _rag_messages(
     question: str, sources: list[Source], history: Sequence[tuple[str, str]], max_tokens: int
 ) -> tuple[list[dict[str, str]], list[Source]]:
+    from ingestion.highlight import without_citation_markers
     from llm.prompts import PromptSource, build_rag_messages
     from llm.tokens import prompt_budget
 
     llm = engines.get_llm()
+    # a source's own "[2]" would read to the model as source 2, and could be copied as a citation
+    shown = [without_citation_markers(s.text) for s in sources]
     messages, used = build_rag_messages(
         question,
-        [PromptSource(number=i + 1, title=s.title, page=s.page, text=s.text) for i, s in enumerate(sources)],
+        [PromptSource(number=i + 1, title=s.title, page=s.page, text=shown[i]) for i, s in enumerate(sources)],
         history=history,
         count_tokens=llm.count_tokens,
         budget_tokens=prompt_budget(llm.context_window, max_tokens),

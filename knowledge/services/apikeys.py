@@ -30,11 +30,18 @@ def _hash(raw_key: str) -> str:
 def apikey_create(
     *,
     user: AbstractBaseUser,
+    all_collections: bool,
     name: str = "",
     collections: Sequence[Collection] = (),
     expires_in: timedelta | None = None,
 ) -> tuple[ApiKey, str]:
-    """Create a key for ``user``; return the row and the raw key (the only time it exists in clear)."""
+    """Create a key for ``user``; return the row and the raw key (the only time it exists in clear).
+
+    The key reads every collection its user may read (``all_collections``) or only the ``collections``
+    listed, never both: a limited key without collections reads nothing.
+    """
+    if all_collections and collections:
+        raise ValueError("A key reads all_collections or the collections listed, not both.")
     prefix = secrets.token_hex(4)
     raw_key = f"{KEY_PREFIX}_{prefix}_{secrets.token_urlsafe(32)}"
     with transaction.atomic():
@@ -43,6 +50,7 @@ def apikey_create(
             name=name,
             prefix=prefix,
             key_hash=_hash(raw_key),
+            all_collections=all_collections,
             expires_at=timezone.now() + expires_in if expires_in else None,
         )
         if collections:

@@ -108,8 +108,9 @@ def message_stream(
     """Answer ``question`` in ``conversation``: text pieces as they are generated, then the stored Message.
 
     The checks run before the first item is asked for: ``QuotaExceededError`` when the owner's daily
-    tokens are spent, ``PermissionDeniedError`` for a collection they may not read. The previous
-    answers of the conversation go along as history; the tokens are recorded as usage.
+    tokens are spent, ``NotFoundError`` for a collection they may not read (the same answer as for an
+    unknown one). The previous answers of the conversation go along as history; the tokens are recorded
+    as usage.
     """
     if mode not in answering.MODES:
         raise ValueError(f"mode must be one of {answering.MODES}; got {mode!r}")

@@ -20,14 +20,13 @@ from django.utils import timezone
 from ingestion.errors import IngestionError
 from knowledge.errors import (
     DuplicateDocumentError,
-    NotFoundError,
     PermissionDeniedError,
     UnsupportedUploadError,
     UploadTooLargeError,
 )
 from knowledge.models import DEFAULT_COLLECTION_SLUG, Chunk, Collection, Document, DocumentPart
 from knowledge.observability import instrumentation as observe
-from knowledge.services import engines
+from knowledge.services import access, engines
 
 if TYPE_CHECKING:
     import numpy as np
@@ -78,15 +77,16 @@ def collection_get_default() -> Collection:
 
 
 def collection_for_upload(*, slug: str | None, readable: QuerySet[Collection]) -> Collection:
-    """The collection an upload goes to: the one named (which the uploader must be able to read) or the default."""
-    if not slug:
-        return collection_get_default()
-    collection = Collection.objects.filter(slug=slug).first()
-    if collection is None:
-        raise NotFoundError(f"Unknown collection: {slug}.")
-    if not readable.filter(pk=collection.pk).exists():
-        raise PermissionDeniedError(f"You may not add documents to the collection {slug}.")
-    return collection
+    """The collection an upload goes to: the one named or the default, which the uploader must be able to read.
+
+    A named collection that is unknown or unreadable is refused alike (``NotFoundError``): no name can be probed.
+    """
+    if slug:
+        return access.readable_collection(readable=readable, slug=slug)
+    default = collection_get_default()
+    if not readable.filter(pk=default.pk).exists():
+        raise PermissionDeniedError("You may not add documents to the default collection.")
+    return default
 
 
 def document_check_type(*, file: IO[bytes], filename: str) -> str:

@@ -1,4 +1,4 @@
-"""Who may open a page: signed-in users for the chat, staff for the documents."""
+"""Who may open a page: signed-in users for the chat, holders of the document permissions for the documents."""
 
 from __future__ import annotations
 
@@ -13,16 +13,23 @@ from django.http import HttpRequest, HttpResponse
 View = Callable[..., HttpResponse]
 
 
-def staff_required(view: View) -> View:
-    """Anonymous visitors go to the login page; signed-in users who are not staff get 403."""
+def permission_required(perm: str) -> Callable[[View], View]:
+    """Anonymous visitors go to the login page; signed-in users without ``perm`` get 403.
 
-    @wraps(view)
-    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        if not request.user.is_staff:
-            raise PermissionDenied
-        return view(request, *args, **kwargs)
+    ``perm`` is one of Django's model permissions (``knowledge.view_document``...): the staff flag
+    alone opens no page here.
+    """
 
-    return login_required(wrapper)
+    def decorator(view: View) -> View:
+        @wraps(view)
+        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            if not request.user.has_perm(perm):
+                raise PermissionDenied
+            return view(request, *args, **kwargs)
+
+        return login_required(wrapper)
+
+    return decorator
 
 
 def wants_json(request: HttpRequest) -> bool:

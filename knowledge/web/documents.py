@@ -1,4 +1,7 @@
-"""The staff's document pages: upload, the live list, one document with its chunks.
+"""The document pages: upload, the live list, one document with its chunks.
+
+Each page asks for Django's model permission on documents (view, add, change, delete); which
+documents it shows follows the collections' groups, for everyone but superusers.
 
 Thin views: reads through ``knowledge.selectors``, writes through ``knowledge.services.documents``.
 The list polls itself (htmx, every 2 s) only while a document it shows is still queued or processing.
@@ -35,7 +38,7 @@ from knowledge.selectors import (
     documents_visible_to,
 )
 from knowledge.services import documents as document_services
-from knowledge.web.decorators import staff_required, wants_json
+from knowledge.web.decorators import permission_required, wants_json
 from knowledge.web.forms import DocumentFilterForm, UploadForm
 
 DOCUMENTS_PER_PAGE = 20
@@ -49,7 +52,7 @@ def _partial_requested(request: HttpRequest) -> bool:
     return bool(request.htmx) and not request.htmx.history_restore_request
 
 
-@staff_required
+@permission_required("knowledge.view_document")
 @require_GET
 def document_list(request: HttpRequest) -> HttpResponse:
     """Upload zone and the document list (search, filters, pages); htmx asks for the list alone."""
@@ -104,7 +107,7 @@ def _upload_refusal(exc: KnowledgeError) -> tuple[int, dict[str, Any]]:
     return 400, body
 
 
-@staff_required
+@permission_required("knowledge.add_document")
 @require_POST
 def document_upload(request: HttpRequest) -> HttpResponse:
     """Store uploaded files and queue them (one file per request from the page's script, any number without it).
@@ -158,7 +161,7 @@ def _document_or_404(request: HttpRequest, document_id: int) -> Document:
     return get_object_or_404(documents_visible_to(user=request.user).select_related("collection"), pk=document_id)
 
 
-@staff_required
+@permission_required("knowledge.view_document")
 @require_GET
 def document_detail(request: HttpRequest, document_id: int) -> HttpResponse:
     """One document: status, stage, reason, warnings, pages, and its chunks (page, heading, text)."""
@@ -197,7 +200,7 @@ def _after_action(request: HttpRequest, notice: str, next_url: str | None, *, le
     return redirect(next_url or "document-list")
 
 
-@staff_required
+@permission_required("knowledge.change_document")
 @require_POST
 def document_reingest(request: HttpRequest, document_id: int) -> HttpResponse:
     document = _document_or_404(request, document_id)
@@ -205,7 +208,7 @@ def document_reingest(request: HttpRequest, document_id: int) -> HttpResponse:
     return _after_action(request, _("“%(title)s” is queued again.") % {"title": document.title}, _next_url(request))
 
 
-@staff_required
+@permission_required("knowledge.delete_document")
 @require_POST
 def document_delete(request: HttpRequest, document_id: int) -> HttpResponse:
     """Delete a document with its chunks, vectors and file."""

@@ -1,4 +1,4 @@
-"""The pages (ARCHITECTURE 6b): the chat for signed-in users, the documents for staff."""
+"""The pages (ARCHITECTURE 6b): the chat for signed-in users, the documents for users with the document permissions."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import Group, User
+from django.contrib.auth.models import Group, Permission, User
 from rest_framework.test import APIClient
 
 from knowledge.models import Collection, Document
@@ -33,10 +33,18 @@ def user(db: Any) -> User:
 
 @pytest.fixture
 def staff(db: Any) -> User:
-    return User.objects.create_user(username="editor", password="pw-editor-123", is_staff=True)
+    """A document manager: the staff flag and the permissions to add and delete documents (no group)."""
+    editor = User.objects.create_user(username="editor", password="pw-editor-123", is_staff=True)
+    editor.user_permissions.add(
+        *Permission.objects.filter(
+            content_type__app_label="knowledge", codename__in=["add_document", "delete_document"]
+        )
+    )
+    return editor
 
 
 def _client(user: User, **key_options: Any) -> APIClient:
+    key_options.setdefault("all_collections", not key_options.get("collections"))
     _, raw = apikeys.apikey_create(user=user, **key_options)
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Token {raw}")
@@ -122,7 +130,7 @@ def test_an_expired_or_revoked_key_is_refused(user: User) -> None:
 
     from django.utils import timezone
 
-    key, raw = apikeys.apikey_create(user=user, expires_in=timedelta(days=1))
+    key, raw = apikeys.apikey_create(user=user, all_collections=True, expires_in=timedelta(days=1))
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Token {raw}")
     assert client.get("/api/v1/documents/").status_code == 200
@@ -138,7 +146,7 @@ def test_an_expired_or_revoked_key_is_refused(user: User) -> None:
 
 
 def test_keys_are_stored_hashed(user: User) -> None:
-    key, raw = apikeys.apikey_create(user=user)
+    key, raw = apikeys.apikey_create(user=user, all_collections=True)
     assert raw not in (key.key_hash, key.prefix)
     assert len(key.key_hash) == 64
 
@@ -162,7 +170,7 @@ def test_status_is_public_and_describes_model_index_and_queue(corpus_docs: Any, 
     client.force_login(staff)
     body = client.get("/api/v1/status/").json()
     assert body["index"]["vectors"] == len(engines.get_index())
-    assert body["documents"]["ready"] == 3
+    assert body["documents"]["ready"] == 2  # the staff flag does not open the HR collection
 
 
 def test_status_counts_only_what_the_caller_may_read(api: APIClient, corpus_docs: Any) -> None:
@@ -258,29 +266,37 @@ def test_a_user_never_retrieves_a_collection_they_may_not_read(api: APIClient, c
     assert response.status_code == 200
     assert corpus_docs["salary"].pk not in {s["document_id"] for s in response.json()["sources"]}
     assert "salary" not in response.json()["output"]
+    # a collection one may not read is answered as one that does not exist
     forbidden = api.post("/api/v1/rag/", {"prompt": "salary bands", "collection": "hr"}, format="json")
-    assert forbidden.status_code == 403
-    assert forbidden.json()["code"] == "permission_denied"
+    assert forbidden.status_code == 404
+    assert forbidden.json() == {"detail": "Unknown collection: hr.", "code": "not_found"}
     assert api.post("/api/v1/rag/", {"prompt": "x", "collection": "nope"}, format="json").status_code == 404
 
 
-def test_group_members_and_staff_read_a_restricted_collection(user: User, staff: User, corpus_docs: Any) -> None:
+def test_group_members_and_superusers_read_a_restricted_collection(user: User, staff: User, corpus_docs: Any) -> None:
     hr = Collection.objects.get(slug="hr")
     group = Group.objects.create(name="hr-team")
     hr.groups.add(group)
     user.groups.add(group)
-    for client in (_client(user), _client(staff)):
+    superuser = User.objects.create_superuser(username="root", email="")
+    for client in (_client(user), _client(superuser)):
         response = client.post("/api/v1/rag/", {"prompt": "salary bands engineers", "collection": "hr"}, format="json")
         assert response.status_code == 200
         assert {s["document_id"] for s in response.json()["sources"]} == {corpus_docs["salary"].pk}
+    # the staff flag and the document permissions open no collection
+    refused = _client(staff).post("/api/v1/rag/", {"prompt": "salary", "collection": "hr"}, format="json")
+    assert refused.status_code == 404
 
 
-def test_a_key_limited_to_one_collection_sees_only_it(staff: User, corpus_docs: Any) -> None:
+def test_a_key_limited_to_one_collection_sees_only_it(user: User, corpus_docs: Any) -> None:
     hr = Collection.objects.get(slug="hr")
-    client = _client(staff, collections=[hr])
+    group = Group.objects.create(name="hr-team")
+    hr.groups.add(group)
+    user.groups.add(group)
+    client = _client(user, collections=[hr])
     response = client.post("/api/v1/rag/", {"prompt": "fjord waterfall bread salary", "top_k": 50}, format="json")
     assert {s["document_id"] for s in response.json()["sources"]} == {corpus_docs["salary"].pk}
-    assert client.post("/api/v1/rag/", {"prompt": "x", "collection": "default"}, format="json").status_code == 403
+    assert client.post("/api/v1/rag/", {"prompt": "x", "collection": "default"}, format="json").status_code == 404
     listed = client.get("/api/v1/documents/").json()
     assert {d["id"] for d in listed} == {corpus_docs["salary"].pk}
 
@@ -362,7 +378,7 @@ def test_streaming_extractive_answers_and_errors_stay_json(api: APIClient, corpu
     events = _events(response)
     assert events[-1][0] == "done" and events[-1][1]["sources"]
     forbidden = api.post("/api/v1/rag/", {"prompt": "x", "stream": True, "collection": "hr"}, format="json")
-    assert forbidden.status_code == 403
+    assert forbidden.status_code == 404  # an unreadable collection is answered as an unknown one
     assert forbidden["Content-Type"].startswith("application/json")
 
 
@@ -405,7 +421,7 @@ def test_the_token_quota_answers_429_once_spent_and_resets_the_next_day(
 def test_usage_is_recorded_per_key_and_end_user(user: User, corpus_docs: Any) -> None:
     from knowledge.models import UsageRecord
 
-    key, raw = apikeys.apikey_create(user=user)
+    key, raw = apikeys.apikey_create(user=user, all_collections=True)
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Token {raw}")
     client.post("/api/v1/rag/", {"prompt": "sourdough", "user_id": "customer-7"}, format="json")

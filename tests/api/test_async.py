@@ -25,7 +25,7 @@ def test_an_async_rag_request_completes_on_a_worker(celery_worker: Any, settings
     )
     document_services.document_process(document_id=document.pk)
     user = User.objects.create_user(username="async-user")
-    _, raw = apikeys.apikey_create(user=user)
+    _, raw = apikeys.apikey_create(user=user, all_collections=True)
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Token {raw}")
 
@@ -45,7 +45,7 @@ def test_an_async_rag_request_completes_on_a_worker(celery_worker: Any, settings
     assert body["result"]["sources"][0]["document_id"] == document.pk
 
     other = User.objects.create_user(username="someone-else")
-    _, other_raw = apikeys.apikey_create(user=other)
+    _, other_raw = apikeys.apikey_create(user=other, all_collections=True)
     intruder = APIClient()
     intruder.credentials(HTTP_AUTHORIZATION=f"Token {other_raw}")
     assert intruder.get(accepted["status_url"]).status_code == 404

@@ -39,7 +39,7 @@ def api_schema(portal_dirs: dict[str, Path], settings: Any, django_user_model: A
     )
     document_services.document_process(document_id=document.pk)
     staff = django_user_model.objects.create_superuser(username="fuzzer", email="", password="x-fuzz-pass-1")
-    _, raw = apikeys.apikey_create(user=staff)
+    _, raw = apikeys.apikey_create(user=staff, all_collections=True)
     # As Django's test client does: keep the test's database connection (and its transaction)
     # open across requests served by the real WSGI application.
     signals.request_started.disconnect(close_old_connections)

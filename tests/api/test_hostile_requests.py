@@ -16,7 +16,9 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def staff_api(portal_dirs: dict[str, Path], settings: Any, django_user_model: Any) -> APIClient:
     settings.API_RATE_LIMIT = "10000/m"
-    _, raw = apikeys.apikey_create(user=django_user_model.objects.create_user(username="ops", is_staff=True))
+    _, raw = apikeys.apikey_create(
+        user=django_user_model.objects.create_superuser(username="ops", email=""), all_collections=True
+    )
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Token {raw}")
     return client

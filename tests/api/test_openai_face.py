@@ -49,7 +49,7 @@ def portal(live_server: Any, portal_dirs: dict[str, Path], tmp_path: Path, djang
     assert document.status == "ready", document.error
 
     user = django_user_model.objects.create_user(username="reader", password="pw-reader-123")
-    _, raw_key = apikeys.apikey_create(user=user, name="sdk")
+    _, raw_key = apikeys.apikey_create(user=user, all_collections=True, name="sdk")
     base_url = f"{live_server.url}/api/v1/openai"
     # no retries: a 429 or 503 must reach the test as it is
     client = openai.OpenAI(base_url=base_url, api_key=raw_key, max_retries=0, timeout=180)
@@ -122,17 +122,19 @@ def test_models_are_listed_and_errors_come_in_openai_shape(portal: Portal, setti
         bad_key.chat.completions.create(**ask)
     assert auth.value.body["type"] == "authentication_error"
 
+    # a collection the caller may not read is answered as one that does not exist
     Collection.objects.create(slug="board", name="Board", is_public=False)
-    with pytest.raises(openai.PermissionDeniedError) as denied:
+    with pytest.raises(openai.NotFoundError) as denied:
         portal.client.chat.completions.create(**ask, extra_body={"collection": "board"})
     assert denied.value.body == {
-        "message": "You may not read the collection board.",
-        "type": "permission_error",
+        "message": "Unknown collection: board.",
+        "type": "not_found_error",
         "param": None,
-        "code": "permission_denied",
+        "code": "not_found",
     }
-    with pytest.raises(openai.NotFoundError):
+    with pytest.raises(openai.NotFoundError) as unknown:
         portal.client.chat.completions.create(**ask, extra_body={"collection": "nowhere"})
+    assert unknown.value.body == {**denied.value.body, "message": "Unknown collection: nowhere."}
 
     with pytest.raises(openai.BadRequestError) as many:
         portal.client.chat.completions.create(**ask, n=2)

@@ -28,7 +28,7 @@ def _by_name(finished: Any) -> dict[str, Any]:
 
 
 def _api(username: str, **user: Any) -> APIClient:
-    _, raw = apikeys.apikey_create(user=User.objects.create_user(username=username, **user))
+    _, raw = apikeys.apikey_create(user=User.objects.create_user(username=username, **user), all_collections=True)
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Token {raw}")
     return client
@@ -131,7 +131,7 @@ def test_an_upload_is_traced_into_the_worker_that_ingests_it(spans: Any, traced_
     from tests.observability.conftest import delta, scrape
 
     worker, trace_file = traced_worker
-    api = _api("uploader", is_staff=True)
+    api = _api("uploader", is_staff=True, is_superuser=True)
     before = scrape(client)
 
     response = api.post(

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import Group
+from django.contrib.auth.models import Group, Permission
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 
@@ -31,9 +31,18 @@ def reader(make_user: Callable[..., Any]) -> Any:
     return make_user("reader")
 
 
+DOCUMENT_PERMISSIONS = ("view_document", "add_document", "change_document", "delete_document")
+
+
+def _grant(user: Any, *codenames: str) -> Any:
+    user.user_permissions.add(*Permission.objects.filter(content_type__app_label="knowledge", codename__in=codenames))
+    return type(user).objects.get(pk=user.pk)  # a fresh object: permissions are cached per instance
+
+
 @pytest.fixture
 def staff(make_user: Callable[..., Any]) -> Any:
-    return make_user("curator", staff=True)
+    """A document manager: the staff flag and the document permissions (no group)."""
+    return _grant(make_user("curator", staff=True), *DOCUMENT_PERMISSIONS)
 
 
 @pytest.fixture
@@ -95,10 +104,79 @@ def test_anonymous_visitors_are_sent_to_the_login_page(client: Client, path: str
     assert response["Location"].startswith("/accounts/login/?next=")
 
 
-def test_document_pages_are_for_staff_only(reader: Any) -> None:
-    client = _client_for(reader)
-    assert client.get("/documents/").status_code == 403
-    assert client.post("/documents/upload/").status_code == 403
+def test_document_pages_are_for_document_managers_only(reader: Any, make_user: Callable[..., Any]) -> None:
+    for user in (reader, make_user("staff-without-permissions", staff=True)):
+        client = _client_for(user)
+        assert client.get("/documents/").status_code == 403
+        assert client.post("/documents/upload/").status_code == 403
+        assert 'href="/documents/"' not in client.get("/").content.decode()
+
+
+ROLES = {
+    # role: (staff flag, document permissions, superuser)
+    "reader": (False, (), False),
+    "staff without permissions": (True, (), False),
+    "viewer": (False, ("view_document",), False),
+    "manager": (True, DOCUMENT_PERMISSIONS, False),
+    "superuser": (True, (), True),
+}
+
+
+@pytest.fixture
+def restricted(chunk: Chunk) -> Document:
+    """A ready document in a collection limited to a group nobody here belongs to, with a stored file."""
+    from knowledge.services import documents as document_services
+
+    board = Collection.objects.create(slug="board", name="Board", is_public=False)
+    board.groups.add(Group.objects.create(name="board"))
+    document = document_services.document_create(
+        file=SimpleUploadedFile("salaries.txt", b"Board salaries grid.\n"),
+        filename="salaries.txt",
+        collection=board,
+        dispatch=False,
+    )
+    Document.objects.filter(pk=document.pk).update(status="ready")
+    Chunk.objects.create(document=document, ordinal=0, text="Board salaries grid.")
+    return document
+
+
+@pytest.mark.parametrize("role", sorted(ROLES))
+def test_document_pages_follow_model_permissions_and_collection_groups(
+    role: str, make_user: Callable[..., Any], chunk: Chunk, restricted: Document, django_user_model: Any
+) -> None:
+    staff_flag, codenames, superuser = ROLES[role]
+    if superuser:
+        user = django_user_model.objects.create_superuser(username="root", password=PASSWORD, email="")
+    else:
+        user = _grant(make_user("someone", staff=staff_flag), *codenames)
+    may = {action: superuser or f"{action}_document" in codenames for action in ("view", "add", "change", "delete")}
+    client = _client_for(user)
+    public_id, secret_id = chunk.document_id, restricted.pk
+
+    assert client.get("/documents/").status_code == (200 if may["view"] else 403)
+    assert ('href="/documents/"' in client.get("/").content.decode()) is may["view"]
+    assert client.get(f"/documents/{public_id}/").status_code == (200 if may["view"] else 403)
+    # the restricted collection's chunks and file stay closed to all but its group (and superusers)
+    secret = client.get(f"/documents/{secret_id}/")
+    assert secret.status_code == (200 if superuser else 404 if may["view"] else 403)
+    assert (b"Board salaries grid." in secret.content) is superuser
+    download = client.get(f"/api/v1/documents/{secret_id}/file/")
+    assert download.status_code == (200 if superuser else 404)
+    if may["view"] and not superuser:
+        assert "salaries.txt" not in client.get("/documents/").content.decode()
+    if staff_flag and may["view"]:  # the Django admin follows the same groups
+        admin_list = client.get("/admin/knowledge/document/")
+        assert admin_list.status_code == 200
+        assert ("salaries.txt" in admin_list.content.decode()) is superuser
+
+    assert _upload(client, "new.txt", b"A new note.\n").status_code == (201 if may["add"] else 403)
+    reingest = client.post(f"/documents/{public_id}/reingest/", HTTP_HX_REQUEST="true")
+    assert reingest.status_code == (204 if may["change"] else 403)
+    secret_delete = client.post(f"/documents/{secret_id}/delete/", HTTP_HX_REQUEST="true")
+    assert secret_delete.status_code == (204 if superuser else 404 if may["delete"] else 403)
+    delete = client.post(f"/documents/{public_id}/delete/", HTTP_HX_REQUEST="true")
+    assert delete.status_code == (204 if may["delete"] else 403)
+    assert Document.objects.filter(pk=public_id).exists() is not may["delete"]
 
 
 def test_login_page_signs_in_and_goes_home(client: Client, reader: Any) -> None:
@@ -124,6 +202,13 @@ def test_home_offers_only_readable_collections(make_user: Callable[..., Any]) ->
     )
     assert response.status_code == 400
     assert not Message.objects.exists()
+    # ... exactly as a collection that does not exist: a restricted name cannot be probed
+    unknown = _client_for(outsider).post(
+        f"/chat/{conversation.pk}/ask/",
+        {"question": "salaries?", "collection": "no-such-thing", "mode": "extractive"},
+        HTTP_ACCEPT="text/event-stream",
+    )
+    assert (unknown.status_code, unknown.json()) == (response.status_code, response.json())
 
 
 def test_a_conversation_is_visible_to_its_owner_only(reader: Any, make_user: Callable[..., Any]) -> None:
@@ -326,6 +411,34 @@ def test_admin_shows_a_new_api_key_once_and_revokes_keys(admin_user_logged_in: C
     assert key.revoked_at is not None and apikey_authenticate(raw) is None
 
 
+def test_admin_keys_say_whether_they_read_all_collections(admin_user_logged_in: Client, reader: Any) -> None:
+    from knowledge.selectors import collections_readable_by
+
+    client = admin_user_logged_in
+    default = Collection.objects.get(slug="default")
+    client.post(
+        "/admin/knowledge/apikey/add/",
+        {"user": reader.pk, "name": "wide", "all_collections": "on", "collections": []},
+    )
+    wide = ApiKey.objects.get(name="wide")
+    assert wide.all_collections and list(collections_readable_by(user=reader, api_key=wide)) == [default]
+    client.post("/admin/knowledge/apikey/add/", {"user": reader.pk, "name": "narrow", "collections": [default.pk]})
+    narrow = ApiKey.objects.get(name="narrow")
+    assert not narrow.all_collections and list(collections_readable_by(user=reader, api_key=narrow)) == [default]
+    both = client.post(
+        "/admin/knowledge/apikey/add/",
+        {"user": reader.pk, "name": "both", "all_collections": "on", "collections": [default.pk]},
+    )
+    assert both.status_code == 200 and not ApiKey.objects.filter(name="both").exists()
+    assert "all_collections" in client.get(f"/admin/knowledge/apikey/{narrow.pk}/change/").content.decode()
+
+    # emptying a limited key's list in the admin leaves it with no access, not with every collection
+    change = client.post(f"/admin/knowledge/apikey/{narrow.pk}/change/", {"name": "narrow", "collections": []})
+    assert change.status_code == 302
+    narrow.refresh_from_db()
+    assert not narrow.all_collections and not collections_readable_by(user=reader, api_key=narrow).exists()
+
+
 def test_admin_usage_list_is_read_only_with_daily_totals(admin_user_logged_in: Client, reader: Any) -> None:
     UsageRecord.objects.create(user=reader, endpoint="rag", prompt_tokens=10, completion_tokens=5, end_user_id="42")
     UsageRecord.objects.create(user=reader, endpoint="chat", prompt_tokens=1, completion_tokens=2)
@@ -336,6 +449,29 @@ def test_admin_usage_list_is_read_only_with_daily_totals(admin_user_logged_in: C
     filtered = admin_user_logged_in.get("/admin/knowledge/usagerecord/?endpoint=rag").context["daily_totals"]
     assert filtered[0]["tokens"] == 15
     assert admin_user_logged_in.get("/admin/knowledge/usagerecord/add/").status_code == 403
+
+
+def test_a_marker_in_a_document_never_becomes_a_citation_link(
+    reader: Any, ingest: Callable[..., Any], tmp_path: Any
+) -> None:
+    # two sources, so that a document's own "[2]" would have a source to point at
+    for name, text in (
+        ("warranty.txt", "The Zephyr warranty lasts five years, as the sales contract says [2]."),
+        ("coverage.txt", "The Zephyr warranty covers the engine and the gearbox of every boat."),
+    ):
+        path = tmp_path / name
+        path.write_text(text, encoding="utf-8")
+        ingest(path)
+    client = _client_for(reader)
+    conversation = conversations.conversation_create(user=reader)
+    client.post(
+        f"/chat/{conversation.pk}/ask/",
+        {"question": "How long does the Zephyr warranty last?", "mode": "extractive"},
+    )
+    message = Message.objects.get()
+    assert len(message.sources) == 2 and "five years" in message.answer
+    page = client.get(f"/chat/{conversation.pk}/").content.decode()
+    assert "contract says" in page and 'says <a class="cite"' not in page
 
 
 def test_conversation_history_keeps_the_last_turns_oldest_first(reader: Any) -> None:

@@ -26,7 +26,8 @@ class Command(BaseCommand):
             action="append",
             default=[],
             metavar="SLUG",
-            help="limit the key to this collection (repeatable)",
+            help="limit the key to this collection (repeatable); without it the key reads every collection "
+            "its user may read",
         )
         create.add_argument("--expires-days", type=int, default=None, metavar="N")
         create.add_argument("--name", default="", help="a label to recognise the key")
@@ -55,6 +56,7 @@ class Command(BaseCommand):
         key, raw = apikeys.apikey_create(
             user=account,
             name=name,
+            all_collections=not collections,
             collections=collections,
             expires_in=timedelta(days=expires_days) if expires_days else None,
         )
@@ -72,7 +74,7 @@ class Command(BaseCommand):
             state = (
                 "revoked" if key.revoked_at else ("expired" if key.expires_at and key.expires_at <= now else "active")
             )
-            slugs = ",".join(c.slug for c in key.collections.all()) or "*"
+            slugs = "*" if key.all_collections else ",".join(c.slug for c in key.collections.all()) or "-"
             self.stdout.write(
                 f"{key.prefix}\t{key.user.username}\t{state}\t{slugs}\tlast used {key.last_used_at or 'never'}"
             )
