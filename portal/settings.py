@@ -342,9 +342,21 @@ RAG_TERMS_WEIGHT = _float("RAG_TERMS_WEIGHT", 0.5)
 if RAG_TERMS_WEIGHT < 0:
     raise ImproperlyConfigured("RAG_TERMS_WEIGHT must not be negative")
 
-API_RATE_LIMIT = env.str("API_RATE_LIMIT", default="60/m").strip()
-if not re.fullmatch(r"\d+/\d*[smhd]", API_RATE_LIMIT):
-    raise ImproperlyConfigured(f"API_RATE_LIMIT must look like 60/m, 1000/h or 10/5s; got {API_RATE_LIMIT!r}")
+
+def _rate(name: str, default: str) -> str:
+    # django-ratelimit's rates: N per second, minute, hour or day, or per several of them (10/15m).
+    value = env.str(name, default=default).strip()
+    if not re.fullmatch(r"\d+/\d*[smhd]", value):
+        raise ImproperlyConfigured(f"{name} must look like 60/m, 1000/h or 10/15m; got {value!r}")
+    return value
+
+
+# Requests per key, user (web questions and API calls share it) or address.
+API_RATE_LIMIT = _rate("API_RATE_LIMIT", "60/m")
+# Failed sign-ins (portal and admin) per account and per address before sign-in is refused for the
+# rest of the window; only failures count, so a person who signs in is never held up.
+LOGIN_RATE_LIMIT = _rate("LOGIN_RATE_LIMIT", "5/15m")
+LOGIN_RATE_LIMIT_IP = _rate("LOGIN_RATE_LIMIT_IP", "20/15m")
 
 
 def _cache(url: str) -> dict[str, Any]:
@@ -358,7 +370,10 @@ def _cache(url: str) -> dict[str, Any]:
 
 
 CACHES = {"default": _cache(env.str("CACHE_URL", default="locmem://"))}
+# Tokens per owner (a user: all its keys, user_ids and sessions together) per day; 0 = unlimited.
 TOKEN_QUOTA_PER_DAY = _positive_int("TOKEN_QUOTA_PER_DAY", 0, minimum=0)
+# On top, tokens per day for each user_id an owner's integration names; 0 = no separate limit.
+TOKEN_QUOTA_PER_END_USER = _positive_int("TOKEN_QUOTA_PER_END_USER", 0, minimum=0)
 
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",

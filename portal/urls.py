@@ -10,13 +10,21 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, Spec
 from knowledge.api import urls as api_urls
 from knowledge.observability import views as observability
 from knowledge.web import health
+from knowledge.web.sign_in import AdminSignInForm, SignInForm, sign_in_limited
 
 admin.site.site_header = "Knowledge Portal"
 admin.site.site_title = "Knowledge Portal"
+admin.site.login_form = AdminSignInForm
 
 urlpatterns = [
+    # Both sign-in pages are limited per account and per address (LOGIN_RATE_LIMIT, LOGIN_RATE_LIMIT_IP).
+    path("admin/login/", sign_in_limited(admin.site.login)),
     path("admin/", admin.site.urls),
-    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path(
+        "accounts/login/",
+        sign_in_limited(auth_views.LoginView.as_view(authentication_form=SignInForm)),
+        name="login",
+    ),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("api/v1/", include(api_urls.v1)),
     path("api/", include(api_urls.aliases)),

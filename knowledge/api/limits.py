@@ -1,10 +1,11 @@
-"""Per-caller rate limits on the API (django-ratelimit), set by ``API_RATE_LIMIT``."""
+"""Per-caller rate limits on the API and the web chat's questions (django-ratelimit), set by ``API_RATE_LIMIT``."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from django.conf import settings
+from django.http import HttpRequest
 from django_ratelimit.core import get_usage
 from rest_framework.request import Request
 from rest_framework.views import APIView
@@ -28,13 +29,17 @@ def _rate(group: str, request: Any) -> str:
     return settings.API_RATE_LIMIT
 
 
-def rate_limit_check(request: Request) -> None:
-    """Count this request against its caller; ``RateLimitedError`` (429, Retry-After) over the limit."""
-    usage = get_usage(request._request, group="api", key=lambda g, r: _caller(g, request), rate=_rate, increment=True)
+def rate_limit_check(request: Request | HttpRequest) -> None:
+    """Count this request against its caller; ``RateLimitedError`` (429, Retry-After) over the limit.
+
+    API calls and the web chat's questions (a page's ``HttpRequest``) share one budget per user.
+    """
+    django_request = request._request if isinstance(request, Request) else request
+    usage = get_usage(django_request, group="api", key=lambda g, r: _caller(g, request), rate=_rate, increment=True)
     if usage is not None and usage["should_limit"]:
+        wait = max(1, usage["time_left"])
         raise RateLimitedError(
-            f"Too many requests: the limit is {settings.API_RATE_LIMIT}. Try again in {usage['time_left']} s.",
-            retry_after=usage["time_left"],
+            f"Too many requests: the limit is {settings.API_RATE_LIMIT}. Try again in {wait} s.", retry_after=wait
         )
 
 

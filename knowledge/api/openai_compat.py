@@ -13,7 +13,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 from django.conf import settings
@@ -354,7 +354,10 @@ def completion_body(completion: question_services.Completion, *, model: str) -> 
 
 
 def completion_chunks(
-    items: Iterator[answering.StreamPiece | question_services.Completion], *, model: str, include_usage: bool
+    items: Generator[answering.StreamPiece | question_services.Completion, None, None],
+    *,
+    model: str,
+    include_usage: bool,
 ) -> Iterator[str]:
     """Server-sent events: a role chunk, content chunks, a finish chunk with ``sources``, [DONE]."""
     head = {"id": _completion_id(), "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
@@ -378,6 +381,8 @@ def completion_chunks(
         # The response has begun: the error goes into the stream, where OpenAI's SDKs raise it.
         yield _event(_stream_error(exc))
         return
+    finally:
+        items.close()  # a client that went away: the answer is charged and the model stops now
     yield "data: [DONE]\n\n"
 
 

@@ -81,6 +81,9 @@ class StreamPiece:
     """A piece of streamed text; the stream ends with the finished :class:`Answer`."""
 
     text: str
+    #: tokens of the prompt the model was given (0: no model was called): what a stream cut short
+    #: before its Answer still costs
+    prompt_tokens: int = 0
 
 
 def _language(text: str) -> str:
@@ -262,11 +265,12 @@ def answer_question_stream(
     messages, used = _rag_messages(question, sources, history, max_tokens)
     stream = llm.stream(messages, temperature=temperature, top_p=top_p, max_tokens=max_tokens)
     try:
+        prompt_tokens = llm.count_message_tokens(messages)
         for item in stream:
             if isinstance(item, Generation):
                 yield _generated(item, used, started, retrieve_s)
             elif item:
-                yield StreamPiece(item)
+                yield StreamPiece(item, prompt_tokens)
     finally:
         close = getattr(stream, "close", None)
         if close:
@@ -295,11 +299,14 @@ def text_generate_stream(
     *, prompt: str, temperature: float, top_p: float, max_tokens: int
 ) -> Iterator[StreamPiece | Answer]:
     """Like :func:`text_generate`, yielding text pieces, then the Answer."""
+    from llm.prompts import build_generate_messages
     from llm.types import Generation
 
     started = time.perf_counter()
-    stream = engines.get_llm().stream(prompt, temperature=temperature, top_p=top_p, max_tokens=max_tokens)
+    llm = engines.get_llm()
+    stream = llm.stream(prompt, temperature=temperature, top_p=top_p, max_tokens=max_tokens)
     try:
+        prompt_tokens = llm.count_message_tokens(build_generate_messages(prompt))
         for item in stream:
             if isinstance(item, Generation):
                 yield Answer(
@@ -313,7 +320,7 @@ def text_generate_stream(
                     grounded=False,
                 )
             elif item:
-                yield StreamPiece(item)
+                yield StreamPiece(item, prompt_tokens)
     finally:
         close = getattr(stream, "close", None)
         if close:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import TYPE_CHECKING
 
 from django.conf import settings
@@ -104,7 +104,7 @@ def message_stream(
     mode: str,
     collection: Collection | None,
     top_k: int | None = None,
-) -> Iterator[answering.StreamPiece | Message]:
+) -> Generator[answering.StreamPiece | Message, None, None]:
     """Answer ``question`` in ``conversation``: text pieces as they are generated, then the stored Message.
 
     The checks run before the first item is asked for: ``QuotaExceededError`` when the owner's daily
@@ -131,21 +131,25 @@ def _stream(
     collection_ids: list[int],
     top_k: int,
     history: list[tuple[str, str]],
-) -> Iterator[answering.StreamPiece | Message]:
+) -> Generator[answering.StreamPiece | Message, None, None]:
     started = time.perf_counter()
-    for item in answering.answer_question_stream(
+    # Charged once however the stream ends: a reader who leaves mid-answer still spent the prompt and
+    # the text sent; closing the pieces stops the model.
+    charge = usage.StreamCharge(user=conversation.user, endpoint=CHAT_ENDPOINT)
+    pieces = answering.answer_question_stream(
         question=question, collection_ids=collection_ids, top_k=top_k, mode=mode, history=history
-    ):
-        if isinstance(item, answering.Answer):
-            latency_ms = int((time.perf_counter() - started) * 1000)
-            message = message_create(conversation=conversation, question=question, answer=item, latency_ms=latency_ms)
-            usage.usage_record(
-                user=conversation.user,
-                api_key=None,
-                endpoint=CHAT_ENDPOINT,
-                prompt_tokens=item.prompt_tokens,
-                completion_tokens=item.completion_tokens,
-            )
-            yield message
-        else:
-            yield item
+    )
+    try:
+        for item in pieces:
+            if isinstance(item, answering.Answer):
+                charge.finished(prompt_tokens=item.prompt_tokens, completion_tokens=item.completion_tokens)
+                latency_ms = int((time.perf_counter() - started) * 1000)
+                yield message_create(conversation=conversation, question=question, answer=item, latency_ms=latency_ms)
+            else:
+                charge.sent(item.text, prompt_tokens=item.prompt_tokens)
+                yield item
+    finally:
+        try:
+            pieces.close()
+        finally:
+            charge.close()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -72,7 +72,7 @@ def sources_body(answer: answering.Answer) -> list[dict[str, Any]]:
 
 
 def _prepare(request: QuestionRequest, user: AbstractBaseUser, api_key: ApiKey | None) -> list[int]:
-    usage.quota_check(user=user, api_key=api_key, end_user_id=request.user_id)
+    usage.quota_check(user=user, end_user_id=request.user_id)
     if request.endpoint in _RETRIEVAL:
         return access.collection_ids_for(user=user, api_key=api_key, slug=request.collection)
     return []
@@ -143,11 +143,14 @@ def question_stream(
     items = question_complete_stream(request=request, user=user, api_key=api_key)
 
     def events() -> Iterator[tuple[str, dict[str, Any]]]:
-        for item in items:
-            if isinstance(item, Completion):
-                yield "done", response_body(request, item.answer)
-            else:
-                yield "token", {"text": item.text}
+        try:
+            for item in items:
+                if isinstance(item, Completion):
+                    yield "done", response_body(request, item.answer)
+                else:
+                    yield "token", {"text": item.text}
+        finally:
+            items.close()  # a client that went away: the answer is charged and the model stops now
 
     return events()
 
@@ -180,30 +183,44 @@ def question_complete(*, request: QuestionRequest, user: AbstractBaseUser, api_k
 
 def question_complete_stream(
     *, request: QuestionRequest, user: AbstractBaseUser, api_key: ApiKey | None = None
-) -> Iterator[answering.StreamPiece | Completion]:
+) -> Generator[answering.StreamPiece | Completion, None, None]:
     """Like :func:`question_complete`, yielding text pieces as they come, then the ``Completion``.
 
     Permission, quota, model and prompt errors are raised here, before the first item, so that a
     caller can still answer them as plain errors. The pieces join to the completion's output (but
     for the whitespace around a generated answer, which the completion's output has not).
+
+    Usage is recorded once however the stream ends: the answer's counts when it finishes; the prompt
+    and the text sent so far when it is closed early (the client went away) or fails. Closing the
+    iterator stops the model.
     """
     collection_ids = _prepare(request, user, api_key)
     pieces = _pieces(request, collection_ids)
     first = next(pieces)  # retrieval and model loading happen here, before the response starts
+    charge = usage.StreamCharge(user=user, api_key=api_key, end_user_id=request.user_id, endpoint=request.endpoint)
 
-    def items() -> Iterator[answering.StreamPiece | Completion]:
+    def items() -> Generator[answering.StreamPiece | Completion, None, None]:
         stops = StopFilter(request.stop)
-        for item in _chain(first, pieces):
-            if isinstance(item, answering.Answer):
-                _record(request, user, api_key, item)
-                if tail := stops.flush():
-                    yield answering.StreamPiece(tail)
-                # the answer's own text (generated text is stripped) rather than the pieces joined
-                output, cut = stop_cut(item.output, request.stop)
-                yield Completion(replace(item, output=output), _finish_reason(request, item, cut or stops.stopped))
-            elif text := stops.feed(item.text):
-                # after a stop string the rest is read, not shown: the final token counts come at the end
-                yield answering.StreamPiece(text)
+        try:
+            for item in _chain(first, pieces):
+                if isinstance(item, answering.Answer):
+                    charge.finished(prompt_tokens=item.prompt_tokens, completion_tokens=item.completion_tokens)
+                    if tail := stops.flush():
+                        yield answering.StreamPiece(tail)
+                    # the answer's own text (generated text is stripped) rather than the pieces joined
+                    output, cut = stop_cut(item.output, request.stop)
+                    yield Completion(replace(item, output=output), _finish_reason(request, item, cut or stops.stopped))
+                else:
+                    # after a stop string the rest is read, not shown: the final token counts come at the end
+                    text = stops.feed(item.text)
+                    charge.sent(text, prompt_tokens=item.prompt_tokens)
+                    if text:
+                        yield answering.StreamPiece(text)
+        finally:
+            try:
+                pieces.close()  # stops the model first: recording can wait, a generation holds the model
+            finally:
+                charge.close()
 
     return items()
 

@@ -42,29 +42,91 @@ def usage_record(
     )
 
 
-def tokens_used_today(*, user: AbstractBaseUser, api_key: ApiKey | None = None, end_user_id: str = "") -> int:
-    """Tokens spent since midnight (UTC): per ``end_user_id`` within a key when both are given, else per user."""
-    now = timezone.now()
-    records = UsageRecord.objects.filter(created_at__gte=_day_start(now))
-    if api_key is not None and end_user_id:
-        records = records.filter(api_key=api_key, end_user_id=end_user_id)
-    else:
-        records = records.filter(user=user)
+def tokens_used_today(*, user: AbstractBaseUser, end_user_id: str = "") -> int:
+    """Tokens ``user`` spent since midnight (UTC): through all its keys, user_ids and sessions together,
+    or only under one ``end_user_id`` of theirs when it is given."""
+    records = UsageRecord.objects.filter(user=user, created_at__gte=_day_start(timezone.now()))
+    if end_user_id:
+        records = records.filter(end_user_id=end_user_id)
     total = records.aggregate(total=Sum(F("prompt_tokens") + F("completion_tokens")))["total"]
     return int(total or 0)
 
 
-def quota_check(*, user: AbstractBaseUser, api_key: ApiKey | None = None, end_user_id: str = "") -> None:
-    """Raise ``QuotaExceededError`` (with the seconds until the quota resets) when today's tokens are spent."""
-    quota = settings.TOKEN_QUOTA_PER_DAY
-    if quota <= 0:
-        return
-    used = tokens_used_today(user=user, api_key=api_key, end_user_id=end_user_id)
-    if used >= quota:
-        now = timezone.now()
-        reset = _day_start(now) + timedelta(days=1)
-        who = f"user_id {end_user_id}" if api_key is not None and end_user_id else "you"
-        raise QuotaExceededError(
-            f"The daily token quota ({quota} tokens) is spent for {who}: {used} used today. It resets at midnight UTC.",
-            retry_after=int((reset - now).total_seconds()) + 1,
+def quota_check(*, user: AbstractBaseUser, end_user_id: str = "") -> None:
+    """Raise ``QuotaExceededError`` (with the seconds until the quota resets) when today's tokens are spent.
+
+    ``TOKEN_QUOTA_PER_DAY`` bounds the owner as a whole, whatever key or ``user_id`` a request names;
+    ``TOKEN_QUOTA_PER_END_USER`` bounds each ``user_id`` of the owner on top.
+    """
+    limits = [(settings.TOKEN_QUOTA_PER_DAY, "", "you")]
+    if end_user_id:
+        limits.append((settings.TOKEN_QUOTA_PER_END_USER, end_user_id, f"user_id {end_user_id}"))
+    for quota, scope, who in limits:
+        if quota <= 0:
+            continue
+        used = tokens_used_today(user=user, end_user_id=scope)
+        if used >= quota:
+            now = timezone.now()
+            reset = _day_start(now) + timedelta(days=1)
+            raise QuotaExceededError(
+                f"The daily token quota ({quota} tokens) is spent for {who}: {used} used today. "
+                "It resets at midnight UTC.",
+                retry_after=int((reset - now).total_seconds()) + 1,
+            )
+
+
+class StreamCharge:
+    """Records what a streamed answer cost exactly once, however the stream ends.
+
+    A stream that reaches its answer is charged the answer's counts (``finished``). One cut short (the
+    client went away, the model failed) is charged on ``close`` for the prompt the model was given and
+    the tokens of the text sent until then, counted with the model's tokenizer.
+    """
+
+    def __init__(
+        self, *, user: AbstractBaseUser | None, api_key: ApiKey | None = None, end_user_id: str = "", endpoint: str
+    ) -> None:
+        self.user, self.api_key, self.end_user_id, self.endpoint = user, api_key, end_user_id, endpoint
+        self._prompt_tokens = 0
+        self._sent: list[str] = []
+        self.recorded = False
+
+    def sent(self, text: str, *, prompt_tokens: int) -> None:
+        """Note a piece of the answer handed to the client (``text`` may be "" when held back)."""
+        self._prompt_tokens = max(self._prompt_tokens, prompt_tokens)
+        if text:
+            self._sent.append(text)
+
+    def finished(self, *, prompt_tokens: int, completion_tokens: int) -> None:
+        """Charge the finished answer's own counts."""
+        self._record(prompt_tokens, completion_tokens)
+
+    def close(self) -> None:
+        """Charge a stream that ended before its answer (nothing when it was charged already)."""
+        if self.recorded:
+            return
+        completion_tokens = 0
+        if self._prompt_tokens and self._sent:  # no model call (an extractive answer) costs nothing
+            from knowledge.services import engines
+            from llm.errors import LLMError
+            from llm.tokens import estimate_tokens
+
+            text = "".join(self._sent)
+            try:
+                completion_tokens = engines.get_llm().count_tokens(text)
+            except LLMError:  # the tokenizer went away with the model: charge an estimate rather than nothing
+                completion_tokens = estimate_tokens(text)
+        self._record(self._prompt_tokens, completion_tokens)
+
+    def _record(self, prompt_tokens: int, completion_tokens: int) -> None:
+        if self.recorded:
+            return
+        self.recorded = True
+        usage_record(
+            user=self.user,
+            api_key=self.api_key,
+            end_user_id=self.end_user_id,
+            endpoint=self.endpoint,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
         )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any
 
 from django.contrib import messages as flash
@@ -20,9 +20,17 @@ from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import translation
 from django.utils.translation import gettext as _
+from django.utils.translation import ngettext
 from django.views.decorators.http import require_GET, require_POST
 
-from knowledge.errors import KnowledgeError, NotFoundError, PermissionDeniedError, QuotaExceededError
+from knowledge.api.limits import rate_limit_check
+from knowledge.errors import (
+    KnowledgeError,
+    NotFoundError,
+    PermissionDeniedError,
+    QuotaExceededError,
+    RateLimitedError,
+)
 from knowledge.models import Conversation, Document, Message
 from knowledge.selectors import (
     conversation_for,
@@ -127,6 +135,12 @@ def conversation_delete(request: HttpRequest, conversation_id: int) -> HttpRespo
 def _error_text(exc: KnowledgeError) -> str:
     if isinstance(exc, QuotaExceededError):
         return _("Your daily token quota is spent. It resets at midnight (UTC).")
+    if isinstance(exc, RateLimitedError):
+        return ngettext(
+            "Too many questions in a short time. Try again in %(seconds)d second.",
+            "Too many questions in a short time. Try again in %(seconds)d seconds.",
+            exc.retry_after,
+        ) % {"seconds": exc.retry_after}
     if isinstance(exc, PermissionDeniedError):
         return _("You may not search this collection.")
     if isinstance(exc, NotFoundError):
@@ -135,7 +149,7 @@ def _error_text(exc: KnowledgeError) -> str:
 
 
 def _error_status(exc: KnowledgeError) -> int:
-    if isinstance(exc, QuotaExceededError):
+    if isinstance(exc, (QuotaExceededError, RateLimitedError)):
         return 429
     if isinstance(exc, PermissionDeniedError):
         return 403
@@ -144,9 +158,14 @@ def _error_status(exc: KnowledgeError) -> int:
     return 400
 
 
-def _ask_refused(request: HttpRequest, conversation: Conversation, text: str, status: int) -> HttpResponse:
+def _ask_refused(request: HttpRequest, conversation: Conversation, exc: KnowledgeError) -> HttpResponse:
+    text = _error_text(exc)
     if wants_event_stream(request):
-        return JsonResponse({"error": text}, status=status)
+        response = JsonResponse({"error": text}, status=_error_status(exc))
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after is not None:
+            response["Retry-After"] = str(max(1, int(retry_after)))
+        return response
     flash.error(request, text)
     return redirect("conversation-detail", conversation_id=conversation.pk)
 
@@ -162,10 +181,14 @@ def message_create(request: HttpRequest, conversation_id: int) -> HttpResponse:
     JavaScript) the answer is made in full and the conversation page is shown again.
     """
     conversation = _conversation_or_404(request, conversation_id)
+    try:
+        rate_limit_check(request)  # the same budget as the user's API calls
+    except RateLimitedError as exc:
+        return _ask_refused(request, conversation, exc)
     form = QuestionForm(request.POST, user=request.user)
     if not form.is_valid():
         errors = "; ".join(str(error) for field_errors in form.errors.values() for error in field_errors)
-        return _ask_refused(request, conversation, errors, 400)
+        return _ask_refused(request, conversation, KnowledgeError(errors))
     try:
         stream = conversations.message_stream(
             conversation=conversation,
@@ -174,7 +197,7 @@ def message_create(request: HttpRequest, conversation_id: int) -> HttpResponse:
             collection=form.cleaned_data["collection"],
         )
     except KnowledgeError as exc:
-        return _ask_refused(request, conversation, _error_text(exc), _error_status(exc))
+        return _ask_refused(request, conversation, exc)
 
     if wants_event_stream(request):
         response = StreamingHttpResponse(_events(request, stream), content_type="text/event-stream; charset=utf-8")
@@ -205,7 +228,7 @@ def _event(name: str, data: dict[str, Any]) -> str:
     return f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-def _events(request: HttpRequest, stream: Iterator[StreamPiece | Message]) -> Iterator[str]:
+def _events(request: HttpRequest, stream: Generator[StreamPiece | Message, None, None]) -> Iterator[str]:
     # The stream is read after the view has returned: keep the request's language for what it renders.
     language = translation.get_language()
     try:
@@ -219,6 +242,8 @@ def _events(request: HttpRequest, stream: Iterator[StreamPiece | Message]) -> It
     except Exception as exc:  # the response has started: the error can only travel as an event
         with translation.override(language):
             yield _event("error", {"message": _failure_text(exc)})
+    finally:
+        stream.close()  # a reader who went away: the answer is charged and the model stops now
 
 
 @login_required

@@ -39,6 +39,8 @@ class Behaviour:
     status: int = 200
     error_body: Any = field(default_factory=lambda: {"error": {"message": "max_tokens is too large", "code": 400}})
     delay: float = 0.0
+    #: drop the connection after this many streamed pieces, the body unfinished (None: never)
+    cut_after: int | None = None
 
 
 class FakeOpenAIServer(ThreadingHTTPServer):
@@ -124,7 +126,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
-        for event in self._events(body, pieces, finish, usage, behaviour):
+        events = list(self._events(body, pieces, finish, usage, behaviour))
+        if behaviour.cut_after is not None:
+            # a keep-alive and the role chunk come before the pieces
+            for event in events[: 2 + behaviour.cut_after]:
+                self._chunk(event.encode())
+            self.close_connection = True  # without the last chunk: the client sees a broken body
+            return
+        for event in events:
             self._chunk(event.encode())
         self._chunk(b"")
 
