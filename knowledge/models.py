@@ -72,6 +72,12 @@ class Document(models.Model):
     index_version = models.PositiveIntegerField(null=True, blank=True)
     embedder = models.CharField(max_length=200, blank=True)
     attempts = models.PositiveIntegerField(default=0)
+    #: a process works on the document until then, and renews it while it does (see knowledge.services.leases)
+    lease_until = models.DateTimeField(null=True, blank=True)
+    #: runs on this document that ended with their process (a worker killed, out of memory): no outcome
+    lost_runs = models.PositiveIntegerField(
+        default=0, help_text=_("Times a worker died while processing this document.")
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     processed_at = models.DateTimeField(null=True, blank=True)
@@ -137,6 +143,8 @@ class DocumentPart(models.Model):
     title = models.CharField(max_length=300, blank=True)
     ocr_pages = models.JSONField(default=list, blank=True)
     warnings = models.JSONField(default=list, blank=True)
+    #: a process works on the part until then, and renews it while it does (see knowledge.services.leases)
+    lease_until = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

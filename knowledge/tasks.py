@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from celery import shared_task
 from celery.signals import worker_ready
@@ -10,8 +11,8 @@ from django.conf import settings
 from django.db import OperationalError
 
 from ingestion.errors import IndexBusyError
-from knowledge.models import Document
 from knowledge.services import document_parts, documents
+from knowledge.services.documents import ProcessOutcome
 
 logger = logging.getLogger(__name__)
 
@@ -29,59 +30,55 @@ _RETRY = {
 }
 
 
-@shared_task(name="knowledge.document_ingest", **_RETRY)
-def document_ingest_task(document_id: int, force: bool = False) -> dict[str, object]:
-    """Ingest one document; documents with pages that need OCR continue on the slower "ocr" queue."""
-    document = Document.objects.filter(pk=document_id).first()
-    if document is None:
-        return {"document_id": document_id, "status": "deleted"}
-    if document.status == Document.Status.READY and not force:
-        return {"document_id": document_id, "status": document.status}
-    if documents.document_needs_ocr(document=document):
-        Document.objects.filter(pk=document_id).update(stage="waiting for OCR")
-        document_ocr_task.delay(document_id, force=force)
-        return {"document_id": document_id, "status": "ocr"}
-    # A big text PDF continues as page ranges, one document_ingest_part task each.
-    parts = document_parts.document_split(document_id=document_id, ocr=False)
-    if parts:
-        return {"document_id": document_id, "status": "split", "parts": len(parts)}
-    outcome = documents.document_process(document_id=document_id, ocr=False, force=force, split=False)
-    return {"document_id": document_id, "status": outcome.status, "chunks": outcome.chunks}
+def _result(task: Any, outcome: ProcessOutcome, **ids: int) -> dict[str, object]:
+    if outcome.status == documents.BUSY:
+        # Another live run holds the work (this is a second delivery of it): look again when its lease
+        # would run out, which it does only if that run died. Not one of the retries of max_retries.
+        raise task.retry(countdown=outcome.retry_in, max_retries=task.request.retries + 1)
+    result: dict[str, object] = {"document_id": outcome.document_id, **ids, "status": outcome.status}
+    if outcome.parts:
+        result["parts"] = outcome.parts
+    elif outcome.status not in {"ocr", "deleted"}:
+        result["chunks"] = outcome.chunks
+    return result
 
 
-@shared_task(name="knowledge.document_ingest_part", **_RETRY)
-def document_ingest_part_task(document_id: int, part_id: int) -> dict[str, object]:
+@shared_task(bind=True, name="knowledge.document_ingest", **_RETRY)
+def document_ingest_task(self: Any, document_id: int, force: bool = False) -> dict[str, object]:
+    """Ingest one document; documents with pages that need OCR continue on the slower "ocr" queue.
+
+    A big PDF continues as page ranges, one document_ingest_part task each.
+    """
+    return _result(self, documents.document_ingest(document_id=document_id, ocr=False, force=force))
+
+
+@shared_task(bind=True, name="knowledge.document_ingest_part", **_RETRY)
+def document_ingest_part_task(self: Any, document_id: int, part_id: int) -> dict[str, object]:
     """Ingest one page range of a big PDF; the part that completes the set indexes the document."""
     outcome = document_parts.document_part_process(document_id=document_id, part_id=part_id)
-    return {"document_id": document_id, "part_id": part_id, "status": outcome.status, "chunks": outcome.chunks}
+    return _result(self, outcome, part_id=part_id)
 
 
-@shared_task(name="knowledge.document_ocr_part", **_RETRY)
-def document_ocr_part_task(document_id: int, part_id: int) -> dict[str, object]:
+@shared_task(bind=True, name="knowledge.document_ocr_part", **_RETRY)
+def document_ocr_part_task(self: Any, document_id: int, part_id: int) -> dict[str, object]:
     """Ingest one page range of a big scan with OCR, on the "ocr" queue."""
-    return document_ingest_part_task(document_id, part_id)
+    outcome = document_parts.document_part_process(document_id=document_id, part_id=part_id)
+    return _result(self, outcome, part_id=part_id)
 
 
-@shared_task(name="knowledge.document_ocr", **_RETRY)
-def document_ocr_task(document_id: int, force: bool = False) -> dict[str, object]:
-    """Ingest a scanned document with OCR (about 12 s a page), on its own queue."""
-    document = Document.objects.filter(pk=document_id).first()
-    if document is None:
-        return {"document_id": document_id, "status": "deleted"}
-    if document.status == Document.Status.READY and not force:
-        return {"document_id": document_id, "status": document.status}
-    # A long scan continues as page ranges, one document_ocr_part task each, read side by side.
-    parts = document_parts.document_split(document_id=document_id, ocr=True)
-    if parts:
-        return {"document_id": document_id, "status": "split", "parts": len(parts)}
-    outcome = documents.document_process(document_id=document_id, ocr=True, force=force, split=False)
-    return {"document_id": document_id, "status": outcome.status, "chunks": outcome.chunks}
+@shared_task(bind=True, name="knowledge.document_ocr", **_RETRY)
+def document_ocr_task(self: Any, document_id: int, force: bool = False) -> dict[str, object]:
+    """Ingest a scanned document with OCR (about 12 s a page), on its own queue.
+
+    A long scan continues as page ranges, one document_ocr_part task each, read side by side.
+    """
+    return _result(self, documents.document_ingest(document_id=document_id, ocr=True, force=force))
 
 
 @shared_task(name="knowledge.documents_redispatch")
 def documents_redispatch_task() -> int:
-    """Send again the documents that stayed queued too long (e.g. the broker was down)."""
-    return documents.documents_redispatch_stale()
+    """Send again the work of workers that died (expired leases) and the documents left queued or idle."""
+    return documents.documents_recover()
 
 
 @shared_task(name="knowledge.question_answer", acks_late=True, reject_on_worker_lost=True)
@@ -114,8 +111,10 @@ def index_repair_task() -> dict[str, int]:
 
 @worker_ready.connect
 def _check_index_when_a_worker_starts(sender: object = None, **kwargs: object) -> None:
-    # Sent as a task, so the embedder loads in a pool process and never in the parent before a fork.
+    # Sent as tasks, so the embedder loads in a pool process and never in the parent before a fork.
+    # A worker that starts may replace one that died: its work is sent again as soon as its lease runs out.
     try:
         index_repair_task.delay()
+        documents_redispatch_task.delay()
     except Exception:  # the broker just answered the worker; never block its start on this
         logger.exception("Could not queue the start-up index check")

@@ -436,8 +436,20 @@ DJANGO_SUPERUSER_PASSWORD = env.str("DJANGO_SUPERUSER_PASSWORD", default="")
 
 # Documents left "queued" (the broker was down when they were uploaded) are sent again.
 RAG_REDISPATCH_AFTER_S = _positive_int("RAG_REDISPATCH_AFTER_S", 600)
+# A worker renews a lease on the document (or page range) it works on; one that ran out means the worker
+# died (kill -9, OOM, a lost machine), and beat sends the work again: within about 1.5x this many seconds
+# instead of the broker's visibility timeout (Redis) or never (the embedded broker).
+RAG_LEASE_S = _positive_int("RAG_LEASE_S", 60, minimum=4)
+# A document whose processing killed the worker this many times is failed instead of being read again.
+RAG_MAX_DELIVERIES = _positive_int("RAG_MAX_DELIVERIES", 3)
 CELERY_BEAT_SCHEDULE = {
-    "redispatch-stale-documents": {"task": "knowledge.documents_redispatch", "schedule": 300.0},
+    # expired leases, lost tasks and documents left queued (knowledge.services.documents.documents_recover)
+    # one that waited behind a long document is dropped: the next one is already on its way
+    "redispatch-stale-documents": {
+        "task": "knowledge.documents_redispatch",
+        "schedule": RAG_LEASE_S / 2,
+        "options": {"expires": RAG_LEASE_S / 2},
+    },
 }
 
 

@@ -84,8 +84,12 @@ def _purge_broker() -> None:
 class WorkerProcess:
     """A real ``celery worker`` in its own process, on the test database, broker and folders."""
 
-    def __init__(self, env: dict[str, str], log: Path, concurrency: int = 1, name: str = "w1") -> None:
+    def __init__(
+        self, env: dict[str, str], log: Path, concurrency: int = 1, name: str = "w1", beat: bool = False
+    ) -> None:
         self.log = log
+        # with beat, the worker also runs the periodic tasks (documents_recover), as `celery beat` does
+        beat_args = ["--beat", "--schedule", str(log.with_suffix(".beat"))] if beat else []
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -106,6 +110,7 @@ class WorkerProcess:
                 "INFO",
                 "--hostname",
                 f"{name}@%h",
+                *beat_args,
             ],
             cwd=REPO,
             env=env,
@@ -126,6 +131,11 @@ class WorkerProcess:
     def child_pids(self) -> list[int]:
         out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.proc.pid)], capture_output=True, text=True)
         return [int(p) for p in out.stdout.split()]
+
+    def kill(self) -> None:
+        """Die as a crashed container does: SIGKILL to the worker, its pool processes and their children."""
+        os.killpg(self.proc.pid, 9)
+        self.proc.wait()
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -154,8 +164,10 @@ def celery_worker_factory(transactional_db: Any, portal_dirs: dict[str, Path], t
     }
     workers: list[WorkerProcess] = []
 
-    def start(name: str = "w1", concurrency: int = 1) -> WorkerProcess:
-        worker = WorkerProcess(env, tmp_path / f"worker-{name}.log", concurrency=concurrency, name=name)
+    def start(name: str = "w1", concurrency: int = 1, beat: bool = False, **extra_env: str) -> WorkerProcess:
+        worker = WorkerProcess(
+            {**env, **extra_env}, tmp_path / f"worker-{name}.log", concurrency=concurrency, name=name, beat=beat
+        )
         workers.append(worker)
         return worker
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -34,6 +35,8 @@ from ingestion.types import ParsedDocument
 __all__ = [
     "SUPPORTED_EXTENSIONS",
     "SUPPORTED_TYPES",
+    "FileFacts",
+    "inspect_file",
     "needs_ocr",
     "parse_file",
     "pdf_page_count",
@@ -90,6 +93,34 @@ def parse_file(
         depth=0,
         limits=(max_pages, max_unpacked_mb),
     )
+
+
+@dataclass(frozen=True)
+class FileFacts:
+    """What a file is, found before it is parsed: its type and, for a PDF, its pages."""
+
+    mime_type: str
+    #: pages of a PDF; None for other types
+    page_count: int | None = None
+    #: 1-based numbers of the PDF pages without a text layer (looked for only when asked)
+    scan_pages: tuple[int, ...] = ()
+
+
+def inspect_file(
+    path: Path, *, filename: str | None = None, password: str | None = None, scans: bool = False
+) -> FileFacts:
+    """The type of the file at ``path``, with a PDF's page count and, with ``scans``, its pages that need OCR.
+
+    Reading a PDF's page tree may inflate its compressed object streams, and sniffing opens ZIP
+    directories: like the parse, call it in a memory-limited child (``ingestion.sandbox.run_limited``).
+    Raises the errors of :func:`sniff_mime` and, for a PDF, those of :func:`pdf_page_count`.
+    """
+    path = Path(path)
+    mime = sniff_mime(path, filename)
+    if mime != PDF:
+        return FileFacts(mime_type=mime)
+    count = pdf_page_count(path, password)
+    return FileFacts(mime_type=mime, page_count=count, scan_pages=tuple(needs_ocr(path, password)) if scans else ())
 
 
 def pdf_page_count(path: Path, password: str | None = None) -> int:

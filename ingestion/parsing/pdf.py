@@ -57,6 +57,8 @@ def parse_pdf(
     for number in wanted:
         try:
             texts[number] = reader.pages[number - 1].extract_text() or ""
+        except MemoryError:  # out of memory is not a broken page: the memory limit reports it
+            raise
         except Exception as exc:  # one broken page must not lose the others
             logger.info("pdf page %s of %s unreadable: %r", number, path, exc)
             unreadable.append(number)
@@ -120,6 +122,8 @@ def needs_ocr(path: Path, password: str | None = None) -> list[int]:
     for number in range(1, _page_count(reader) + 1):
         try:
             text = reader.pages[number - 1].extract_text() or ""
+        except MemoryError:
+            raise
         except Exception:  # an unreadable page is reported by parse_pdf instead
             continue
         if len(text.strip()) < OCR_MIN_CHARS:
@@ -169,6 +173,8 @@ def _page_count(reader: PdfReader) -> int:
         return len(reader.pages)
     except LimitReachedError as exc:  # pypdf's own guard against endless page trees
         raise DocumentTooLargeError(f"The PDF exceeds a safety limit ({exc}); it was not read") from exc
+    except MemoryError:  # a PDF whose streams inflate past the memory limit is not damaged: the limit says so
+        raise
     except Exception as exc:  # pypdf raises many kinds on a broken page tree
         raise DamagedDocumentError(DAMAGED) from exc
 

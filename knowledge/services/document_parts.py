@@ -32,7 +32,7 @@ from django.utils import timezone
 from ingestion.errors import EmptyDocumentError, IngestionError
 from knowledge.models import Chunk, Document, DocumentPart
 from knowledge.observability import instrumentation as observe
-from knowledge.services import documents, engines
+from knowledge.services import documents, engines, leases
 from knowledge.services.documents import ProcessOutcome
 
 logger = logging.getLogger(__name__)
@@ -48,19 +48,18 @@ def document_split_ranges(*, document: Document, ocr: bool) -> tuple[list[range]
 
     Only a PDF with more than ``RAG_SPLIT_PAGES`` pages (and at most ``RAG_MAX_PAGES``) is split. With
     ``ocr``, a PDF with pages for OCR to read is split in ranges of ``RAG_SPLIT_OCR_PAGES`` pages instead.
+    The file is read in a memory-limited child (see ``documents.document_inspect``).
     """
-    from ingestion.parsing import pdf_page_count, sniff_mime
-
     try:
-        path = Path(document.file.path)
-        if sniff_mime(path, document.original_name) != PDF:
-            return [], False
-        count = pdf_page_count(path)
+        facts = documents.document_inspect(document=document, scans=ocr and settings.RAG_OCR)
     except (IngestionError, OSError, ValueError):
         return [], False  # processed whole, which reports the problem
+    if facts.mime_type != PDF or facts.page_count is None:
+        return [], False
+    count = facts.page_count
     if count > settings.RAG_MAX_PAGES:
         return [], False
-    scans = ocr and documents.document_needs_ocr(document=document)
+    scans = bool(facts.scan_pages)
     size = settings.RAG_SPLIT_OCR_PAGES if scans else settings.RAG_SPLIT_PAGES
     if size <= 0 or count <= size:
         return [], scans
@@ -103,13 +102,16 @@ def document_split(*, document_id: int, ocr: bool, dispatch: bool = True) -> lis
 
 
 def document_parts_redispatch_stale(*, cutoff: datetime) -> int:
-    """Send again the pending parts of every split document with no progress since ``cutoff``.
+    """Send again the pending parts no process works on of every split document with no progress since ``cutoff``.
 
     Returns how many documents had parts sent. A part delivered twice is harmless (it is idempotent).
     """
     stale = list(
         Document.objects.filter(
-            status=Document.Status.PROCESSING, updated_at__lt=cutoff, parts__status=DocumentPart.Status.PENDING
+            status=Document.Status.PROCESSING,
+            updated_at__lt=cutoff,
+            parts__status=DocumentPart.Status.PENDING,
+            parts__lease_until__isnull=True,
         )
         .distinct()
         .values_list("pk", flat=True)
@@ -118,9 +120,9 @@ def document_parts_redispatch_stale(*, cutoff: datetime) -> int:
         # the document's clock restarts: the parts get a whole period before being sent again
         Document.objects.filter(pk=document_id).update(updated_at=timezone.now())
         pending = list(
-            DocumentPart.objects.filter(document_id=document_id, status=DocumentPart.Status.PENDING).values_list(
-                "pk", "ocr"
-            )
+            DocumentPart.objects.filter(
+                document_id=document_id, status=DocumentPart.Status.PENDING, lease_until__isnull=True
+            ).values_list("pk", "ocr")
         )
         logger.warning(
             "Split document %s made no progress: sending its %d pending parts again", document_id, len(pending)
@@ -130,6 +132,26 @@ def document_parts_redispatch_stale(*, cutoff: datetime) -> int:
         with transaction.atomic():
             transaction.on_commit(send)
     return len(stale)
+
+
+def document_parts_recover(*, now: datetime) -> int:
+    """Send again each part whose lease ran out before ``now`` (its worker died); return how many.
+
+    Each is a lost run of its document (``documents.document_count_lost_run``), which may fail it.
+    """
+    expired = DocumentPart.objects.filter(lease_until__lt=now, document__status=Document.Status.PROCESSING).values_list(
+        "pk", "document_id", "lease_until", "ocr"
+    )
+    sent = 0
+    for part_id, document_id, until, ocr in list(expired):
+        if not leases.lease_take_over(DocumentPart, part_id, until):
+            continue  # a new delivery took it over first
+        logger.warning("The worker processing part %s of document %s stopped; sending it again", part_id, document_id)
+        if documents.document_count_lost_run(document_id=document_id):
+            continue
+        _send(document_id, [part_id], ocr=ocr)
+        sent += 1
+    return sent
 
 
 def _send(document_id: int, part_ids: Sequence[int], *, ocr: bool) -> None:
@@ -172,6 +194,18 @@ def document_parts_process(
 
 
 def _part_run(*, document_id: int, part_id: int, progress: Callable[[str], None] | None) -> ProcessOutcome:
+    # The part's lease is held until the run ends, assembling the document included.
+    with leases.leased(DocumentPart, part_id) as claim:
+        if claim.gone:
+            return _skipped(document_id)
+        if claim.lease is None:
+            return replace(_skipped(document_id), status=documents.BUSY, retry_in=claim.busy_for + 1)
+        if claim.took_over and documents.document_count_lost_run(document_id=document_id):
+            return _outcome(document_id, {})
+        return _part_run_leased(document_id=document_id, part_id=part_id, progress=progress)
+
+
+def _part_run_leased(*, document_id: int, part_id: int, progress: Callable[[str], None] | None) -> ProcessOutcome:
     part = DocumentPart.objects.select_related("document").filter(pk=part_id, document_id=document_id).first()
     if part is None or part.document.status != Document.Status.PROCESSING:
         return _skipped(document_id)
@@ -304,6 +338,7 @@ def _assemble(document_id: int, part_id: int) -> bool:
             status=Document.Status.READY,
             stage="",
             error="",
+            lease_until=None,
             mime_type=PDF,
             page_count=parts[-1].last_page,
             chunk_count=count,

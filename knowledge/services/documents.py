@@ -5,16 +5,17 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from django.conf import settings
 from django.core.files import File
 from django.db import transaction
-from django.db.models import QuerySet
+from django.db.models import F, QuerySet
 from django.utils import timezone
 
 from ingestion.errors import IngestionError
@@ -26,19 +27,24 @@ from knowledge.errors import (
 )
 from knowledge.models import DEFAULT_COLLECTION_SLUG, Chunk, Collection, Document, DocumentPart
 from knowledge.observability import instrumentation as observe
-from knowledge.services import access, engines
+from knowledge.services import access, engines, leases
 
 if TYPE_CHECKING:
     import numpy as np
     from django.contrib.auth.models import AbstractBaseUser
 
     from ingestion.index import IndexWriter
+    from ingestion.parsing import FileFacts
     from ingestion.types import ChunkDraft
 
 logger = logging.getLogger(__name__)
 
 #: Documents are stored as "documents/<random>/<name>": the name shown is the original one.
 _MAX_NAME = 200
+
+
+#: the status of a delivery that found another live run working on the document: try again later
+BUSY = "busy"
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,10 @@ class ProcessOutcome:
     chunks: int
     pages: int | None
     timings: dict[str, float]
+    #: planned as this many page ranges, each sent as its own task (status "split")
+    parts: int = 0
+    #: status "busy": seconds until the other run's lease runs out unless it renews it
+    retry_in: float = 0.0
 
 
 def _sanitize_filename(name: str) -> str:
@@ -171,6 +181,8 @@ def document_replace(*, document: Document, file: IO[bytes], filename: str, disp
         document.status = Document.Status.QUEUED
         document.error = ""
         document.stage = ""
+        document.lease_until = None  # new content: earlier runs and their count are another file's
+        document.lost_runs = 0
         document.save()
         storage = document.file.storage
         transaction.on_commit(lambda: storage.delete(old_file) if old_file else None)
@@ -183,7 +195,7 @@ def document_reingest(*, document: Document, dispatch: bool = True) -> Document:
     """Queue a document to be parsed and indexed again (its chunks are replaced, never duplicated)."""
     with transaction.atomic():
         Document.objects.filter(pk=document.pk).update(
-            status=Document.Status.QUEUED, error="", stage="", updated_at=timezone.now()
+            status=Document.Status.QUEUED, error="", stage="", lease_until=None, lost_runs=0, updated_at=timezone.now()
         )
         if dispatch:
             _dispatch_on_commit(document.pk)
@@ -218,20 +230,28 @@ def _set_stage(document_id: int, stage: str) -> None:
     Document.objects.filter(pk=document_id).update(stage=stage, updated_at=timezone.now())
 
 
+def document_inspect(*, document: Document, scans: bool = False) -> FileFacts:
+    """What the document's file is (type, PDF pages, with ``scans`` the pages that need OCR).
+
+    Read in a child process under ``RAG_INGEST_MEMORY_MB``, as the parse is: counting the pages of a
+    hostile PDF can inflate hundreds of megabytes. Raises ``IngestionError`` (``MemoryLimitError``
+    included) when the file cannot be inspected.
+    """
+    from ingestion.parsing import inspect_file
+    from ingestion.sandbox import run_limited
+
+    path = Path(document.file.path)
+    name = document.original_name
+    return run_limited(lambda: inspect_file(path, filename=name, scans=scans), memory_mb=settings.RAG_INGEST_MEMORY_MB)
+
+
 def document_needs_ocr(*, document: Document) -> bool:
     """Whether a document has pages without text that only OCR can read (routed to the slow queue)."""
     if not settings.RAG_OCR:
         return False
-    from ingestion.parsing import needs_ocr, sniff_mime
-    from ingestion.sandbox import run_limited
-
-    path = Path(document.file.path)
     try:
-        if sniff_mime(path, document.original_name) != "application/pdf":
-            return False
-        # reading every page's text layer is parsing too: a hostile PDF must not exhaust the worker here
-        return bool(run_limited(lambda: needs_ocr(path), memory_mb=settings.RAG_INGEST_MEMORY_MB))
-    except IngestionError:
+        return bool(document_inspect(document=document, scans=True).scan_pages)
+    except (IngestionError, OSError):
         return False  # the real parse reports the problem
 
 
@@ -298,8 +318,19 @@ def document_process(
 
     Idempotent: running it again replaces the document's chunks and vectors. A permanent
     ingestion error marks the document failed with its reason and leaves no chunk or vector
-    behind; transient errors propagate so the task is retried.
+    behind; transient errors propagate so the task is retried. While it runs, this process holds the
+    document's lease (``knowledge.services.leases``); a document another live run holds is left alone
+    (status "busy").
     """
+    with _document_run(document_id) as stopped:
+        if stopped is not None:
+            return stopped
+        return _document_process(document_id=document_id, ocr=ocr, force=force, split=split, progress=progress)
+
+
+def _document_process(
+    *, document_id: int, ocr: bool, force: bool, split: bool, progress: Callable[[str], None] | None
+) -> ProcessOutcome:
     from ingestion.pipeline import run_pipeline
 
     document = Document.objects.select_related("collection").get(pk=document_id)
@@ -354,6 +385,7 @@ def document_process(
                 status=Document.Status.READY,
                 stage="",
                 error="",
+                lease_until=None,
                 mime_type=result.parsed.mime_type,
                 page_count=result.parsed.page_count,
                 chunk_count=count,
@@ -401,8 +433,103 @@ def document_fail(document_id: int, reason: str) -> None:
         stage="",
         error=reason,
         chunk_count=0,
+        lease_until=None,
         processed_at=timezone.now(),
     )
+
+
+def document_ingest(*, document_id: int, ocr: bool, force: bool = False) -> ProcessOutcome:
+    """One delivery of a document's task: inspect it, then hand a scan to the OCR queue, plan a big PDF
+    as page ranges (each its own task), or process it whole.
+
+    ``ocr`` is true on the OCR queue (the document was found to need it). The whole delivery holds the
+    document's lease, the inspection included: a worker that dies at any point is noticed once the
+    lease runs out, and the document is sent again (see :func:`documents_recover`).
+    """
+    from knowledge.services import document_parts
+
+    with _document_run(document_id) as stopped:
+        if stopped is not None:
+            return stopped
+        document = Document.objects.get(pk=document_id)
+        if document.status == Document.Status.READY and not force:
+            return _outcome(document, {})
+        if not ocr and document_needs_ocr(document=document):
+            Document.objects.filter(pk=document_id).update(stage="waiting for OCR")
+            from knowledge.tasks import document_ocr_task
+
+            document_ocr_task.delay(document_id, force=force)
+            return ProcessOutcome(document_id, "ocr", "", 0, None, {})
+        parts = document_parts.document_split(document_id=document_id, ocr=ocr)
+        if parts:
+            return ProcessOutcome(document_id, "split", "", 0, None, {}, parts=len(parts))
+        return document_process(document_id=document_id, ocr=ocr, force=force, split=False)
+
+
+@contextmanager
+def _document_run(document_id: int) -> Iterator[ProcessOutcome | None]:
+    """Hold the document's lease for the block: yields None when this process may work on the document,
+    else the outcome to return (deleted, busy with another live run, or failed after too many lost runs)."""
+    with leases.leased(Document, document_id) as claim:
+        if claim.gone:
+            yield ProcessOutcome(document_id, "deleted", "", 0, None, {})
+        elif claim.lease is None:
+            yield ProcessOutcome(document_id, BUSY, "", 0, None, {}, retry_in=claim.busy_for + 1)
+        elif claim.took_over and document_count_lost_run(document_id=document_id):
+            yield _outcome(Document.objects.get(pk=document_id), {})
+        else:
+            yield None
+
+
+def document_count_lost_run(*, document_id: int) -> bool:
+    """Count a run on the document that died without an outcome; True when that failed the document.
+
+    After ``RAG_MAX_DELIVERIES`` such runs the document is failed with the reason instead of being read
+    again: a file that kills or exhausts every worker it is given to must not go round forever.
+    """
+    Document.objects.filter(pk=document_id).update(lost_runs=F("lost_runs") + 1)
+    lost = Document.objects.filter(pk=document_id).values_list("lost_runs", flat=True).first()
+    logger.warning("A run on document %s ended with its worker (%s so far)", document_id, lost)
+    if lost is None or lost < settings.RAG_MAX_DELIVERIES:
+        return False
+    DocumentPart.objects.filter(document_id=document_id).delete()
+    observe.ingestion_failed("worker_lost")
+    document_fail(
+        document_id,
+        f"This document stopped the worker {lost} times while being read (it may be damaged or built to "
+        "exhaust memory); it was not read again.",
+    )
+    return True
+
+
+def documents_recover() -> int:
+    """Send again the work of workers that died, and the tasks that were lost; return how many were sent.
+
+    A document or a page range whose lease ran out had its worker die mid-run (kill -9, out of memory,
+    a lost machine): the run is counted (:func:`document_count_lost_run`) and the work sent again, at
+    once rather than after the broker's visibility timeout. Then :func:`documents_redispatch_stale`.
+    Beat runs it every ``RAG_LEASE_S / 2`` seconds, and a worker when it starts.
+    """
+    from knowledge.services.document_parts import document_parts_recover
+
+    now = timezone.now()
+    expired = Document.objects.filter(
+        status__in=(Document.Status.QUEUED, Document.Status.PROCESSING), lease_until__lt=now
+    ).values_list("pk", "lease_until")
+    sent = 0
+    for document_id, until in list(expired):
+        if not leases.lease_take_over(Document, document_id, until):
+            continue  # a new delivery took it over first
+        logger.warning("The worker processing document %s stopped; sending the document again", document_id)
+        if document_count_lost_run(document_id=document_id):
+            continue
+        # Its plan, if it had one, is outdated: the document starts over.
+        DocumentPart.objects.filter(document_id=document_id).delete()
+        Document.objects.filter(pk=document_id).update(status=Document.Status.QUEUED, stage="", updated_at=now)
+        with transaction.atomic():
+            _dispatch_on_commit(document_id)
+        sent += 1
+    return sent + document_parts_recover(now=now) + documents_redispatch_stale()
 
 
 def _outcome(document: Document, timings: dict[str, float]) -> ProcessOutcome:
@@ -417,24 +544,24 @@ def _outcome(document: Document, timings: dict[str, float]) -> ProcessOutcome:
 
 
 def documents_redispatch_stale(*, older_than_s: int | None = None) -> int:
-    """Queue again every document still ``queued`` after ``RAG_REDISPATCH_AFTER_S``; return how many.
+    """Queue again every document still ``queued`` after ``RAG_REDISPATCH_AFTER_S`` that no process works on.
 
-    The pending parts of a split document that has made no progress for longer than a part may run
-    (``RAG_INGEST_TIME_LIMIT``) plus ``RAG_REDISPATCH_AFTER_S`` are sent again too (their tasks were
-    lost: the broker went down after the plan was committed); ``older_than_s`` overrides both ages.
+    The pending parts no process works on of a split document that made no progress for as long are
+    sent again too (their tasks were lost: the broker went down after the plan was committed);
+    ``older_than_s`` overrides the age. Returns how many documents had something sent.
     """
     from knowledge.services.document_parts import document_parts_redispatch_stale
 
     age = older_than_s if older_than_s is not None else settings.RAG_REDISPATCH_AFTER_S
-    parts_age = older_than_s if older_than_s is not None else age + settings.RAG_INGEST_TIME_LIMIT
-    documents_sent = _documents_redispatch_queued(age)
-    return documents_sent + document_parts_redispatch_stale(cutoff=timezone.now() - timedelta(seconds=parts_age))
-
-
-def _documents_redispatch_queued(age: int) -> int:
     cutoff = timezone.now() - timedelta(seconds=age)
+    return _documents_redispatch_queued(cutoff) + document_parts_redispatch_stale(cutoff=cutoff)
+
+
+def _documents_redispatch_queued(cutoff: datetime) -> int:
     stale = list(
-        Document.objects.filter(status=Document.Status.QUEUED, updated_at__lt=cutoff).values_list("pk", flat=True)
+        Document.objects.filter(
+            status=Document.Status.QUEUED, lease_until__isnull=True, updated_at__lt=cutoff
+        ).values_list("pk", flat=True)
     )
     for document_id in stale:
         Document.objects.filter(pk=document_id).update(updated_at=timezone.now())

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from ingestion.errors import DocumentTooLargeError, IngestionError
-from ingestion.parsing import parse_file
+from ingestion.errors import DocumentTooLargeError, IngestionError, MemoryLimitError
+from ingestion.parsing import FileFacts, inspect_file, parse_file
+from ingestion.parsing.sniffing import PDF
+from ingestion.sandbox import memory_limit_supported, run_limited
 
 
 def _pdf(objects: list[bytes]) -> bytes:
@@ -85,3 +87,63 @@ def test_garbage_behind_a_known_header_fails_with_a_reason(tmp_path: Path, paylo
     with pytest.raises(IngestionError) as caught:
         parse_file(path)
     assert caught.value.message and "Traceback" not in caught.value.message
+
+
+def inflating_pdf(streams: int = 6, inflate_mb: int = 70) -> bytes:
+    """A PDF of a few hundred KB whose every object sits in its own object stream inflating to ``inflate_mb`` MB.
+
+    Its catalog, page tree and pages are all such objects, so merely counting its pages inflates them all.
+    """
+    import struct
+    import zlib
+
+    pages = streams - 2
+    kids = b" ".join(b"%d 0 R" % (102 + i) for i in range(pages))
+    bodies = {
+        100: b"<< /Type /Catalog /Pages 101 0 R >>",
+        101: b"<< /Type /Pages /Kids [%s] /Count %d >>" % (kids, pages),
+    }
+    bodies.update({102 + i: b"<< /Type /Page /Parent 101 0 R /MediaBox [0 0 612 792] >>" for i in range(pages)})
+    out = io.BytesIO()
+    out.write(b"%PDF-1.5\n")
+    offsets: dict[int, int] = {}
+    holder: dict[int, int] = {}
+    for stream, (number, body) in enumerate(bodies.items(), 1):
+        header = b"%d 0 " % number
+        # the padding after the object is never parsed, only inflated ("0" is not whitespace: no scanning)
+        packed = zlib.compress(header + body + b"\n" + b"0" * (inflate_mb << 20), 9)
+        offsets[stream], holder[number] = out.tell(), stream
+        out.write(
+            b"%d 0 obj\n<< /Type /ObjStm /N 1 /First %d /Filter /FlateDecode /Length %d >>\nstream\n"
+            % (stream, len(header), len(packed))
+        )
+        out.write(packed + b"\nendstream\nendobj\n")
+    xref_number = max(bodies) + 1
+    xref_at = out.tell()
+    rows = []
+    for number in range(xref_number + 1):
+        if number in offsets:
+            rows.append(struct.pack(">BIH", 1, offsets[number], 0))
+        elif number in holder:
+            rows.append(struct.pack(">BIH", 2, holder[number], 0))
+        elif number == xref_number:
+            rows.append(struct.pack(">BIH", 1, xref_at, 0))
+        else:
+            rows.append(struct.pack(">BIH", 0, 0, 0))
+    table = zlib.compress(b"".join(rows))
+    out.write(
+        b"%d 0 obj\n<< /Type /XRef /Size %d /W [1 4 2] /Root 100 0 R /Filter /FlateDecode /Length %d >>\n"
+        b"stream\n" % (xref_number, xref_number + 1, len(table))
+    )
+    out.write(table + b"\nendstream\nendobj\nstartxref\n%d\n%%%%EOF\n" % xref_at)
+    return out.getvalue()
+
+
+@pytest.mark.skipif(not memory_limit_supported(), reason="the memory limit needs Linux (fork, RLIMIT_AS)")
+def test_inspecting_a_pdf_of_inflating_streams_under_a_memory_limit_fails_with_the_reason(tmp_path: Path) -> None:
+    path = tmp_path / "inflating.pdf"
+    path.write_bytes(inflating_pdf())
+    assert path.stat().st_size < 500_000  # 420 MB once its streams are inflated
+    assert run_limited(lambda: inspect_file(path), memory_mb=2048) == FileFacts(mime_type=PDF, page_count=4)
+    with pytest.raises(MemoryLimitError, match="needed more than 128 MB of memory; it was not read"):
+        run_limited(lambda: inspect_file(path), memory_mb=128)

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from django.conf import settings as django_settings
+from django.utils import timezone
 
 from ingestion.sandbox import memory_limit_supported
 from knowledge.models import Document
-from knowledge.services import engines
+from knowledge.services import document_parts, documents, engines, leases
 from knowledge.services import index as index_services
+from tests.ingestion.test_hostile_files import inflating_pdf
 from tests.settings_probe import settings_probe
 
 pytestmark = [
@@ -67,3 +71,90 @@ def test_the_memory_limit_setting_reaches_the_pipeline_or_stops_the_start(
     else:
         assert result.returncode != 0
         assert "RAG_INGEST_MEMORY_MB" in result.stderr and expected in result.stderr
+
+
+def _reset_peak_memory() -> None:
+    Path("/proc/self/clear_refs").write_text("5")  # the kernel starts this process's VmHWM over
+
+
+def _peak_memory_mb() -> float:
+    status = Path("/proc/self/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) / 1024
+
+
+def test_planning_a_pdf_of_inflating_streams_leaves_the_worker_memory_alone_and_the_document_fails(
+    settings: Any, tmp_path: Path
+) -> None:
+    path = tmp_path / "inflating.pdf"
+    path.write_bytes(inflating_pdf())  # 434 KB, six object streams of 70 MB each
+    with path.open("rb") as handle:
+        document = documents.document_create(file=handle, filename=path.name, dispatch=False)
+    engines.get_embedder()  # loaded before measuring: the worker has it already
+    engines.get_index()
+
+    # page counting for the split plan, and the needs-OCR check, read the file in the memory-limited child
+    before = _peak_memory_mb()
+    _reset_peak_memory()
+    assert document_parts.document_split_ranges(document=document, ocr=True) == ([], True)  # 4 blank pages
+    assert _peak_memory_mb() - before < 100
+
+    # a delivery of the document fails it with the reason, and the worker stays as it was
+    settings.RAG_INGEST_MEMORY_MB = 256
+    _reset_peak_memory()
+    outcome = documents.document_ingest(document_id=document.pk, ocr=False)
+    assert _peak_memory_mb() - before < 100
+    assert (outcome.status, outcome.error) == (
+        "failed",
+        "Reading this document needed more than 256 MB of memory; it was not read",
+    )
+
+
+def _as_a_killed_worker_leaves_it(document: Document) -> None:
+    """A run that started and never ended: processing, under a lease nobody renews any more."""
+    Document.objects.filter(pk=document.pk).update(
+        status="processing", stage="embedding", lease_until=timezone.now() - timedelta(seconds=1)
+    )
+
+
+def test_a_document_that_keeps_killing_its_worker_is_failed_after_max_deliveries(
+    settings: Any, text_file: Callable[[str, str], Path], django_capture_on_commit_callbacks: Any
+) -> None:
+    settings.RAG_MAX_DELIVERIES = 3
+    with text_file("bomb.txt", "Every worker that reads this dies.").open("rb") as handle:
+        document = documents.document_create(file=handle, filename="bomb.txt", dispatch=False)
+
+    for died in (1, 2):
+        _as_a_killed_worker_leaves_it(document)
+        with django_capture_on_commit_callbacks() as sent:
+            assert documents.documents_recover() == 1  # beat notices the dead run and sends the document again
+        assert len(sent) == 1
+        document.refresh_from_db()
+        assert (document.status, document.lost_runs, document.lease_until) == ("queued", died, None)
+
+    _as_a_killed_worker_leaves_it(document)  # the third delivery dies too
+    with django_capture_on_commit_callbacks() as sent:
+        assert documents.documents_recover() == 0
+    assert not sent  # not read again
+    document.refresh_from_db()
+    assert (document.status, document.lost_runs, document.chunk_count) == ("failed", 3, 0)
+    assert document.error == (
+        "This document stopped the worker 3 times while being read (it may be damaged or built to exhaust "
+        "memory); it was not read again."
+    )
+
+
+def test_a_delivery_of_a_document_another_live_run_holds_does_nothing_and_waits(
+    text_file: Callable[[str, str], Path],
+) -> None:
+    with text_file("held.txt", "A document another worker is reading right now.").open("rb") as handle:
+        document = documents.document_create(file=handle, filename="held.txt", dispatch=False)
+    with leases.leased(Document, document.pk) as claim:  # that other run
+        assert claim.lease is not None
+        Document.objects.filter(pk=document.pk).update(status="processing")
+        leases._held.clear()  # as seen from another process
+        outcome = documents.document_ingest(document_id=document.pk, ocr=False)
+        leases._held[("Document", document.pk)] = claim.lease
+    assert outcome.status == "busy" and 0 < outcome.retry_in <= django_settings.RAG_LEASE_S + 1
+    document.refresh_from_db()
+    assert (document.lost_runs, document.chunk_count, document.lease_until) == (0, 0, None)
+    assert documents.document_ingest(document_id=document.pk, ocr=False).status == "ready"  # once it let go
