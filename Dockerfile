@@ -31,4 +31,4 @@ RUN DJANGO_SECRET_KEY=build-only python manage.py collectstatic --noinput \
  && chown -R portal /data
 USER portal
 EXPOSE 8000
-CMD ["gunicorn", "portal.wsgi:application", "--bind", "0.0.0.0:8000", "--workers", "2", "--threads", "4", "--timeout", "300"]
+CMD ["gunicorn", "-c", "deploy/gunicorn.conf.py", "portal.wsgi:application", "--bind", "0.0.0.0:8000", "--workers", "2", "--threads", "4", "--timeout", "300"]

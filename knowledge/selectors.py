@@ -54,10 +54,12 @@ def _check_database() -> dict[str, Any]:
 def _check_broker() -> dict[str, Any]:
     from celery import current_app
 
+    from llm.config import url_without_credentials
+
     try:
         with current_app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, timeout=2)
-        return {"ok": True, "url": conn.as_uri()}
+        return {"ok": True, "url": url_without_credentials(conn.as_uri())}
     except Exception as exc:
         return {"ok": False, "error": str(exc).strip()[:200]}
 
@@ -129,7 +131,8 @@ def _check_model_server(config: Any) -> dict[str, Any]:
     try:
         response = httpx.get(config.base_url.rstrip("/") + "/models", headers=headers, timeout=_MODEL_CHECK_TIMEOUT_S)
     except httpx.HTTPError as exc:
-        return {"ok": False, "backend": "openai", "error": f"The model server does not answer: {exc}"[:200]}
+        reason = str(exc).replace(config.base_url, config.server)
+        return {"ok": False, "backend": "openai", "error": f"The model server does not answer: {reason}"[:200]}
     # some servers have no /models: with a configured model name only "down" or "refused" count
     status = response.status_code
     if status in (401, 403) or status >= 500 or (status >= 400 and not config.model):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 BACKENDS = ("local", "openai")
 
@@ -37,6 +38,11 @@ class LLMConfig:
     #: openai: optional local folder with the served model's tokenizer, for exact counting
     tokenizer_dir: str = ""
 
+    @property
+    def server(self) -> str:
+        """``base_url`` as it may be shown to people: without credentials (see :func:`url_without_credentials`)."""
+        return url_without_credentials(self.base_url)
+
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ValueError(f"LLM backend must be one of {', '.join(BACKENDS)}, not {self.backend!r}")
@@ -47,3 +53,15 @@ class LLMConfig:
                 raise ValueError(f"LLM {name} must be at least 1")
         if self.timeout <= 0:
             raise ValueError("LLM timeout must be positive")
+
+
+def url_without_credentials(url: str) -> str:
+    """``url`` without its user name, password, query and fragment, where credentials travel.
+
+    ``http://user:secret@llm:8001/v1?key=k`` becomes ``http://llm:8001/v1``.
+    """
+    parts = urlsplit(url)
+    if "://" not in url:  # not a URL with a host: nothing in it is safe to take apart
+        return "(the configured URL)" if "@" in url else url
+    host = parts.netloc.rpartition("@")[2]
+    return f"{parts.scheme}://{host}{parts.path}"

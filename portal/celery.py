@@ -21,6 +21,14 @@ app.autodiscover_tasks()
 # The handlers import it lazily: this module is imported before Django's settings are loaded.
 
 
+@signals.celeryd_init.connect
+def _celeryd_init(instance: Any = None, **kwargs: Any) -> None:
+    from knowledge.observability import startup
+
+    if instance is not None:
+        startup.worker_configuring(instance)
+
+
 @signals.worker_init.connect
 def _worker_init(sender: Any = None, **kwargs: Any) -> None:
     from knowledge.observability import startup

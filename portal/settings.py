@@ -456,7 +456,8 @@ CELERY_BEAT_SCHEDULE = {
 # --- Observability: metrics, structured logs, traces (README, "Observability") ----------------------
 
 
-def _networks(name: str) -> list[str]:
+def _networks(name: str, default: tuple[str, ...] = ()) -> list[str]:
+    # unset or empty: ``default``
     networks = []
     for item in env.list(name, default=[]):
         try:
@@ -466,8 +467,14 @@ def _networks(name: str) -> list[str]:
     return networks
 
 
-# Who may read /metrics (addresses or CIDR networks, comma-separated); empty: everyone.
-METRICS_ALLOWED_IPS = _networks("METRICS_ALLOWED_IPS")
+_LOOPBACK = ("127.0.0.0/8", "::1")
+_PRIVATE = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")
+# Who may read /metrics (a web process's and a worker's): addresses or CIDR networks, comma-separated.
+# The default, loopback and private networks, lets Prometheus scrape from the compose network;
+# 0.0.0.0/0,::/0 opens it to everyone.
+METRICS_ALLOWED_IPS = _networks("METRICS_ALLOWED_IPS", _LOOPBACK + _PRIVATE)
+# Who sees the details of /readyz (each check) without a staff session; others get its status alone.
+READYZ_DETAIL_IPS = _networks("READYZ_DETAIL_IPS", _LOOPBACK)
 # Callers (API keys, users) that get their own label on the token counters, per process; then "other".
 METRICS_MAX_CALLERS = _positive_int("METRICS_MAX_CALLERS", 50, minimum=0)
 # A Celery worker serves its own /metrics on this port (0: off; then the web's /metrics shows the

@@ -21,10 +21,11 @@ trap stop INT TERM EXIT
 
 $PY -m celery -A portal worker --queues celery,ocr --loglevel INFO --without-gossip --without-mingle &
 pids+=($!)
-$PY -m celery -A portal beat --loglevel WARNING --schedule var/celerybeat-schedule &
+$PY -m celery -A portal --quiet beat --loglevel WARNING --schedule var/celerybeat-schedule &
 pids+=($!)
-.venv/bin/gunicorn portal.wsgi:application --bind "$BIND" --workers 1 --threads 8 --timeout 300 \
-  --access-logfile - &
+# deploy/gunicorn.conf.py: gunicorn's own lines and its access lines in the portal's log format
+.venv/bin/gunicorn -c deploy/gunicorn.conf.py portal.wsgi:application --bind "$BIND" --workers 1 --threads 8 \
+  --timeout 300 &
 pids+=($!)
 echo "Knowledge Portal: http://$BIND/  (admin: http://$BIND/admin/)  Ctrl-C to stop."
 # Stop everything as soon as one of them exits.

@@ -16,7 +16,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -304,12 +304,37 @@ def clean_at_start(*, role: str, master_pid: int) -> bool:
     return True
 
 
-def start_worker_server(port: int, addr: str = "0.0.0.0") -> Any:
-    """Serve this machine's process metrics on ``port`` (a Celery worker's own /metrics); None if busy."""
-    from prometheus_client import start_http_server
+def start_worker_server(port: int, *, allowed: Sequence[str], addr: str = "0.0.0.0") -> Any:
+    """Serve this machine's process metrics on ``port`` (a Celery worker's own /metrics) to the
+    ``allowed`` addresses, 403 to others, in a daemon thread. Returns the server; None if the port is busy.
+    """
+    import socket
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    from prometheus_client import make_wsgi_app
+    from prometheus_client.exposition import ThreadingWSGIServer
+
+    from knowledge.observability.views import address_allowed
+
+    metrics_app = make_wsgi_app(process_registry())
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        if not address_allowed(environ.get("REMOTE_ADDR", ""), allowed):
+            start_response("403 Forbidden", [("Content-Type", "text/plain")])
+            return [b"Metrics are not available from this address.\n"]
+        return metrics_app(environ, start_response)  # type: ignore[no-any-return]
+
+    class Server(ThreadingWSGIServer):
+        address_family = socket.getaddrinfo(addr, port)[0][0]
+
+    class QuietHandler(WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:  # Prometheus scrapes every few seconds
+            pass
 
     try:
-        return start_http_server(port, addr=addr, registry=process_registry())
+        server = make_server(addr, port, app, Server, handler_class=QuietHandler)
     except OSError as exc:
         logger.warning("metrics: port %s is not available (%s); this worker serves no metrics", port, exc)
         return None
+    threading.Thread(target=server.serve_forever, name="worker-metrics", daemon=True).start()
+    return server

@@ -7,8 +7,10 @@ module touches neither Django's settings nor prometheus_client.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -42,6 +44,41 @@ def _prefork(worker: Any) -> bool:
     return "prefork" in getattr(pool, "__module__", str(pool))
 
 
+def worker_configuring(worker: Any) -> None:
+    """``celeryd_init``: with JSON logs, the worker writes no banner and its shutdown notices as JSON lines.
+
+    The banner (the worker's configuration, printed on stdout) and the notices Celery prints from its
+    signal handlers are not log records; with ``LOG_FORMAT=json`` every line must be one JSON object.
+    """
+    from django.conf import settings
+
+    if settings.LOG_FORMAT != "json":
+        return
+    worker.quiet = True
+    logging.captureWarnings(True)  # e.g. Celery's warning about running as root: a log line, not stderr text
+    from celery.apps import worker as celery_worker
+
+    celery_worker.safe_say = _json_say
+
+
+def _json_say(message: str, stream: Any = sys.__stderr__) -> None:
+    # Called from signal handlers: one os.write, no logging locks (as Celery's own safe_say).
+    import json
+    from datetime import UTC, datetime
+
+    from celery import _original_os_write  # the os.write eventlet or gevent cannot have patched
+
+    line = {
+        "time": datetime.now(tz=UTC).isoformat(timespec="milliseconds"),
+        "level": "INFO",
+        "logger": "celery.apps.worker",
+        "message": message.strip(),
+        "process": os.getpid(),
+    }
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # a notice lost must never stop a shutdown
+        _original_os_write(stream.fileno(), (json.dumps(line, ensure_ascii=False) + "\n").encode())
+
+
 def worker_started(worker: Any) -> None:
     """``worker_init``: the worker's main process starts (before its pool forks)."""
     from knowledge.observability import metrics, tracing
@@ -67,13 +104,14 @@ def worker_child_stopping() -> None:
 
 
 def worker_ready() -> None:
-    """``worker_ready``: serve the worker's metrics on ``METRICS_WORKER_PORT`` when set."""
+    """``worker_ready``: serve the worker's metrics on ``METRICS_WORKER_PORT`` when set (to ``METRICS_ALLOWED_IPS``)."""
     from django.conf import settings
 
     from knowledge.observability import metrics
 
-    if settings.METRICS_WORKER_PORT and metrics.start_worker_server(settings.METRICS_WORKER_PORT):
-        logger.info("metrics: serving this worker's metrics on port %s", settings.METRICS_WORKER_PORT)
+    port = settings.METRICS_WORKER_PORT
+    if port and metrics.start_worker_server(port, allowed=settings.METRICS_ALLOWED_IPS):
+        logger.info("metrics: serving this worker's metrics on port %s", port)
 
 
 def celery_logger_ready(celery_logger: logging.Logger) -> None:

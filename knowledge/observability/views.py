@@ -20,9 +20,7 @@ def _networks(allowed: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddre
 
 
 def address_allowed(address: str, allowed: Sequence[str]) -> bool:
-    """Whether ``address`` is in one of the ``allowed`` networks; an empty list allows everyone."""
-    if not allowed:
-        return True
+    """Whether ``address`` is in one of the ``allowed`` networks; an empty list allows nobody."""
     try:
         ip = ipaddress.ip_address(address.split("%")[0])
     except ValueError:

@@ -29,6 +29,8 @@ from llm.types import FINISH_LENGTH, FINISH_STOP, Generation, GenerationParams, 
 _ESTIMATED_MESSAGE_OVERHEAD = 4
 _ESTIMATED_REPLY_OVERHEAD = 3
 _UNAVAILABLE_STATUSES = frozenset({502, 503, 504})
+#: the model's name until the server has said it (never the URL: it may carry credentials)
+REMOTE_MODEL = "remote model"
 
 
 class OpenAICompatBackend:
@@ -50,7 +52,8 @@ class OpenAICompatBackend:
         return self.config.context_window
 
     def model_name(self) -> str:
-        return self._model or f"model served at {self.config.base_url}"
+        """The configured model, else the one the server listed first (after ``load``), else a neutral name."""
+        return self._model or REMOTE_MODEL
 
     def is_loaded(self) -> bool:
         """Whether the server has answered and the model name is known."""
@@ -89,8 +92,7 @@ class OpenAICompatBackend:
         # refuses our key is a problem (some servers have no /models at all)
         if status in _UNAVAILABLE_STATUSES | {401, 403} or (status >= 400 and not self._model):
             raise ModelUnavailableError(
-                f"The model server at {self.config.base_url} answered {response.status_code}: "
-                f"{_error_message(response)}"
+                f"The model server at {self.config.server} answered {response.status_code}: {_error_message(response)}"
             )
         if not self._model:
             try:
@@ -98,7 +100,7 @@ class OpenAICompatBackend:
                 self._model = str(data[0]["id"])
             except (ValueError, KeyError, IndexError, TypeError) as exc:
                 raise ModelUnavailableError(
-                    f"The model server at {self.config.base_url} lists no model; set the model name."
+                    f"The model server at {self.config.server} lists no model; set the model name."
                 ) from exc
         self._reachable = True
 
@@ -250,8 +252,8 @@ class OpenAICompatBackend:
         if isinstance(exc, httpx.TimeoutException):
             reason = f"it did not answer within {self.config.timeout:g} s"
         else:
-            reason = str(exc) or type(exc).__name__
-        return ModelUnavailableError(f"The model server at {self.config.base_url} cannot be used: {reason}.")
+            reason = (str(exc) or type(exc).__name__).replace(self.config.base_url, self.config.server)
+        return ModelUnavailableError(f"The model server at {self.config.server} cannot be used: {reason}.")
 
 
 def _events(lines: Iterator[str]) -> Iterator[dict[str, Any]]:

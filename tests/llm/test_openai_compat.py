@@ -248,3 +248,37 @@ def test_configured_tokenizer_counts_exactly_when_the_server_sends_no_usage(serv
         tokenizer.encode("Tokenization counts", add_special_tokens=False)
     )
     assert result.completion_tokens == len(tokenizer.encode(FULL_REPLY, add_special_tokens=False))
+
+
+def _with_credentials(url: str) -> str:
+    return url.replace("http://", "http://portal-user:s3cret-pw@")
+
+
+def test_credentials_in_the_server_url_never_reach_the_model_name(server: FakeOpenAIServer) -> None:
+    handler = make_handler(server, base_url=_with_credentials(server.base_url), api_key="", model="")
+
+    before = handler.model_name()
+    handler.load()
+
+    assert "s3cret-pw" not in before and "portal-user" not in before
+    assert handler.model_name() == "test-model"
+    # the credentials still travel, as HTTP basic authentication
+    assert server.requests[0].headers["Authorization"].startswith("Basic ")
+
+
+def test_credentials_in_the_server_url_never_reach_an_error_message(server: FakeOpenAIServer) -> None:
+    down = LLMHandler(
+        LLMConfig(backend="openai", base_url=_with_credentials(f"http://127.0.0.1:{free_port()}/v1"), timeout=2)
+    )
+    server.behaviour.models = []
+    empty = make_handler(server, base_url=_with_credentials(server.base_url), api_key="", model="")
+    server.behaviour.status = 503
+
+    messages = []
+    for failing in (down.load, lambda: down.generate("Hi"), empty.load):
+        with pytest.raises(ModelUnavailableError) as raised:
+            failing()
+        messages.append(str(raised.value))
+
+    assert all("s3cret-pw" not in message and "portal-user" not in message for message in messages), messages
+    assert "http://127.0.0.1:" in messages[0]  # the server is still named, for the operator

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,8 +39,20 @@ def delta(before: Samples, after: Samples, name: str, **labels: str) -> float:
 @pytest.fixture(autouse=True)
 def _isolated(portal_dirs: dict[str, Path], settings: Any) -> None:
     settings.API_RATE_LIMIT = "10000/m"
-    settings.METRICS_ALLOWED_IPS = []
+    settings.METRICS_ALLOWED_IPS = ["0.0.0.0/0", "::/0"]
     metrics._reset_callers()
+
+
+@pytest.fixture
+def captured_logs() -> Iterator[io.StringIO]:
+    """What the configured (JSON) console handler writes during the test."""
+    from knowledge.observability.logging import JsonFormatter
+
+    handler = next(h for h in logging.getLogger().handlers if isinstance(h.formatter, JsonFormatter))
+    stream = io.StringIO()
+    previous = handler.setStream(stream)  # type: ignore[attr-defined]
+    yield stream
+    handler.setStream(previous)  # type: ignore[attr-defined]
 
 
 class Recorder(InMemorySpanExporter):
@@ -94,6 +108,9 @@ class FakeLLM:
 
     def count_tokens(self, text: str) -> int:
         return len(text.split())
+
+    def count_message_tokens(self, messages: Any) -> int:
+        return sum(self.count_tokens(message["content"]) for message in messages)
 
     def model_name(self) -> str:
         return "fake-model"

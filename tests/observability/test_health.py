@@ -29,6 +29,54 @@ def test_readiness_checks_that_the_model_can_be_loaded_without_loading_it(client
 
 
 @pytest.mark.django_db
+def test_credentials_in_the_model_server_url_are_never_shown(client: Any, settings: Any, captured_logs: Any) -> None:
+    from django.contrib.auth.models import User
+    from rest_framework.test import APIClient
+
+    from knowledge.services import apikeys
+    from tests.llm.fake_openai import fake_openai_server
+
+    settings.API_RATE_LIMIT = "10000/m"
+    settings.RAG_LLM_BACKEND = "openai"
+    settings.RAG_LLM_MODEL = ""
+    settings.READYZ_DETAIL_IPS = ["127.0.0.0/8"]
+    _, raw = apikeys.apikey_create(user=User.objects.create_user(username="caller"), all_collections=True)
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Token {raw}")
+    shown = []
+    with fake_openai_server() as server:
+        settings.RAG_LLM_BASE_URL = server.base_url.replace("http://", "http://portal-user:s3cret-pw@")
+        engines.reset()
+        try:
+            shown.append(client.get("/api/v1/status/").content.decode())  # anonymous
+            shown.append(client.get("/readyz").content.decode())  # from an allowed address: details
+            engines.get_llm().load()  # the server is asked (and httpx logs the request)
+            shown.append(client.get("/api/v1/status/").content.decode())
+            server.behaviour.status = 503
+            answer = api.post("/api/v1/generate/", {"prompt": "Hi"}, format="json")
+            assert answer.status_code == 503
+            shown.append(answer.content.decode())
+        finally:
+            engines.reset()
+    settings.RAG_LLM_BASE_URL = "http://portal-user:s3cret-pw@127.0.0.1:9/v1"  # nothing listens
+    engines.reset()
+    try:
+        shown.append(client.get("/readyz").content.decode())
+        shown.append(api.post("/api/v1/generate/", {"prompt": "Hi"}, format="json").content.decode())
+    finally:
+        engines.reset()
+    log_lines = captured_logs.getvalue().splitlines()
+    shown.extend(log_lines)
+
+    assert json.loads(shown[0])["model"]["name"] == "remote model"
+    assert json.loads(shown[2])["model"]["name"] == "test-model"
+    assert "127.0.0.1:9" in shown[-1 - len(log_lines)]  # the 503 still names the server, without credentials
+    assert any("HTTP Request" in line for line in log_lines)
+    for text in shown:
+        assert "s3cret-pw" not in text and "portal-user" not in text, text
+
+
+@pytest.mark.django_db
 def test_an_unreachable_model_server_makes_the_portal_not_ready(client: Any, settings: Any) -> None:
     settings.RAG_LLM_BACKEND = "openai"
     settings.RAG_LLM_BASE_URL = "http://127.0.0.1:9/v1"  # the discard port: nothing listens
@@ -95,3 +143,38 @@ def test_readiness_says_when_the_third_search_side_waits_for_a_rebuild(
     assert "rebuild_index" in check["note"]
     settings.RAG_COMPANION_EMBEDDER = ""  # no third side configured: nothing to say
     assert "note" not in client.get("/readyz").json()["checks"]["index"]
+
+
+@pytest.mark.django_db
+def test_anonymous_callers_get_the_readiness_status_alone(client: Any, settings: Any, staff_user: Any) -> None:
+    settings.READYZ_DETAIL_IPS = ["127.0.0.0/8", "::1/128"]  # the default
+
+    outside = client.get("/readyz", REMOTE_ADDR="203.0.113.9")
+    local = client.get("/readyz", REMOTE_ADDR="127.0.0.1")
+    client.force_login(staff_user)
+    staff = client.get("/readyz", REMOTE_ADDR="203.0.113.9")
+
+    assert outside.json() == {"status": "ready" if outside.status_code == 200 else "not ready"}
+    assert outside.status_code == local.status_code == staff.status_code
+    for detailed in (local, staff):
+        checks = detailed.json()["checks"]
+        assert set(checks) == {"database", "broker", "index", "model"}
+        assert "@" not in checks["broker"].get("url", "")  # the broker's credentials are never shown
+
+
+@pytest.mark.django_db
+def test_the_broker_is_named_without_its_credentials(client: Any) -> None:
+    from celery import current_app
+
+    url = current_app.conf.broker_url
+    if not url.startswith("redis://"):
+        pytest.skip("needs the Redis broker (a user name on a password-less Redis is accepted)")
+    current_app.conf.broker_url = url.replace("redis://", "redis://default:s3cret-pw@", 1)
+    try:
+        broker = client.get("/readyz").json()["checks"]["broker"]
+    finally:
+        current_app.conf.broker_url = url
+
+    assert broker["ok"] is True, broker
+    assert "s3cret-pw" not in broker["url"] and "default" not in broker["url"]
+    assert broker["url"].startswith("redis://127.0.0.1")

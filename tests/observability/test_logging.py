@@ -43,7 +43,7 @@ def _written(lines: list[str]) -> list[dict[str, Any]]:
 def api() -> tuple[APIClient, Any]:
     document = document_services.document_create(file=io.BytesIO(TEXT), filename="wonders.txt", dispatch=False)
     document_services.document_process(document_id=document.pk)
-    key, raw = apikeys.apikey_create(user=User.objects.create_user(username="logger"))
+    key, raw = apikeys.apikey_create(user=User.objects.create_user(username="logger"), all_collections=True)
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Token {raw}")
     return client, key
@@ -146,3 +146,23 @@ def test_content_passed_as_extra_fields_is_redacted(log_lines: list[str]) -> Non
 
     record = _written(log_lines)[-1]
     assert record["prompt"].startswith("[redacted") and record["document_id"] == 3
+
+
+def test_a_failed_tasks_arguments_are_redacted_from_celerys_error_line(log_lines: list[str]) -> None:
+    from celery.app.trace import LOG_FAILURE
+
+    context = {
+        "id": "t1",
+        "name": "knowledge.question_answer",
+        "exc": "ValueError('boom')",
+        "description": "raised unexpected",
+        "args": "['t1', {'prompt': 'private words'}]",
+        "kwargs": "{}",
+    }
+    # as celery.app.trace logs it: the context is the message's argument and the "data" extra
+    logging.getLogger("celery.app.trace").error(LOG_FAILURE, context, extra={"data": context})
+
+    record = _written(log_lines)[-1]
+    assert record["message"] == "Task knowledge.question_answer[t1] raised unexpected: ValueError('boom')"
+    assert "private words" not in json.dumps(record)
+    assert context["args"].endswith("'private words'}]")  # Celery's own dict is left as it was

@@ -34,7 +34,7 @@ def _ingest(content: bytes, name: str) -> Document:
 
 
 def _api(user: User) -> tuple[APIClient, str]:
-    key, raw = apikeys.apikey_create(user=user)
+    key, raw = apikeys.apikey_create(user=user, all_collections=True)
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Token {raw}")
     return client, key.prefix
@@ -131,7 +131,7 @@ def test_a_generated_answer_records_generation_speed_and_the_keys_tokens(client:
 def test_token_labels_are_capped_per_process(client: Any, settings: Any) -> None:
     settings.METRICS_MAX_CALLERS = 1
     first, second = User.objects.create_user(username="first"), User.objects.create_user(username="second")
-    first_key, _ = apikeys.apikey_create(user=first)
+    first_key, _ = apikeys.apikey_create(user=first, all_collections=True)
     before = scrape(client)
 
     usage.usage_record(user=first, api_key=first_key, endpoint="rag", prompt_tokens=5, completion_tokens=0)
@@ -178,8 +178,42 @@ def test_metrics_are_served_only_to_allowed_addresses(client: Any, settings: Any
     assert allowed["Content-Type"].startswith("text/plain; version=0.0.4")
     assert b"portal_ingestion_documents_total" in allowed.content
 
-    settings.METRICS_ALLOWED_IPS = []
+    settings.METRICS_ALLOWED_IPS = ["0.0.0.0/0", "::/0"]  # how to open it to everyone
     assert client.get("/metrics", REMOTE_ADDR="203.0.113.9").status_code == 200
+
+
+def test_metrics_are_refused_to_public_addresses_by_default(client: Any, settings: Any) -> None:
+    from portal import settings as defaults
+
+    settings.METRICS_ALLOWED_IPS = defaults.METRICS_ALLOWED_IPS  # not the tests' own value
+
+    assert client.get("/metrics", REMOTE_ADDR="203.0.113.9").status_code == 403
+    assert client.get("/metrics", REMOTE_ADDR="2001:db8::1").status_code == 403
+    assert b"portal_documents" not in client.get("/metrics", REMOTE_ADDR="8.8.8.8").content
+    for inside in ("127.0.0.1", "172.18.0.5", "10.1.2.3", "192.168.1.9", "::1", "fd00::5"):
+        assert client.get("/metrics", REMOTE_ADDR=inside).status_code == 200, inside
+
+
+def test_a_workers_metrics_port_serves_only_allowed_addresses() -> None:
+    import urllib.error
+    import urllib.request
+
+    from tests.llm.test_openai_compat import free_port
+
+    open_port, closed_port = free_port(), free_port()
+    servers = [
+        metrics.start_worker_server(open_port, addr="127.0.0.1", allowed=["127.0.0.0/8"]),
+        metrics.start_worker_server(closed_port, addr="127.0.0.1", allowed=["10.0.0.0/8"]),
+    ]
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{open_port}/metrics", timeout=10) as response:
+            assert response.status == 200 and b"portal_ingestion_documents_total" in response.read()
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"http://127.0.0.1:{closed_port}/metrics", timeout=10)
+        assert refused.value.code == 403
+    finally:
+        for server in servers:
+            server.shutdown()
 
 
 def test_address_allow_list_understands_networks_and_ipv6() -> None:
@@ -189,7 +223,7 @@ def test_address_allow_list_understands_networks_and_ipv6() -> None:
     assert address_allowed("fd12::1", allowed)
     assert not address_allowed("11.0.0.1", allowed)
     assert not address_allowed("not an address", allowed)
-    assert address_allowed("11.0.0.1", [])
+    assert not address_allowed("11.0.0.1", [])  # an empty list lets nobody in
 
 
 def test_restarts_clear_only_the_files_of_dead_processes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -25,3 +25,17 @@ def test_a_malformed_allow_list_stops_the_start(tmp_path: Path) -> None:
 
     assert result.returncode != 0
     assert "METRICS_ALLOWED_IPS" in result.stderr and "intranet" in result.stderr
+
+
+def test_metrics_and_readiness_details_default_to_loopback_and_private_networks(tmp_path: Path) -> None:
+    code = "print(s.METRICS_ALLOWED_IPS); print(s.READYZ_DETAIL_IPS)"
+
+    defaults = settings_probe(tmp_path, {}, code)
+    opened = settings_probe(tmp_path, {"METRICS_ALLOWED_IPS": "0.0.0.0/0,::/0", "READYZ_DETAIL_IPS": "10.1.2.3"}, code)
+
+    assert defaults.returncode == 0, defaults.stderr
+    assert defaults.stdout.splitlines() == [
+        "['127.0.0.0/8', '::1/128', '10.0.0.0/8', '172.16.0.0/12', '192.168.0.0/16', 'fc00::/7']",
+        "['127.0.0.0/8', '::1/128']",
+    ]
+    assert opened.stdout.splitlines() == ["['0.0.0.0/0', '::/0']", "['10.1.2.3/32']"]
