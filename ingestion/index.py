@@ -28,6 +28,7 @@ import contextlib
 import functools
 import json
 import os
+import re
 import secrets
 import shutil
 import threading
@@ -49,7 +50,15 @@ from .errors import IndexBusyError, IndexCorruptError, IndexMismatchError
 # the stubs generated with the SWIG bindings miss most of the API (keyword arguments, HNSW params)
 faiss: Any = _faiss
 
-__all__ = ["IndexConfig", "IndexSnapshot", "IndexWriter", "VectorIndex", "read_manifest", "read_saved_state"]
+__all__ = [
+    "IndexConfig",
+    "IndexSnapshot",
+    "IndexWriter",
+    "VectorIndex",
+    "is_version_name",
+    "read_manifest",
+    "read_saved_state",
+]
 
 FORMAT = 1
 CURRENT_FILE = "CURRENT"
@@ -85,11 +94,24 @@ def _version_name(version: int) -> str:
     return f"v{version:012d}"
 
 
+_VERSION_NAME = re.compile(r"v[0-9]{12}")
+
+
+def is_version_name(name: str) -> bool:
+    """Whether ``name`` is a version folder's name as saved here ("v000000000042"): a plain name, never a path."""
+    return _VERSION_NAME.fullmatch(name) is not None
+
+
 def _read_current(directory: Path) -> str | None:
+    """The version ``CURRENT`` names; IndexCorruptError when it names anything else (a path above all)."""
     try:
         name = (directory / CURRENT_FILE).read_text(encoding="ascii").strip()
     except FileNotFoundError:
         return None
+    except UnicodeDecodeError as exc:
+        raise IndexCorruptError(f"The index pointer file {directory / CURRENT_FILE} is not a version name") from exc
+    if name and not is_version_name(name):
+        raise IndexCorruptError(f"The index pointer file names {name!r}, not a version: run `manage.py rebuild_index`")
     return name or None
 
 

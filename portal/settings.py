@@ -112,6 +112,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",  # Swagger UI and ReDoc from our own static files, no CDN
     "django_htmx",
+    "csp",
     "django_prometheus",
     "knowledge",
     "knowledge.observability",
@@ -122,6 +123,8 @@ MIDDLEWARE = [
     # a request id for every log line of the request, and one access line per API call
     "knowledge.observability.middleware.RequestContextMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Content-Security-Policy on every response (CONTENT_SECURITY_POLICY below)
+    "csp.middleware.CSPMiddleware",
     # /metrics answers here, before host validation: Prometheus scrapes by service name or address
     "knowledge.observability.middleware.MetricsMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -401,7 +404,10 @@ SPECTACULAR_SETTINGS = {
 # Security: cookies only over HTTPS and HSTS unless DEBUG (browsers accept secure cookies from
 # http://127.0.0.1 and localhost, so `make run` still signs in); the HTTPS redirect is for deployments
 # behind a TLS proxy (docker-compose turns it on), the probes stay reachable over plain HTTP.
-SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# X-Forwarded-Proto says a request came over HTTPS only when a proxy is declared (DJANGO_TRUST_PROXY,
+# docker-compose: true): without one, any client could send it and pass for HTTPS.
+TRUST_PROXY = _bool("DJANGO_TRUST_PROXY", False)
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if TRUST_PROXY else None
 SESSION_COOKIE_SECURE = _bool("DJANGO_SECURE_COOKIES", not DEBUG)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 SESSION_COOKIE_HTTPONLY = True
@@ -413,6 +419,24 @@ SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
+# Content-Security-Policy (django-csp): scripts, styles, fonts and requests from the portal itself only; no
+# inline script, style or event handler (static/portal/*.js and portal.css hold them), no framing, no plugins.
+# The API viewers (/swagger/, /redoc/) relax style-src (and worker-src for ReDoc) on their pages only, in
+# portal/urls.py: Swagger UI and ReDoc set inline styles.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:"],
+        "font-src": ["'self'"],
+        "connect-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    },
+}
 # Silenced on purpose: preloading HSTS is a decision for the site owner (DJANGO_HSTS_PRELOAD).
 SILENCED_SYSTEM_CHECKS = ["security.W021"]
 
@@ -459,7 +483,7 @@ CELERY_BEAT_SCHEDULE = {
 def _networks(name: str, default: tuple[str, ...] = ()) -> list[str]:
     # unset or empty: ``default``
     networks = []
-    for item in env.list(name, default=[]):
+    for item in [item for item in env.list(name, default=[]) if item.strip()] or default:
         try:
             networks.append(str(ipaddress.ip_network(item.strip(), strict=False)))
         except ValueError:

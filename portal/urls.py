@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+from csp.decorators import csp_update
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerSplitView
 
 from knowledge.api import urls as api_urls
 from knowledge.observability import views as observability
 from knowledge.web import health
 from knowledge.web.sign_in import AdminSignInForm, SignInForm, sign_in_limited
+
+# The API viewers set inline styles (Swagger UI's React, ReDoc's styled-components) and ReDoc searches in a
+# worker made from a blob: the Content-Security-Policy allows that on these two pages only. Their scripts stay
+# 'self' (the split Swagger view serves its start-up script as a file).
+_api_viewer_policy = csp_update({"style-src": ["'unsafe-inline'"], "worker-src": ["'self'", "blob:"]})
 
 admin.site.site_header = "Knowledge Portal"
 admin.site.site_title = "Knowledge Portal"
@@ -29,8 +35,8 @@ urlpatterns = [
     path("api/v1/", include(api_urls.v1)),
     path("api/", include(api_urls.aliases)),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("swagger/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
-    path("redoc/", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
+    path("swagger/", _api_viewer_policy(SpectacularSwaggerSplitView.as_view(url_name="schema")), name="swagger-ui"),
+    path("redoc/", _api_viewer_policy(SpectacularRedocView.as_view(url_name="schema")), name="redoc"),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("metrics", observability.metrics, name="metrics"),

@@ -86,3 +86,22 @@ def test_latent_terms_and_a_companion_are_refused_together(tmp_path: Path) -> No
     result = settings_probe(tmp_path, {"RAG_COMPANION_EMBEDDER": "minilm", "RAG_EMBEDDER_TERMS": "64"}, "print(1)")
     assert result.returncode != 0
     assert "set only one of them" in result.stderr
+
+
+_FORWARDED_HTTPS = (
+    "from django.test import RequestFactory; "
+    "r = RequestFactory().get('/', HTTP_X_FORWARDED_PROTO='https'); "
+    "print(s.SECURE_PROXY_SSL_HEADER is not None, r.is_secure())"
+)
+
+
+def test_x_forwarded_proto_is_ignored_unless_a_proxy_is_declared(tmp_path: Path) -> None:
+    result = settings_probe(tmp_path, {}, _FORWARDED_HTTPS)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "False"]
+
+
+def test_x_forwarded_proto_counts_behind_a_declared_proxy(tmp_path: Path) -> None:
+    result = settings_probe(tmp_path, {"DJANGO_TRUST_PROXY": "true"}, _FORWARDED_HTTPS)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "True"]

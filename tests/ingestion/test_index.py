@@ -11,7 +11,7 @@ import pytest
 from filelock import FileLock
 
 from ingestion import index as index_module
-from ingestion.errors import IndexBusyError, IndexMismatchError
+from ingestion.errors import IndexBusyError, IndexCorruptError, IndexMismatchError
 from ingestion.index import IndexConfig, VectorIndex, read_manifest, read_saved_state
 from tests.ingestion.fixtures_engine import DIMENSION, FAKE_EMBEDDER, open_index, unit_vectors, write_many
 
@@ -332,3 +332,15 @@ def test_rows_of_an_odd_width_are_refused(tmp_path: Path) -> None:
     index = open_index(tmp_path)
     with index.writer() as writer, pytest.raises(ValueError, match="terms"):
         writer.add([1], np.hstack([unit_vectors(1), np.ones((1, 3))]), document_id=1, collection_id=1, texts=["a"])
+
+
+@pytest.mark.parametrize("pointer", ["..", "../../secret_key", "/etc", "v000000000001/../..", "v1"])
+def test_an_index_pointer_that_names_no_version_is_refused_not_followed(tmp_path: Path, pointer: str) -> None:
+    fill(open_index(tmp_path), [1, 2])
+    (tmp_path / "CURRENT").write_text(pointer + "\n")
+
+    with pytest.raises(IndexCorruptError, match="not a version"):
+        read_manifest(tmp_path)
+    with pytest.raises(IndexCorruptError, match="not a version"):
+        open_index(tmp_path)
+    assert index_module.is_version_name("v000000000001") and not index_module.is_version_name(pointer)

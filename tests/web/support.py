@@ -48,3 +48,16 @@ def screenshot(page: Any, name: str, *, full_page: bool = False, phone: bool = F
     page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=full_page)
     if phone:
         page.set_viewport_size(size)
+
+
+#: the directives every page's Content-Security-Policy must carry (the API viewers relax only style and workers)
+STRICT_POLICY = [
+    "default-src 'self'",
+    "script-src 'self'",
+    "style-src 'self'",
+    "img-src 'self' data:",
+    "object-src 'none'",
+    "base-uri 'self'",
+    "form-action 'self'",
+    "frame-ancestors 'none'",
+]

@@ -8,27 +8,61 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import Group
+from django.contrib.auth.models import Group, Permission
 
 from knowledge.models import Collection, Conversation, Document, Message
 from tests.conftest import wait_for
-from tests.web.support import screenshot, sign_in
+from tests.web.support import STRICT_POLICY, screenshot, sign_in
 
 pytestmark = [pytest.mark.slow]
 
 expect: Any = pytest.importorskip("playwright.sync_api", reason="playwright is not installed").expect
+
+#: reports every Content-Security-Policy violation of a document to the test (installed before its scripts run)
+_REPORT_CSP_VIOLATIONS = """
+document.addEventListener("securitypolicyviolation", (event) => window.kpCspViolation(
+  `${event.violatedDirective} refused ${event.blockedURI || "inline"} on ${document.location.pathname}`
+  + ` (${event.sourceFile}:${event.lineNumber})`));
+"""
+
+
+@pytest.fixture
+def csp_violations() -> list[str]:
+    """What the Content-Security-Policy refused on the pages of this test (each test checks it is empty)."""
+    return []
+
+
+@pytest.fixture
+def new_page(new_page: Callable[..., Any], csp_violations: list[str]) -> Iterator[Callable[..., Any]]:
+    """The pages of these tests report what the Content-Security-Policy refuses, by event and in the console."""
+
+    def open_page(**kwargs: Any) -> Any:
+        page = new_page(**kwargs)
+        page.expose_function("kpCspViolation", lambda text: csp_violations.append(text))
+        page.add_init_script(_REPORT_CSP_VIOLATIONS)
+        page.on(
+            "console",
+            lambda message: "Content Security Policy" in message.text and csp_violations.append(message.text),
+        )
+        return page
+
+    yield open_page
+    assert csp_violations == [], "the Content-Security-Policy refused parts of the pages"
 
 
 @pytest.mark.worker
 def test_staff_uploads_files_and_watches_them_become_ready_or_fail_with_a_reason(
     celery_worker: Any, new_page: Callable[..., Any], make_user: Callable[..., Any], corpus_dir: Path
 ) -> None:
-    make_user("curator", staff=True)
+    curator = make_user("curator", staff=True)
+    curator.user_permissions.add(
+        *Permission.objects.filter(codename__in=["view_document", "add_document", "change_document", "delete_document"])
+    )
     page = new_page()
     sign_in(page, "curator", next_url="/documents/")
     files = ["pdf_reliance_3p.pdf", "txt_utf8_french_moliere.txt", "pdf_encrypted_password.pdf"]
@@ -248,3 +282,55 @@ def test_a_generated_answer_streams_in_piece_by_piece(
     expect(page.locator("article.message.failed [role=alert]")).to_contain_text("language model is unavailable")
     expect(page.locator("#id_question")).to_have_value("Break the model")
     assert Message.objects.count() == 1
+
+
+def test_the_pages_admin_and_api_viewers_work_under_the_content_security_policy(
+    new_page: Callable[..., Any], make_user: Callable[..., Any], csp_violations: list[str]
+) -> None:
+    boss = make_user("boss", staff=True)
+    boss.is_superuser = True
+    boss.save()
+    collection = Collection.objects.get_or_create(slug="default", defaults={"name": "Default"})[0]
+    Document.objects.create(
+        collection=collection, title="guide.pdf", file="documents/x/guide.pdf", sha256="a" * 64, status="failed"
+    )
+    page = new_page()
+    login = page.goto("/accounts/login/")
+    policy = login.headers["content-security-policy"]
+    for directive in STRICT_POLICY:
+        assert directive in policy.split("; ")
+    assert "unsafe-inline" not in policy and "unsafe-eval" not in policy
+    sign_in(page, "boss")
+    assert "script-src 'self'" in page.goto("/").headers["content-security-policy"]
+
+    # An admin change page with its widgets (the two-box group picker, the slug filled in from the name).
+    page.goto(f"/admin/knowledge/collection/{collection.pk}/change/")
+    expect(page.locator("#id_groups_from")).to_be_visible()
+    page.fill("#id_name", "Default renamed")
+    page.click("input[name=_save]")
+    expect(page.locator(".messagelist .success")).to_contain_text("Default renamed")
+    page.goto("/admin/knowledge/collection/add/")
+    page.locator("#id_name").press_sequentially("Team notes")
+    expect(page.locator("#id_slug")).to_have_value("team-notes")
+    # The document list's status badges are styled from the stylesheet.
+    page.goto("/admin/knowledge/document/")
+    badge = page.locator(".kp-badge").first
+    expect(badge).to_have_text("Failed")
+    assert badge.evaluate("element => getComputedStyle(element).backgroundColor") == "rgb(185, 28, 28)"
+
+    # The API viewers, with their relaxed style policy on their own pages only.
+    swagger = page.goto("/swagger/")
+    assert "'unsafe-inline'" in swagger.headers["content-security-policy"]
+    assert "script-src 'self';" in swagger.headers["content-security-policy"] + ";"
+    expect(page.locator(".swagger-ui .info .title")).to_contain_text("Knowledge Portal API", timeout=30_000)
+    page.goto("/redoc/")
+    expect(page.locator("h1", has_text="Knowledge Portal API")).to_be_visible(timeout=30_000)
+    # The one refusal wanted: ReDoc's menu shows its maker's logo from their CDN (nothing leaves the portal).
+    expect(page.get_by_role("link", name="API docs by Redocly")).to_be_attached()
+    for _ in range(100):  # the browser's reports come in as Playwright's calls run
+        if any("logo-mini.svg" in v for v in csp_violations):
+            break
+        page.wait_for_timeout(100)
+    expected = [v for v in csp_violations if "cdn.redoc.ly/redoc/logo-mini.svg" in v]
+    assert expected and all("img-src" in v for v in expected)
+    csp_violations[:] = [v for v in csp_violations if v not in expected]
