@@ -116,11 +116,15 @@ def worker_ready() -> None:
 
 def celery_logger_ready(celery_logger: logging.Logger) -> None:
     """``after_setup_logger`` / ``after_setup_task_logger``: the worker's handlers write like the web's."""
+    from celery.utils.log import get_multiprocessing_logger
     from django.conf import settings
 
     from knowledge.observability.logging import configure_handlers
 
-    configure_handlers(celery_logger, json=settings.LOG_FORMAT == "json", log_content=settings.LOG_CONTENT)
+    # the pool's own logger (billiard's "multiprocessing": "Process ... exited with ...") has its own handler
+    for each in (celery_logger, get_multiprocessing_logger()):
+        if each is not None:
+            configure_handlers(each, json=settings.LOG_FORMAT == "json", log_content=settings.LOG_CONTENT)
 
 
 def task_publishing(headers: dict[str, Any] | None) -> None:

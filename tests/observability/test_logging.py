@@ -166,3 +166,25 @@ def test_a_failed_tasks_arguments_are_redacted_from_celerys_error_line(log_lines
     assert record["message"] == "Task knowledge.question_answer[t1] raised unexpected: ValueError('boom')"
     assert "private words" not in json.dumps(record)
     assert context["args"].endswith("'private words'}]")  # Celery's own dict is left as it was
+
+
+def test_the_worker_pools_own_logger_writes_json_too(settings: Any) -> None:
+    # billiard's "multiprocessing" logger ("Process 'ForkPoolWorker-1' pid:… exited with …") gets a handler of
+    # its own from Celery, apart from the root logger that after_setup_logger hands over.
+    from celery.utils.log import get_multiprocessing_logger
+
+    from knowledge.observability import startup
+
+    settings.LOG_FORMAT = "json"
+    pool_logger = get_multiprocessing_logger()
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"))
+    pool_logger.addHandler(handler)
+    try:
+        startup.celery_logger_ready(logging.getLogger("celery-root-for-this-test"))
+        pool_logger.error("Process %r pid:%r exited with %r", "ForkPoolWorker-1", 4242, "signal 15 (SIGTERM)")
+    finally:
+        pool_logger.removeHandler(handler)
+    line = json.loads(stream.getvalue().strip())
+    assert line["level"] == "ERROR" and "exited with" in line["message"]
