@@ -314,7 +314,7 @@ def start_worker_server(port: int, *, allowed: Sequence[str], addr: str = "0.0.0
     from prometheus_client import make_wsgi_app
     from prometheus_client.exposition import ThreadingWSGIServer
 
-    from knowledge.observability.views import address_allowed
+    from knowledge.observability.networks import address_allowed
 
     metrics_app = make_wsgi_app(process_registry())
 

@@ -9,7 +9,7 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
-from knowledge.observability.views import address_allowed
+from knowledge.observability.networks import address_allowed
 from knowledge.selectors import readiness
 
 

@@ -13,7 +13,7 @@ from rest_framework.test import APIClient
 
 from knowledge.models import Document
 from knowledge.observability import metrics
-from knowledge.observability.views import address_allowed
+from knowledge.observability.networks import address_allowed
 from knowledge.services import apikeys, usage
 from knowledge.services import documents as document_services
 from tests.observability.conftest import delta, scrape, value
