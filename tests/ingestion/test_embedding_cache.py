@@ -1,4 +1,4 @@
-"""The on-disk cache of passage vectors: keyed by embedder and exact text, never in the way."""
+"""The on-disk cache of passage vectors: keyed by model and exact text, never in the way."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ingestion.embedding import CompanionEmbedder, passage_embeddings
 from ingestion.embedding_cache import EmbeddingCache, embed_passages_cached, open_cache, text_digest
+from ingestion.language import TextAnalyzer, passage_terms
 from ingestion.pipeline import PipelineOptions, run_pipeline
 
 
@@ -45,10 +47,12 @@ def test_only_texts_missing_from_the_cache_are_embedded(tmp_path: Path) -> None:
     embedder = CountingEmbedder()
     cache = EmbeddingCache(tmp_path)
 
-    first = embed_passages_cached(embedder, ["alpha", "beta"], cache)
-    second = embed_passages_cached(embedder, ["beta", "gamma", "alpha"], cache)
+    first = embed_passages_cached(embedder, ["alpha", "beta"], cache).dense
+    second_embeddings = embed_passages_cached(embedder, ["beta", "gamma", "alpha"], cache)
+    second = second_embeddings.dense
 
     assert embedder.embedded == ["alpha", "beta", "gamma"]
+    assert second_embeddings.companion is None
     np.testing.assert_array_equal(second[0], first[1])
     np.testing.assert_array_equal(second[2], first[0])
     assert second.dtype == np.float32 and second.shape == (3, 8)
@@ -58,7 +62,7 @@ def test_only_texts_missing_from_the_cache_are_embedded(tmp_path: Path) -> None:
 def test_a_text_repeated_in_one_call_is_embedded_once(tmp_path: Path) -> None:
     embedder = CountingEmbedder()
 
-    vectors = embed_passages_cached(embedder, ["same", "other", "same"], EmbeddingCache(tmp_path))
+    vectors = embed_passages_cached(embedder, ["same", "other", "same"], EmbeddingCache(tmp_path)).dense
 
     assert embedder.embedded == ["same", "other"]
     np.testing.assert_array_equal(vectors[0], vectors[2])
@@ -79,7 +83,7 @@ def test_the_key_is_the_embedder_and_the_exact_text(tmp_path: Path) -> None:
 
 def test_vectors_survive_the_process_and_a_wrong_dimension_is_a_miss(tmp_path: Path) -> None:
     embedder = CountingEmbedder()
-    stored = embed_passages_cached(embedder, ["kept"], EmbeddingCache(tmp_path))
+    stored = embed_passages_cached(embedder, ["kept"], EmbeddingCache(tmp_path)).dense
 
     reopened = EmbeddingCache(tmp_path)  # a new connection, as another process would have
     assert reopened.get_many(embedder.name, ["kept", "never"], 8)[1] is None
@@ -91,7 +95,7 @@ def test_a_broken_cache_file_only_costs_the_computation(tmp_path: Path, caplog: 
     (tmp_path / "vectors.sqlite3").write_bytes(b"this is not a database" * 100)
     embedder = CountingEmbedder()
 
-    vectors = embed_passages_cached(embedder, ["a", "b"], EmbeddingCache(tmp_path))
+    vectors = embed_passages_cached(embedder, ["a", "b"], EmbeddingCache(tmp_path)).dense
 
     assert vectors.shape == (2, 8) and embedder.embedded == ["a", "b"]
     assert "embedding cache" in caplog.text
@@ -126,8 +130,67 @@ def test_the_pipeline_uses_the_cache_when_configured(tmp_path: Path) -> None:
     uncached = run_pipeline(document, embedder=embedder, options=PipelineOptions(ocr=False))
 
     assert len(embedder.calls) == 2  # the second run found everything in the cache; the third has none
-    np.testing.assert_array_equal(first.vectors, second.vectors)
-    np.testing.assert_allclose(first.vectors, uncached.vectors)
+    np.testing.assert_array_equal(first.embeddings.dense, second.embeddings.dense)
+    np.testing.assert_allclose(first.embeddings.dense, uncached.embeddings.dense)
     assert set(second.timings) == {"parse", "chunk", "embed"}
+    # the lexical analysis of the text each chunk keeps (without its headings), read as one document's
+    assert second.terms == passage_terms(TextAnalyzer(), [chunk.text for chunk in second.chunks])
+    assert any("zorbulat" in terms.counts for terms in second.terms)
     with sqlite3.connect(tmp_path / "cache" / "vectors.sqlite3") as connection:
         assert connection.execute("SELECT COUNT(*) FROM vectors").fetchone()[0] == len(first.chunks)
+
+
+def _with_companion(
+    primary: CountingEmbedder, companion: CountingEmbedder, languages: tuple[str, ...] = ("en",)
+) -> CompanionEmbedder:
+    return CompanionEmbedder(primary, lambda: companion, companion.name, languages, companion_dimension=8)
+
+
+ENGLISH = ["The canteen is closed on Friday.", "Invoices are paid within thirty days."]
+FRENCH = "La cantine est fermée le vendredi et le lundi."
+
+
+def test_dense_and_companion_vectors_are_cached_apart_under_each_model(tmp_path: Path) -> None:
+    cache = EmbeddingCache(tmp_path)
+    primary, companion = CountingEmbedder("test:primary"), CountingEmbedder("test:companion")
+    embedder = _with_companion(primary, companion)
+
+    first = embed_passages_cached(embedder, [*ENGLISH, FRENCH], cache)
+    again = embed_passages_cached(embedder, [FRENCH, *ENGLISH], cache)
+
+    assert primary.embedded == [*ENGLISH, FRENCH]
+    assert companion.embedded == ENGLISH  # the French passage is not given to an English companion
+    assert first.companion is not None and again.companion is not None
+    np.testing.assert_array_equal(first.companion[:2], again.companion[1:])
+    assert not first.companion[2].any() and not again.companion[0].any()
+    reference = passage_embeddings(embedder, [*ENGLISH, FRENCH])
+    np.testing.assert_array_equal(first.dense, reference.dense)
+    np.testing.assert_array_equal(first.companion, reference.companion)  # type: ignore[arg-type]
+    assert cache.count("test:primary") == 3 and cache.count("test:companion") == 2
+
+
+def test_turning_a_companion_on_reuses_the_cached_dense_vectors(tmp_path: Path) -> None:
+    cache = EmbeddingCache(tmp_path)
+    primary = CountingEmbedder("test:primary")
+    embed_passages_cached(primary, ENGLISH, cache)
+    companion = CountingEmbedder("test:companion")
+
+    embeddings = embed_passages_cached(_with_companion(primary, companion), ENGLISH, cache)
+
+    assert primary.embedded == ENGLISH  # embedded once, before the companion was set
+    assert companion.embedded == ENGLISH
+    assert embeddings.companion is not None and embeddings.companion.shape == (2, 8)
+
+
+def test_the_companion_languages_decide_which_vectors_are_looked_up(tmp_path: Path) -> None:
+    cache = EmbeddingCache(tmp_path)
+    companion = CountingEmbedder("test:companion")
+    english_only = _with_companion(CountingEmbedder("test:primary"), companion)
+    embed_passages_cached(english_only, [FRENCH], cache)
+    assert companion.embedded == []
+
+    both = _with_companion(CountingEmbedder("test:primary"), companion, ("en", "fr"))
+    embeddings = embed_passages_cached(both, [FRENCH], cache)
+
+    assert companion.embedded == [FRENCH]
+    assert embeddings.companion is not None and np.linalg.norm(embeddings.companion[0]) == pytest.approx(1.0)

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from ingestion.embedding import Embedder
-from ingestion.index import IndexConfig, VectorIndex
 from ingestion.rerank import Reranker, RerankerConfig, RerankerUnavailableError
 from ingestion.search import HybridSearcher, SearchConfig
-from tests.ingestion.test_search import embedder, index_dir  # noqa: F401  (module fixtures)
+from tests.ingestion.fixtures_engine import open_store
+from tests.ingestion.test_search import embedder, store_dir  # noqa: F401  (module fixtures)
 
 
 @pytest.fixture(scope="module")
@@ -33,14 +33,14 @@ def cross_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_the_reranker_orders_the_best_candidates_by_its_own_scores(
-    index_dir: Path,  # noqa: F811
+    store_dir: Path,  # noqa: F811
     embedder: Embedder,  # noqa: F811
     cross_encoder_dir: Path,
 ) -> None:
-    index = VectorIndex(IndexConfig(index_dir), embedder_name=embedder.name, dimension=embedder.dimension)
+    store = open_store(store_dir, embedder)
     reranker = Reranker(RerankerConfig(model_dir=str(cross_encoder_dir), threads=1))
-    plain = HybridSearcher(index, embedder, SearchConfig())
-    reranking = HybridSearcher(index, embedder, replace(SearchConfig(), rerank_k=4), reranker=reranker)
+    plain = HybridSearcher(store, embedder, SearchConfig())
+    reranking = HybridSearcher(store, embedder, replace(SearchConfig(), rerank_k=4), reranker=reranker)
     query = "At what hour is the Quendrix delivery?"
 
     fused = plain.search(query, k=6)
@@ -53,7 +53,8 @@ def test_the_reranker_orders_the_best_candidates_by_its_own_scores(
     assert None not in scores and scores == sorted(scores, reverse=True)  # type: ignore[type-var]
     assert [h.chunk_id for h in tail] == [h.chunk_id for h in fused[4:6]]
     assert all(h.rerank_score is None for h in tail)
-    texts = [index.snapshot().texts[index.snapshot().position(h.chunk_id)] for h in head]  # type: ignore[index]
+    facts = store.view().facts([h.chunk_id for h in head])
+    texts = [facts[h.chunk_id].text for h in head]
     assert reranker.scores(query, texts).tolist() == pytest.approx([h.rerank_score for h in head], abs=1e-5)
 
 

@@ -1,4 +1,4 @@
-"""Hybrid search (e5 + BM25) over a real index."""
+"""Hybrid search (e5 + BM25) over a real faiss search store."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ingestion.embedding import Embedder, passage_rows
+from ingestion.embedding import E5_NAME, PACKAGED_ST_NAME, Embedder, passage_embeddings
 from ingestion.errors import IndexMismatchError
-from ingestion.index import IndexConfig, VectorIndex
-from ingestion.search import HybridSearcher, SearchConfig, TextAnalyzer, fuse
-from tests.ingestion.fixtures_engine import e5
+from ingestion.index import FaissStore, IndexConfig
+from ingestion.language import TextAnalyzer
+from ingestion.search import HybridSearcher, SearchConfig, fuse
+from ingestion.store import StoreIdentity, StoreView
+from tests.ingestion.fixtures_engine import add_chunks, e5, open_store
 
 # near-identical supplier names: the dense side cannot tell them apart, BM25 can
 NAMES = ["Quendrax", "Quandrix", "Kwendrix", "Quendrik", "Quindrex", "Quendrino", "Qendrix", "Quendrox", "Quentrix"]
@@ -45,35 +47,26 @@ def embedder() -> Embedder:
 
 
 @pytest.fixture(scope="module")
-def index_dir(tmp_path_factory: pytest.TempPathFactory, embedder: Embedder) -> Path:
-    directory = tmp_path_factory.mktemp("index")
-    index = VectorIndex(IndexConfig(directory), embedder_name=embedder.name, dimension=embedder.dimension)
-    ids = list(CHUNKS)
-    vectors = passage_rows(embedder, [CHUNKS[i][0] for i in ids])  # with their latent terms
-    with index.writer() as writer:
-        for document in sorted({d for _, d, _ in CHUNKS.values()}):
-            rows = [n for n, i in enumerate(ids) if CHUNKS[i][1] == document]
-            writer.add(
-                [ids[n] for n in rows],
-                vectors[rows],
-                document_id=document,
-                collection_id=CHUNKS[ids[rows[0]]][2],
-                texts=[CHUNKS[ids[n]][0] for n in rows],
-            )
+def store_dir(tmp_path_factory: pytest.TempPathFactory, embedder: Embedder) -> Path:
+    directory = tmp_path_factory.mktemp("store")
+    add_chunks(open_store(directory, embedder), embedder, CHUNKS)
     return directory
 
 
 @pytest.fixture(scope="module")
-def searcher(index_dir: Path, embedder: Embedder) -> HybridSearcher:
-    index = VectorIndex(IndexConfig(index_dir), embedder_name=embedder.name, dimension=embedder.dimension)
-    return HybridSearcher(index, embedder, SearchConfig())
+def searcher(store_dir: Path, embedder: Embedder) -> HybridSearcher:
+    return HybridSearcher(open_store(store_dir, embedder), embedder, SearchConfig())
+
+
+def _dense(view: StoreView, vector: np.ndarray, k: int, **filters: object) -> list[tuple[int, float]]:
+    return view.dense(vector, k, collections=filters.get("collections"), documents=filters.get("documents"))  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("query", ["Quendrix schedule", "At what hour is the Quendrix delivery?"])
 def test_hybrid_finds_an_exact_keyword_match_that_dense_alone_ranks_low(
     searcher: HybridSearcher, embedder: Embedder, query: str
 ) -> None:
-    dense = [chunk_id for chunk_id, _ in searcher.index.search(embedder.embed_query(query), 20, collections=[1])]
+    dense = [c for c, _ in _dense(searcher.store.view(), embedder.embed_query(query), 20, collections=[1])]
     assert dense.index(30) >= 5  # the dense side alone buries it under the look-alike names
 
     hits = searcher.search(query, 3, collections=[1])
@@ -109,9 +102,8 @@ def test_bm25_folds_accents_and_stems_each_language(searcher: HybridSearcher) ->
     assert searcher.bm25("le la les de", 3) == []  # nothing but stop words
 
 
-def test_a_hit_found_by_bm25_alone_still_carries_its_cosine(index_dir: Path, embedder: Embedder) -> None:
-    index = VectorIndex(IndexConfig(index_dir), embedder_name=embedder.name, dimension=embedder.dimension)
-    searcher = HybridSearcher(index, embedder, SearchConfig(dense_k=1, bm25_k=5))
+def test_a_hit_found_by_bm25_alone_still_carries_its_cosine(store_dir: Path, embedder: Embedder) -> None:
+    searcher = HybridSearcher(open_store(store_dir, embedder), embedder, SearchConfig(dense_k=1, bm25_k=5))
     query = "Quendrix schedule"
 
     hit = next(h for h in searcher.search(query, 5, collections=[1]) if h.chunk_id == 30)
@@ -120,27 +112,54 @@ def test_a_hit_found_by_bm25_alone_still_carries_its_cosine(index_dir: Path, emb
     assert hit.dense_score == pytest.approx(expected, abs=1e-3)
 
 
-def test_the_searcher_picks_up_a_newer_index_version(index_dir: Path, embedder: Embedder, tmp_path: Path) -> None:
-    directory = tmp_path / "copy"
-    reader = VectorIndex(IndexConfig(directory), embedder_name=embedder.name, dimension=embedder.dimension)
+def test_a_new_document_is_found_once_the_store_has_it(embedder: Embedder, tmp_path: Path) -> None:
+    reader = open_store(tmp_path, embedder)
     searcher = HybridSearcher(reader, embedder, SearchConfig())
     assert searcher.search("Zorbulat", 3) == []
 
-    other_process = VectorIndex(IndexConfig(directory), embedder_name=embedder.name, dimension=embedder.dimension)
+    other_process = open_store(tmp_path, embedder)
     text = "The nightly export job is called Zorbulat."
     with other_process.writer() as writer:
-        writer.add([7], embedder.embed_passages([text]), document_id=5, collection_id=1, texts=[text])
+        writer.add([7], passage_embeddings(embedder, [text]), document_id=5, collection_id=1, texts=[text])
+    reader.refresh()  # what the store does by itself, in the background, when it sees a new generation
 
-    hits = searcher.search("Zorbulat", 3)
-    assert [h.chunk_id for h in hits] == [7] and hits[0].bm25_score is not None
-    assert reader.version == 1
+    hits = searcher.search("Zorbulat", 3)  # nothing rebuilt in the searcher: the store scores BM25
+    assert [h.chunk_id for h in hits] == [7] and hits[0].bm25_score is not None and hits[0].document_id == 5
 
 
-def test_a_searcher_refuses_an_index_of_another_embedder(tmp_path: Path, embedder: Embedder) -> None:
-    index = VectorIndex(IndexConfig(tmp_path), embedder_name="st:other", dimension=embedder.dimension)
+def test_every_side_of_a_search_reads_one_view_of_the_store(searcher: HybridSearcher) -> None:
+    views: list[StoreView] = []
+    store = searcher.store
+
+    class Recording:
+        backend, identity = store.backend, store.identity
+
+        def view(self) -> StoreView:
+            views.append(store.view())
+            return views[-1]
+
+    recorded = HybridSearcher(Recording(), searcher.embedder, searcher.config)  # type: ignore[arg-type]
+
+    assert recorded.search("Quendrix payment terms", 3)
+    assert len(views) == 1
+
+
+@pytest.mark.parametrize(
+    "identity",
+    [
+        StoreIdentity("st:other", 384),
+        StoreIdentity(E5_NAME, 768),
+        StoreIdentity(E5_NAME, 384, PACKAGED_ST_NAME, 384),
+    ],
+    ids=["embedder", "dimension", "companion"],
+)
+def test_a_searcher_refuses_a_store_of_another_embedder(
+    tmp_path: Path, embedder: Embedder, identity: StoreIdentity
+) -> None:
+    store = FaissStore(IndexConfig(tmp_path), identity)
 
     with pytest.raises(IndexMismatchError, match="rebuild_index"):
-        HybridSearcher(index, embedder, SearchConfig())
+        HybridSearcher(store, embedder, SearchConfig())
 
 
 def test_language_vote_and_query_analysis() -> None:
@@ -161,8 +180,8 @@ def test_language_vote_and_query_analysis() -> None:
 
 
 def test_weights_change_the_fusion(searcher: HybridSearcher) -> None:
-    config = replace(searcher.config, fusion="rrf", dense_weight=1.0, bm25_weight=0.0, terms_weight=0.0)
-    dense_only = HybridSearcher(searcher.index, searcher.embedder, config)
+    config = replace(searcher.config, fusion="rrf", dense_weight=1.0, bm25_weight=0.0, companion_weight=0.0)
+    dense_only = HybridSearcher(searcher.store, searcher.embedder, config)
 
     hits = dense_only.search("Quendrix schedule", 3, collections=[1])
 
@@ -173,14 +192,13 @@ def test_weights_change_the_fusion(searcher: HybridSearcher) -> None:
 @pytest.mark.parametrize("fusion", ["rrf", "convex"])
 def test_one_retriever_alone_keeps_its_own_order(searcher: HybridSearcher, fusion: str) -> None:
     query = "At what hour is the Quendrix delivery?"
-    snapshot = searcher.index.snapshot()
     vector = searcher.embedder.embed_query(query)
     dense = HybridSearcher(
-        searcher.index, searcher.embedder, replace(searcher.config, retrievers="dense", fusion=fusion)
+        searcher.store, searcher.embedder, replace(searcher.config, retrievers="dense", fusion=fusion)
     )
-    bm25 = HybridSearcher(searcher.index, searcher.embedder, replace(searcher.config, retrievers="bm25", fusion=fusion))
+    bm25 = HybridSearcher(searcher.store, searcher.embedder, replace(searcher.config, retrievers="bm25", fusion=fusion))
 
-    assert [h.chunk_id for h in dense.search(query, 4)] == [c for c, _ in snapshot.search(vector, 4)]
+    assert [h.chunk_id for h in dense.search(query, 4)] == [c for c, _ in _dense(searcher.store.view(), vector, 4)]
     bm25_hits = bm25.search(query, 4)
     assert [h.chunk_id for h in bm25_hits] == [c for c, _ in searcher.bm25(query, 4)]
     assert all(h.dense_score is not None for h in bm25_hits)  # every hit still carries its cosine
@@ -188,38 +206,46 @@ def test_one_retriever_alone_keeps_its_own_order(searcher: HybridSearcher, fusio
 
 def test_an_unknown_fusion_or_retriever_is_refused(searcher: HybridSearcher) -> None:
     with pytest.raises(ValueError, match="unknown fusion"):
-        HybridSearcher(searcher.index, searcher.embedder, replace(searcher.config, fusion="max"))
+        HybridSearcher(searcher.store, searcher.embedder, replace(searcher.config, fusion="max"))
     with pytest.raises(ValueError, match="unknown retrievers"):
-        HybridSearcher(searcher.index, searcher.embedder, replace(searcher.config, retrievers="sparse"))
+        HybridSearcher(searcher.store, searcher.embedder, replace(searcher.config, retrievers="sparse"))
 
 
-def test_the_latent_terms_side_rescores_the_candidates_of_the_two_others(searcher: HybridSearcher) -> None:
-    query = "When is the Quendrix invoice paid?"
-    snapshot = searcher.index.snapshot()
-    assert snapshot.term_ids.shape[1] == searcher.embedder.terms > 0  # type: ignore[attr-defined]
+def test_bm25_takes_its_parameters_from_the_config(searcher: HybridSearcher) -> None:
+    query = "Quendrix invoices paid by bank transfer"
+    saturated = HybridSearcher(searcher.store, searcher.embedder, replace(searcher.config, bm25_k1=0.0))
 
-    hits = searcher.search(query, 5, collections=[1])
+    scores = searcher.bm25(query, 5)
+    plain = saturated.bm25(query, 5)
 
-    assert hits[0].chunk_id == 30
-    assert all(h.terms_score is not None for h in hits)
-    assert hits[0].terms_score == max(h.terms_score or 0.0 for h in hits)  # the paying chunk shares most
-    without = HybridSearcher(searcher.index, searcher.embedder, replace(searcher.config, terms_weight=0.0))
-    plain = without.search(query, 5, collections=[1])
-    assert all(h.terms_score is None for h in plain)
-    assert plain[0].chunk_id == 30
+    assert scores[0][0] == plain[0][0] == 30
+    assert {c for c, _ in plain} == {c for c, _ in scores}
+    assert [s for _, s in plain] != pytest.approx([s for _, s in scores])
 
 
-def test_the_terms_ranking_is_normalised_over_its_own_candidates() -> None:
-    config = SearchConfig(fusion="convex", dense_k=3, bm25_k=3, dense_weight=0.5, bm25_weight=0.5, terms_weight=0.5)
+def test_no_hit_without_a_question_or_a_chunk(searcher: HybridSearcher, tmp_path: Path) -> None:
+    assert searcher.search("   ", 3) == []
+    assert searcher.search("Quendrix", 0) == []
+    assert (
+        HybridSearcher(open_store(tmp_path, searcher.embedder), searcher.embedder, SearchConfig()).search("Quendrix", 3)
+        == []
+    )
+
+
+def test_the_companion_ranking_is_normalised_over_its_own_candidates() -> None:
+    config = SearchConfig(fusion="convex", dense_k=3, bm25_k=3, dense_weight=0.5, bm25_weight=0.5, companion_weight=0.5)
 
     fused = fuse([(1, 0.9), (2, 0.5), (3, 0.1)], [(2, 7.0), (1, 1.0)], config, [(3, 4.0), (2, 2.0), (1, 1.0)])
 
-    # dense 1 / 0.5 / 0; BM25 0 / 1 / -; terms 0 / 1/3 / 1
+    # dense 1 / 0.5 / 0; BM25 0 / 1 / -; companion 0 / 1/3 / 1
     assert fused[1] == pytest.approx(0.5)
     assert fused[2] == pytest.approx(0.5 * 0.5 + 0.5 + 0.5 / 3)
     assert fused[3] == pytest.approx(0.5)
-    # without weight, the terms ranking changes nothing
+    # without weight, the companion ranking changes nothing
     plain = fuse([(1, 0.9), (2, 0.5), (3, 0.1)], [(2, 7.0), (1, 1.0)], config)
     assert fuse(
-        [(1, 0.9), (2, 0.5), (3, 0.1)], [(2, 7.0), (1, 1.0)], replace(config, terms_weight=0.0), [(3, 4.0), (2, 2.0)]
+        [(1, 0.9), (2, 0.5), (3, 0.1)],
+        [(2, 7.0), (1, 1.0)],
+        replace(config, companion_weight=0.0),
+        [(3, 4.0), (2, 2.0)],
     ) == pytest.approx(plain)
