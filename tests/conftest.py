@@ -68,6 +68,10 @@ def _database_url() -> str:
         return f"sqlite:///{conf['NAME']}"
     user = conf.get("USER") or "postgres"
     host = conf.get("HOST") or "127.0.0.1"
+    if host.startswith("/"):  # a Unix socket folder (the pgserver of KP_TEST_SEARCH_BACKEND=postgres)
+        from urllib.parse import quote
+
+        return f"postgres://{user}@/{quote(host, safe='')}/{conf['NAME']}"
     port = conf.get("PORT") or 5432
     return f"postgres://{user}@{host}:{port}/{conf['NAME']}"
 

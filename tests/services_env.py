@@ -3,14 +3,23 @@
 PostgreSQL (127.0.0.1:5432, user postgres) and Redis (127.0.0.1:6379) are used when they answer;
 otherwise the suite falls back to SQLite and the embedded SQLite broker. Variables already set in
 the environment win. The choice is printed in the pytest header.
+
+``KP_TEST_SEARCH_BACKEND=postgres`` runs the suite on the ``postgres`` search store: a real PostgreSQL 16 with
+pgvector, started from the ``pgserver`` package (data under ``KP_TEST_PGSERVER_DIR``, by default a folder of the
+temporary directory kept from one run to the next; the server stops when the run ends), unless DATABASE_URL
+already names a server with pgvector; RAG_SEARCH_BACKEND is set to ``postgres``.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import tempfile
+import warnings
 from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, quote, urlparse
 
 import pytest
 
@@ -39,7 +48,33 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("DJANGO_SECRET_KEY", "test-secret-key-not-for-production")
 os.environ["VAR_DIR"] = os.environ.get("TEST_VAR_DIR") or tempfile.mkdtemp(prefix="kp-test-")
 
+
+def _start_pgserver() -> tuple[Any, str]:
+    """A PostgreSQL 16 with pgvector from the pgserver package, listening on a Unix socket only."""
+    with warnings.catch_warnings():  # platformdirs: "XDG_RUNTIME_DIR is not set, falling back to /tmp/runtime-0"
+        warnings.simplefilter("ignore")
+        import pgserver
+
+    logging.getLogger("pgserver").setLevel(logging.WARNING)  # it logs every command at INFO
+    folder = Path(
+        os.environ.get("KP_TEST_PGSERVER_DIR")
+        or Path(tempfile.gettempdir()) / f"knowledge-portal-pgserver-{os.getuid()}"
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    # "stop": the server stops when the last process that asked for it ends (this run, or a parallel one)
+    server = pgserver.get_server(folder, cleanup_mode="stop")  # type: ignore[attr-defined]
+    socket_dir = parse_qs(urlparse(server.get_uri()).query)["host"][0]
+    # django-environ reads a socket folder from the URL's path: postgres://user@/%2Fthe%2Ffolder/name
+    return server, f"postgres://postgres@/{quote(socket_dir, safe='')}/knowledge_portal_{os.getpid()}"
+
+
 _embedded = os.environ.get("KP_TEST_EMBEDDED") == "1"
+SEARCH_BACKEND = os.environ.get("KP_TEST_SEARCH_BACKEND", "") or os.environ.get("RAG_SEARCH_BACKEND", "faiss")
+_pgserver: Any = None  # its handle lives as long as the run: the server stops with the last one
+if os.environ.get("KP_TEST_SEARCH_BACKEND") == "postgres":
+    os.environ["RAG_SEARCH_BACKEND"] = "postgres"
+    if "DATABASE_URL" not in os.environ:
+        _pgserver, os.environ["DATABASE_URL"] = _start_pgserver()
 if "DATABASE_URL" not in os.environ and not _embedded and _answers("127.0.0.1", 5432):
     # pytest-django creates and drops test_<name> next to it; one name per run, so that two runs
     # on one machine (developers, CI) never fight over the same test database.
@@ -57,7 +92,11 @@ USING_REDIS = BROKER.startswith("redis")
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    lines = [f"knowledge-portal: database = {DATABASE}", f"knowledge-portal: broker = {BROKER}"]
+    lines = [
+        f"knowledge-portal: database = {DATABASE}",
+        f"knowledge-portal: broker = {BROKER}",
+        f"knowledge-portal: search store = {SEARCH_BACKEND}",
+    ]
     if not (USING_POSTGRES and USING_REDIS):
         lines.append(
             "knowledge-portal: PostgreSQL/Redis not reachable on 127.0.0.1 — falling back to SQLite and the "
@@ -65,3 +104,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         )
     lines.append(f"knowledge-portal: VAR_DIR = {Path(os.environ['VAR_DIR'])}")
     return lines
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _pgserver is not None:
+        _pgserver.cleanup()  # stops the server unless another run still uses it

@@ -68,3 +68,12 @@ def test_the_compose_configuration_passes_the_deployment_checks(compose_config: 
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout
+
+
+def test_compose_runs_the_postgres_search_store_on_a_pgvector_image(compose_config: str) -> None:
+    import yaml
+
+    services = yaml.safe_load(compose_config)["services"]
+    assert services["postgres"]["image"] == "pgvector/pgvector:pg16"
+    for name in ("migrate", "web", "worker", "beat"):
+        assert services[name]["environment"]["RAG_SEARCH_BACKEND"] == "postgres", name
