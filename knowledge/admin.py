@@ -15,11 +15,10 @@ from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 
 from knowledge.errors import KnowledgeError
-from knowledge.models import ApiKey, Chunk, Collection, Conversation, Document, Message, UsageRecord
+from knowledge.models import ApiKey, Chunk, Collection, Conversation, Document, Message, SearchRebuild, UsageRecord
 from knowledge.selectors import collections_readable_by, usage_daily_totals
 from knowledge.services import apikeys as apikey_services
 from knowledge.services import documents as document_services
-from knowledge.services import index as index_services
 
 #: the admin's own styles (status badges, the usage totals): a stylesheet, as the Content-Security-Policy
 #: refuses inline style attributes
@@ -170,8 +169,16 @@ class DocumentAdmin(admin.ModelAdmin):
 
     @admin.action(description=_("Rebuild the search index from the database"))
     def rebuild_index(self, request: HttpRequest, queryset: QuerySet[Document]) -> None:
-        report = index_services.index_rebuild()
-        self.message_user(request, _("Index rebuilt: %(n)d vectors.") % {"n": report.vectors})
+        from knowledge.tasks import index_rebuild_task
+
+        try:
+            index_rebuild_task.delay()
+        except Exception:  # the broker is down: say so rather than a server error
+            self.message_user(
+                request, _("The rebuild could not be queued: the task queue is unreachable."), messages.ERROR
+            )
+            return
+        self.message_user(request, _("The search store is being rebuilt: its progress is under Search store rebuilds."))
 
 
 @admin.register(Chunk)
@@ -373,3 +380,22 @@ class UsageRecordAdmin(admin.ModelAdmin):
         if context and "cl" in context:
             context["daily_totals"] = usage_daily_totals(records=context["cl"].queryset)
         return response
+
+
+@admin.register(SearchRebuild)
+class SearchRebuildAdmin(admin.ModelAdmin):
+    """Rebuilds of the search store (``manage.py rebuild_index``, the documents' action): how far each one is."""
+
+    list_display = ("started_at", "status", "progress", "backend", "embedder", "previous_embedder", "finished_at")
+    list_filter = ("status", "backend")
+    readonly_fields = [field.name for field in SearchRebuild._meta.fields] + ["progress"]
+
+    @admin.display(description=_("progress"))
+    def progress(self, run: SearchRebuild) -> str:
+        return f"{run.done:,} / {run.total:,} ({run.percent:.0f}%)"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

@@ -7,3 +7,11 @@ class KnowledgeConfig(AppConfig):
     name = "knowledge"
     verbose_name = "Knowledge"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from django.core import checks
+
+        from knowledge.search.checks import check_search_store
+
+        # with the database tag: run by `migrate` and `check --database default`, never at import
+        checks.register(check_search_store, checks.Tags.database)

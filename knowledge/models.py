@@ -267,3 +267,54 @@ class ApiTask(models.Model):
 
     def __str__(self) -> str:
         return f"{self.endpoint} task {self.pk}"
+
+
+class SearchEmbedder(models.Model):
+    """The embedder settings behind a search store's identity.
+
+    When the configured embedding model changes, questions keep being embedded with the model that built the
+    store (found here) until ``manage.py rebuild_index`` has built the new vectors beside the old ones and
+    switched to them: no downtime.
+    """
+
+    #: the store identity (``ingestion.store.StoreIdentity``) as canonical JSON
+    identity = models.CharField(max_length=1000, unique=True)
+    #: the ``ingestion.embedding.EmbedderConfig`` that makes it, as JSON
+    config = models.JSONField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.identity
+
+
+class SearchRebuild(models.Model):
+    """One run of ``manage.py rebuild_index`` (or the admin action): its progress, shown in the admin."""
+
+    class Status(models.TextChoices):
+        RUNNING = "running", _("Running")
+        DONE = "done", _("Done")
+        FAILED = "failed", _("Failed")
+
+    backend = models.CharField(max_length=20)
+    #: the embedder the new contents are made with (and the one they replace, when it changed)
+    embedder = models.CharField(max_length=300)
+    previous_embedder = models.CharField(max_length=300, blank=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.RUNNING)
+    done = models.PositiveBigIntegerField(default=0)
+    total = models.PositiveBigIntegerField(default=0)
+    error = models.TextField(blank=True)
+    started_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-started_at"]
+        verbose_name = _("search store rebuild")
+        verbose_name_plural = _("search store rebuilds")
+
+    def __str__(self) -> str:
+        return f"rebuild {self.pk} ({self.status}, {self.done}/{self.total})"
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.done / self.total if self.total else 100.0

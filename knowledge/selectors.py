@@ -65,22 +65,54 @@ def _check_broker() -> dict[str, Any]:
 
 
 def _check_index() -> dict[str, Any]:
-    from ingestion.index import read_saved_state
-
+    """The search store's state (never loads a model or the faiss store's contents)."""
     try:
-        state = read_saved_state(settings.INDEX_DIR)
+        if settings.RAG_SEARCH_BACKEND == "postgres":
+            from knowledge.services import engines
+
+            # what the store holds (the previous model's vectors while a rebuild builds the new ones)
+            state = engines.open_store(engines.saved_identity() or engines.store_identity()).state()
+        else:
+            from ingestion.index import read_saved_state
+
+            state = read_saved_state(settings.INDEX_DIR)
     except Exception as exc:
-        return {"ok": False, "error": str(exc).strip()[:200]}
-    if state is None:
-        return {"ok": True, "vectors": 0, "version": 0, "note": "empty index (no document ingested yet)"}
-    check = {"ok": True, **state}
-    third_side = settings.RAG_COMPANION_EMBEDDER or settings.RAG_EMBEDDER_TERMS
-    if third_side and state.get("chunks_without_terms"):
+        return {"ok": False, "backend": settings.RAG_SEARCH_BACKEND, "error": str(exc).strip()[:200]}
+    if not state or not (state.get("vectors") or state.get("chunks")):
+        return {
+            "ok": True,
+            "backend": settings.RAG_SEARCH_BACKEND,
+            "vectors": 0,
+            "version": (state or {}).get("version", 0),
+            "note": "empty search store (no document ingested yet)",
+        }
+    check = {"ok": True, "backend": settings.RAG_SEARCH_BACKEND, **state}
+    check.setdefault("vectors", state.get("chunks", 0))
+    rebuild = _running_rebuild()
+    if rebuild is not None:
+        check["rebuild"] = rebuild
+    if settings.RAG_COMPANION_EMBEDDER and state.get("chunks_without_companion"):
         check["note"] = (
-            f"the third search side is off: {state['chunks_without_terms']} chunks were embedded without it; "
-            "run `manage.py rebuild_index`"
+            f"the companion's search side is off: {state['chunks_without_companion']} chunks were embedded without "
+            "it; run `manage.py rebuild_index`"
         )
     return check
+
+
+def _running_rebuild() -> dict[str, Any] | None:
+    """The rebuild of the search store running now (progress, models), None when there is none."""
+    from knowledge.models import SearchRebuild
+
+    run = SearchRebuild.objects.filter(status=SearchRebuild.Status.RUNNING).first()
+    if run is None:
+        return None
+    return {
+        "done": run.done,
+        "total": run.total,
+        "embedder": run.embedder,
+        "previous_embedder": run.previous_embedder,
+        "started_at": run.started_at.isoformat(),
+    }
 
 
 #: how long the OpenAI-compatible server's answer to GET /models is trusted, and waited for

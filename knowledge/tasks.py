@@ -109,6 +109,15 @@ def index_repair_task() -> dict[str, int]:
     return {"missing": len(before.missing), "extra": len(before.extra), "left": len(after.missing) + len(after.extra)}
 
 
+@shared_task(name="knowledge.index_rebuild")
+def index_rebuild_task() -> dict[str, object]:
+    """Rebuild the search store (sent by the admin's action); its progress is recorded for the admin."""
+    from knowledge.services import index as index_services
+
+    report = index_services.index_rebuild()
+    return {"documents": report.documents, "chunks": report.vectors, "backend": report.backend}
+
+
 @worker_ready.connect
 def _check_index_when_a_worker_starts(sender: object = None, **kwargs: object) -> None:
     # Sent as tasks, so the embedder loads in a pool process and never in the parent before a fork.

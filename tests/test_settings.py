@@ -70,10 +70,9 @@ def test_malformed_values_stop_the_start_with_a_clear_error(
     ("extra", "companion"),
     [
         ({}, "minilm"),
-        ({"RAG_EMBEDDER_TERMS": "64"}, ""),  # latent terms asked for fill the third side instead
         ({"RAG_EMBEDDER": "sentence-transformers"}, ""),  # MiniLM is the embedder already
         ({"RAG_COMPANION_EMBEDDER": "none"}, ""),
-        ({"RAG_COMPANION_EMBEDDER": "auto", "RAG_EMBEDDER_TERMS": "64"}, ""),  # docker-compose's default
+        ({"RAG_COMPANION_EMBEDDER": "auto"}, "minilm"),  # docker-compose's default
     ],
 )
 def test_the_companion_embedder_is_on_by_default_with_e5(tmp_path: Path, extra: dict[str, str], companion: str) -> None:
@@ -82,10 +81,18 @@ def test_the_companion_embedder_is_on_by_default_with_e5(tmp_path: Path, extra: 
     assert result.stdout.strip() == f"{companion!r} ('en',)"
 
 
-def test_latent_terms_and_a_companion_are_refused_together(tmp_path: Path) -> None:
-    result = settings_probe(tmp_path, {"RAG_COMPANION_EMBEDDER": "minilm", "RAG_EMBEDDER_TERMS": "64"}, "print(1)")
+def test_retired_latent_terms_are_refused_with_a_reason(tmp_path: Path) -> None:
+    result = settings_probe(tmp_path, {"RAG_EMBEDDER_TERMS": "64"}, "print(1)")
     assert result.returncode != 0
-    assert "set only one of them" in result.stderr
+    assert "RAG_EMBEDDER_TERMS was retired" in result.stderr
+
+
+def test_the_postgres_search_store_is_refused_on_sqlite(tmp_path: Path) -> None:
+    result = settings_probe(
+        tmp_path, {"RAG_SEARCH_BACKEND": "postgres", "DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite3"}, "print(1)"
+    )
+    assert result.returncode != 0
+    assert "DATABASE_URL is not PostgreSQL" in result.stderr
 
 
 _FORWARDED_HTTPS = (

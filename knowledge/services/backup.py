@@ -1,14 +1,16 @@
-"""Backup and restore of a whole portal: database rows, stored files and the index.
+"""Backup and restore of a whole portal: database rows, stored files and the search store.
 
 A backup folder holds ``data.json.gz`` (Django's serialized rows of the portal, the users and
-groups, keeping primary keys so chunk ids still match the index), ``media/`` (the uploaded files)
-and ``index/`` (the saved FAISS version, optional: it can always be rebuilt from the database).
+groups, keeping primary keys so chunk ids still match the store), ``media/`` (the uploaded files)
+and ``index/`` (the search store's ids and embeddings in ``part-NNNNNN.npz`` files with the
+``identity.json`` of the model that made them, whatever the backend, so a backup of a faiss install
+restores into a postgres one; optional: it can always be rebuilt from the database).
 Works on SQLite and PostgreSQL alike; for large PostgreSQL databases ``pg_dump`` is the faster
 alternative for the rows (see the README).
 
 A backup holds password hashes and every document: its folders are written 0700 and its files 0600,
-whatever the umask. A restore trusts nothing in it: every entry, the index pointer and the stored file
-names are checked before anything is written (:func:`backup_validate`).
+whatever the umask. A restore trusts nothing in it: every entry and the stored file names are checked
+before anything is written (:func:`backup_validate`), and the index parts are read as plain arrays.
 """
 
 from __future__ import annotations
@@ -17,27 +19,33 @@ import gzip
 import io
 import json
 import os
+import re
 import shutil
 import stat
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
+import numpy as np
 from django.conf import settings
 from django.core import management
 from django.db import transaction
 
-from ingestion.index import CURRENT_FILE, is_version_name
 from knowledge.errors import KnowledgeError
-from knowledge.models import Document
+from knowledge.models import Chunk, Document
 from knowledge.services import engines
 
-FORMAT = 1
+if TYPE_CHECKING:
+    from ingestion.store import StoreIdentity
+
+#: 2: the search store as parts of ids and embeddings (any backend); 1 held a copy of a FAISS version
+FORMAT = 2
 MANIFEST_FILE = "manifest.json"
 DATA_FILE = "data.json.gz"
 MEDIA_FOLDER = "media"
 INDEX_FOLDER = "index"
+IDENTITY_FILE = "identity.json"
 #: what a backup holds, in an order that loads (users and groups before what refers to them)
 MODELS = [
     "auth.group",
@@ -57,7 +65,8 @@ class BackupReport:
     folder: Path
     documents: int
     files: int
-    index_version: int | None
+    #: chunks in the backed-up (or restored) search store, None without one
+    index_chunks: int | None
 
 
 def portal_backup(*, folder: Path, include_index: bool = True) -> BackupReport:
@@ -85,30 +94,49 @@ def portal_backup(*, folder: Path, include_index: bool = True) -> BackupReport:
             _private_copy(source, folder, Path(MEDIA_FOLDER) / name)
             copied += 1
 
-    version = None
-    if include_index:
-        version = _copy_index(Path(settings.INDEX_DIR), folder)
+    chunks = _export_index(folder) if include_index else None
     with _private_file(folder / MANIFEST_FILE) as handle:
         handle.write(
-            json.dumps({"format": FORMAT, "documents": documents, "files": copied, "index_version": version}).encode()
+            json.dumps({"format": FORMAT, "documents": documents, "files": copied, "index_chunks": chunks}).encode()
         )
-    return BackupReport(folder=folder, documents=documents, files=copied, index_version=version)
+    return BackupReport(folder=folder, documents=documents, files=copied, index_chunks=chunks)
 
 
-def _copy_index(source: Path, folder: Path) -> int | None:
-    """Copy the current saved index version (under the writers' lock, so it is a complete one)."""
-    index = engines.get_index()
-    with index.writer():  # nothing is changed: the lock alone keeps writers out while copying
-        current = (source / CURRENT_FILE).read_text().strip() if (source / CURRENT_FILE).exists() else ""
-        if not current:
-            return None
-        if not is_version_name(current):
-            raise KnowledgeError(f"The index pointer {source / CURRENT_FILE} names {current!r}, not a version.")
-        for entry in sorted((source / current).iterdir()):
-            _private_copy(entry, folder, Path(INDEX_FOLDER) / current / entry.name)
-        with _private_file(folder / INDEX_FOLDER / CURRENT_FILE) as handle:
-            handle.write(current.encode("ascii"))
-        return index.version
+def _export_index(folder: Path) -> int | None:
+    """Write the search store's entries (ids and embeddings, whatever the backend) into ``index/``.
+
+    The store is read after the rows were dumped: entries of documents ingested meanwhile are dropped at
+    restore and missing ones embedded again (:func:`_import_index`), so nothing depends on the two
+    being one snapshot. Returns how many chunks were written, None for an empty store.
+    """
+    store = engines.get_store()
+    written = 0
+    for number, batch in enumerate(store.export(), start=1):
+        if number == 1:
+            _private_dir(folder / INDEX_FOLDER)
+        arrays = {
+            "chunk_ids": batch.chunk_ids.astype(np.int64),
+            "document_ids": batch.document_ids.astype(np.int64),
+            "collection_ids": batch.collection_ids.astype(np.int64),
+            "dense": batch.embeddings.dense.astype(np.float32),
+        }
+        if batch.embeddings.companion is not None:
+            arrays["companion"] = batch.embeddings.companion.astype(np.float32)
+        with _private_file(folder / INDEX_FOLDER / _part_name(number)) as handle:
+            np.savez(handle, **arrays)  # type: ignore[arg-type]
+        written += len(batch.chunk_ids)
+    if not written:
+        return None
+    with _private_file(folder / INDEX_FOLDER / IDENTITY_FILE) as handle:
+        handle.write(json.dumps(asdict(store.identity)).encode("utf-8"))
+    return written
+
+
+def _part_name(number: int) -> str:
+    return f"part-{number:06d}.npz"
+
+
+_PART_NAME = re.compile(r"part-[0-9]{6}\.npz")
 
 
 def _private_dir(path: Path) -> None:
@@ -146,7 +174,6 @@ def portal_restore(*, folder: Path, rebuild_index: bool = False) -> BackupReport
         raise KnowledgeError("This instance already has documents: restore into an empty one.")
 
     media = Path(settings.MEDIA_ROOT)
-    index_dir = Path(settings.INDEX_DIR)
     with tempfile.TemporaryDirectory(prefix="kp-restore-") as scratch:
         fixture = Path(scratch) / "restore.json"  # loaddata reads a file; a private one, not in the backup
         fixture.write_text(checked.data, encoding="utf-8")
@@ -160,31 +187,66 @@ def portal_restore(*, folder: Path, rebuild_index: bool = False) -> BackupReport
                 target = media / relative
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(folder / MEDIA_FOLDER / relative, target)
-            if checked.index_version_name and not rebuild_index:
-                _restore_index(folder / INDEX_FOLDER, index_dir, checked.index_version_name)
 
-    if checked.index_version_name and not rebuild_index:
-        engines.reset()
-        version = engines.get_index().version
+    from knowledge.services.index import index_rebuild, index_repair
+
+    engines.reset()
+    if checked.index_parts and not rebuild_index and checked.index_identity == engines.store_identity():
+        _import_index(folder / INDEX_FOLDER, checked.index_parts)
+        chunks = index_repair().vectors  # embeds what the backup's store lacked (ingested during the backup)
     else:
-        from knowledge.services.index import index_rebuild
-
-        version = index_rebuild().version
+        chunks = index_rebuild().vectors
     return BackupReport(
-        folder=folder, documents=Document.objects.count(), files=checked.manifest.get("files", 0), index_version=version
+        folder=folder, documents=Document.objects.count(), files=checked.manifest.get("files", 0), index_chunks=chunks
     )
 
 
-def _restore_index(source: Path, index_dir: Path, name: str) -> None:
-    """Copy the backed-up version ``name`` into the index folder, then point CURRENT at it (renamed into place)."""
-    index_dir.mkdir(parents=True, exist_ok=True)
-    target = index_dir / name
-    target.mkdir(exist_ok=True)
-    for entry in (source / name).iterdir():
-        shutil.copyfile(entry, target / entry.name)
-    pointer = index_dir / f".tmp-{CURRENT_FILE}-restore"
-    pointer.write_text(f"{name}\n", encoding="ascii")
-    os.replace(pointer, index_dir / CURRENT_FILE)
+def _import_index(source: Path, parts: list[str]) -> None:
+    """Write the backed-up entries whose chunk was restored into a fresh search store, a document at a time."""
+    from ingestion.store import PassageEmbeddings
+
+    store = engines.open_store(engines.store_identity(), load=False)
+    with store.writer(reset=True) as writer, transaction.atomic():
+        writer.clear()
+        for name in parts:
+            arrays = _read_part(source / name, store.identity)
+            ids = arrays["chunk_ids"]
+            texts = dict(Chunk.objects.filter(pk__in=ids.tolist()).values_list("pk", "text"))
+            keep = np.flatnonzero([int(i) in texts for i in ids.tolist()])
+            documents = arrays["document_ids"][keep]
+            for document_id in dict.fromkeys(documents.tolist()):
+                rows = keep[documents == document_id]
+                companion = arrays.get("companion")
+                writer.add(
+                    ids[rows].tolist(),
+                    PassageEmbeddings(arrays["dense"][rows], None if companion is None else companion[rows]),
+                    document_id=int(document_id),
+                    collection_id=int(arrays["collection_ids"][rows[0]]),
+                    texts=[texts[int(i)] for i in ids[rows].tolist()],
+                )
+
+
+def _read_part(path: Path, identity: StoreIdentity) -> dict[str, np.ndarray]:
+    """One backed-up part, checked: plain arrays (never pickles) of matching lengths and widths."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+    except (OSError, ValueError) as exc:
+        raise KnowledgeError(f"The backup's index/{path.name} cannot be read ({exc}).") from exc
+    expected = {"chunk_ids", "document_ids", "collection_ids", "dense"} | (
+        {"companion"} if identity.companion else set()
+    )
+    n = len(arrays.get("chunk_ids", ()))
+    widths = {"dense": identity.dimension, "companion": identity.companion_dimension}
+    if (
+        set(arrays) != expected
+        or any(len(a) != n for a in arrays.values())
+        or any(
+            arrays[name].ndim != 2 or arrays[name].shape[1] != width for name, width in widths.items() if name in arrays
+        )
+    ):
+        raise KnowledgeError(f"The backup's index/{path.name} does not hold what a backup writes: refused.")
+    return arrays
 
 
 @dataclass(frozen=True)
@@ -196,8 +258,10 @@ class CheckedBackup:
     data: str
     #: the stored files, relative to ``media/``
     media_files: list[PurePosixPath]
-    #: the index version the backup holds ("v000000000042"), None without an index
-    index_version_name: str | None
+    #: the backup's search store parts ("part-000001.npz", in order), empty without one
+    index_parts: list[str]
+    #: what built the backed-up store (None without one)
+    index_identity: StoreIdentity | None
 
 
 def backup_validate(*, folder: Path) -> CheckedBackup:
@@ -222,7 +286,7 @@ def backup_validate(*, folder: Path) -> CheckedBackup:
         manifest = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise KnowledgeError(f"The backup's {MANIFEST_FILE} cannot be read ({exc}).") from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+    if not isinstance(manifest, dict) or manifest.get("format") not in (1, FORMAT):
         format_ = manifest.get("format") if isinstance(manifest, dict) else None
         raise KnowledgeError(f"Unsupported backup format {format_}.")
 
@@ -230,9 +294,13 @@ def backup_validate(*, folder: Path) -> CheckedBackup:
     if MEDIA_FOLDER in top:
         _expect(top, MEDIA_FOLDER, stat.S_ISDIR)
         media_files = _media_files(folder / MEDIA_FOLDER, PurePosixPath())
-    index_version_name = _index_version(folder / INDEX_FOLDER) if INDEX_FOLDER in top else None
+    # a format-1 backup's index/ (a FAISS version of the old layout) is never read: the store is rebuilt
+    has_parts = INDEX_FOLDER in top and manifest["format"] == FORMAT
+    index_parts, index_identity = _index_parts(folder / INDEX_FOLDER) if has_parts else ([], None)
     data = _rows(folder / DATA_FILE)
-    return CheckedBackup(manifest=manifest, data=data, media_files=media_files, index_version_name=index_version_name)
+    return CheckedBackup(
+        manifest=manifest, data=data, media_files=media_files, index_parts=index_parts, index_identity=index_identity
+    )
 
 
 def _entries(folder: Path) -> dict[str, int]:
@@ -262,24 +330,25 @@ def _media_files(folder: Path, relative: PurePosixPath) -> list[PurePosixPath]:
     return files
 
 
-def _index_version(index: Path) -> str:
-    """The version named by the backup's ``index/CURRENT``, checked to be the one plain folder beside it."""
+def _index_parts(index: Path) -> tuple[list[str], StoreIdentity]:
+    """The parts of the backup's ``index/`` (plain files named as a backup names them) and its identity."""
+    from ingestion.store import StoreIdentity
+
     entries = _entries(index)
-    _expect(entries, CURRENT_FILE, stat.S_ISREG, "index/")
-    name = (index / CURRENT_FILE).read_bytes().decode("ascii", errors="replace").strip()
-    if not is_version_name(name):
-        raise KnowledgeError(
-            f"The backup's index/{CURRENT_FILE} names {name[:80]!r}, not an index version (like v000000000042)."
-        )
-    unexpected = sorted(set(entries) - {CURRENT_FILE, name})
+    _expect(entries, IDENTITY_FILE, stat.S_ISREG, "index/")
+    unexpected = sorted(name for name in entries if name != IDENTITY_FILE and not _PART_NAME.fullmatch(name))
     if unexpected:
-        raise KnowledgeError(f"The backup's index/ holds unexpected entries: {', '.join(map(repr, unexpected))}.")
-    _expect(entries, name, stat.S_ISDIR, "index/")
-    for entry, mode in _entries(index / name).items():
-        if not stat.S_ISREG(mode):
-            what = "a link" if stat.S_ISLNK(mode) else "not a plain file"
-            raise KnowledgeError(f"The backup's index/{name}/{entry} is {what}: refused.")
-    return name
+        raise KnowledgeError(f"The backup's index/ holds unexpected entries: {', '.join(map(repr, unexpected[:5]))}.")
+    parts = sorted(name for name in entries if name != IDENTITY_FILE)
+    for name in parts:
+        _expect(entries, name, stat.S_ISREG, "index/")
+    try:
+        identity = StoreIdentity(**json.loads((index / IDENTITY_FILE).read_text(encoding="utf-8")))
+    except (ValueError, TypeError, UnicodeDecodeError) as exc:
+        raise KnowledgeError(f"The backup's index/{IDENTITY_FILE} cannot be read ({exc}).") from exc
+    for name in parts:  # read once here, so that a bad part is refused before anything is written
+        _read_part(index / name, identity)
+    return parts, identity
 
 
 def _rows(path: Path) -> str:

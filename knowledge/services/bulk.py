@@ -22,6 +22,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from ingestion.errors import IngestionError
+from ingestion.language import PassageTerms
+from ingestion.store import PassageEmbeddings
 from ingestion.types import ChunkDraft, ParsedDocument
 from knowledge.errors import DuplicateDocumentError
 from knowledge.models import Chunk, Collection, Document
@@ -95,6 +97,8 @@ class _Pending:
     document: Document
     parsed: ParsedDocument | None = None
     chunks: list[ChunkDraft] = field(default_factory=list)
+    #: the chunks' lexical analysis, made with the chunking (the store then needs no second pass)
+    terms: list[PassageTerms] = field(default_factory=list)
     error: str = ""
 
 
@@ -180,7 +184,7 @@ def _ingest_group(
             logger.exception("Unexpected error while ingesting document %s", entry.document.pk)
             entry.error = "An unexpected error stopped the ingestion of this document; see the log."
             continue
-        entry.parsed, entry.chunks = prepared.parsed, prepared.chunks
+        entry.parsed, entry.chunks, entry.terms = prepared.parsed, prepared.chunks, list(prepared.terms)
 
     # the chunks of the whole group are embedded together, in full batches, in document order
     Document.objects.filter(pk__in=ids).update(stage="embedding")
@@ -190,7 +194,7 @@ def _ingest_group(
     reported = len(pending) - len(ready)  # failed ones are finished
     if reported:
         progress(reported)
-    parts: list[np.ndarray] = []
+    parts: list[PassageEmbeddings] = []
     for start in range(0, len(drafts), EMBED_BATCH):
         batch = drafts[start : start + EMBED_BATCH]
         parts.append(embed_chunks(batch, embedder=embedder, options=options))
@@ -198,9 +202,9 @@ def _ingest_group(
         if finished > reported:
             progress(finished - reported)
             reported = finished
-    vectors = np.concatenate(parts) if parts else np.zeros((0, embedder.dimension), dtype=np.float32)
+    embeddings = PassageEmbeddings.concatenate(parts, dimension=embedder.dimension)
 
-    _write_group(pending, ready, vectors, collection, embedder.name)
+    _write_group(pending, ready, embeddings, collection, embedder.name)
     rows = {
         pk: (status, error, chunks)
         for pk, status, error, chunks in Document.objects.filter(pk__in=ids).values_list(
@@ -212,13 +216,16 @@ def _ingest_group(
 
 
 def _write_group(
-    pending: list[_Pending], ready: list[_Pending], vectors: np.ndarray, collection: Collection, embedder_name: str
+    pending: list[_Pending],
+    ready: list[_Pending],
+    embeddings: PassageEmbeddings,
+    collection: Collection,
+    embedder_name: str,
 ) -> None:
-    """Write the chunks and vectors of a group in one transaction and one index version."""
-    index = engines.get_index()
+    """Write the chunks and search entries of a group in one transaction (one faiss segment)."""
     now = timezone.now()
-    # as in document_process: the writer lock is held until the database has committed
-    with index.writer() as writer, transaction.atomic():
+    # as in document_process: the store writes in (or holds its lock until) the database transaction
+    with engines.get_store().writer() as writer, transaction.atomic():
         Chunk.objects.filter(document_id__in=[e.document.pk for e in pending if e.error]).delete()
         offset = 0
         for entry in ready:
@@ -228,7 +235,8 @@ def _write_group(
                 document_id=entry.document.pk,
                 collection_id=collection.pk,
                 chunks=[chunk_row(entry.document.pk, draft) for draft in entry.chunks],
-                vectors=vectors[offset : offset + count],
+                embeddings=embeddings.take(range(offset, offset + count)),
+                terms=entry.terms or None,
             )
             offset += count
             assert entry.parsed is not None
@@ -247,7 +255,6 @@ def _write_group(
                 Document.objects.filter(pk=entry.document.pk).update(
                     status=Document.Status.FAILED, stage="", error=entry.error, chunk_count=0, processed_at=now
                 )
-    Document.objects.filter(pk__in=[e.document.pk for e in ready]).update(index_version=index.version)
 
 
 def documents_delete_many(*, documents: Iterable[Document]) -> int:
@@ -259,8 +266,7 @@ def documents_delete_many(*, documents: Iterable[Document]) -> int:
     if not documents:
         return 0
     files = [(d.file.storage, d.file.name) for d in documents if d.file.name]
-    index = engines.get_index()
-    with index.writer() as writer, transaction.atomic():
+    with engines.get_store().writer() as writer, transaction.atomic():
         for document in documents:
             writer.remove_document(document.pk)
         Document.objects.filter(pk__in=[d.pk for d in documents]).delete()

@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from django.conf import settings
@@ -34,6 +35,9 @@ from knowledge.models import Chunk, Document, DocumentPart
 from knowledge.observability import instrumentation as observe
 from knowledge.services import documents, engines, leases
 from knowledge.services.documents import ProcessOutcome
+
+if TYPE_CHECKING:
+    from ingestion.store import PassageEmbeddings, StoreIdentity
 
 logger = logging.getLogger(__name__)
 
@@ -251,7 +255,7 @@ def _part_prepare(part: DocumentPart, notify: Callable[[str], None]) -> dict[str
             {"text": draft.text, "page": draft.page, "heading": draft.heading_path, "token_count": draft.token_count}
             for draft in result.chunks
         ],
-        vectors=np.ascontiguousarray(result.vectors, dtype=np.float32).tobytes(),
+        vectors=_embedding_rows(result.embeddings).tobytes(),
         title=(result.parsed.title or "")[:300],
         ocr_pages=list(result.parsed.ocr_pages),
         warnings=list(result.parsed.warnings),
@@ -293,10 +297,9 @@ def _assemble_if_complete(
 def _assemble(document_id: int, part_id: int) -> bool:
     """Write the chunks and vectors of every part as the document's; False when another part did it."""
     embedder = engines.get_embedder()
-    index = engines.get_index()
-    # As in document_process: the writer's lock is held until the database has committed. The lock
-    # on the document's row makes this check-and-write happen once, whichever parts finish together.
-    with index.writer() as writer, transaction.atomic():
+    # As in document_process: the store writes in (or holds its lock until) the database transaction. The
+    # lock on the document's row makes this check-and-write happen once, whichever parts finish together.
+    with engines.get_store().writer() as writer, transaction.atomic():
         document = (
             Document.objects.select_for_update().filter(pk=document_id, status=Document.Status.PROCESSING).first()
         )
@@ -310,7 +313,7 @@ def _assemble(document_id: int, part_id: int) -> bool:
         drafts = [draft for part in parts for draft in part.chunks]
         if not drafts:
             raise EmptyDocumentError("The document contains no extractable text")
-        vectors = np.concatenate(
+        rows = np.concatenate(
             [
                 np.frombuffer(bytes(part.vectors), dtype=np.float32).reshape(len(part.chunks), -1)
                 for part in parts
@@ -332,7 +335,7 @@ def _assemble(document_id: int, part_id: int) -> bool:
                 )
                 for ordinal, draft in enumerate(drafts)
             ],
-            vectors=vectors,
+            embeddings=_embeddings_of_rows(rows, engines.store_identity()),
         )
         Document.objects.filter(pk=document_id).update(
             status=Document.Status.READY,
@@ -349,8 +352,26 @@ def _assemble(document_id: int, part_id: int) -> bool:
             title=document.title or parts[0].title or document.original_name,
         )
         DocumentPart.objects.filter(document_id=document_id).delete()
-    Document.objects.filter(pk=document_id).update(index_version=index.version)
     return True
+
+
+def _embedding_rows(embeddings: PassageEmbeddings) -> np.ndarray:
+    """A part's embeddings as one float32 row per chunk: the dense vector, then the companion's if any."""
+    columns = [embeddings.dense] if embeddings.companion is None else [embeddings.dense, embeddings.companion]
+    return np.ascontiguousarray(np.concatenate(columns, axis=1), dtype=np.float32)
+
+
+def _embeddings_of_rows(rows: np.ndarray, identity: StoreIdentity) -> PassageEmbeddings:
+    """The inverse of :func:`_embedding_rows` (rows of parts embedded by another model fail clearly)."""
+    from ingestion.store import PassageEmbeddings
+
+    width = identity.dimension + identity.companion_dimension
+    if rows.shape[1] != width:
+        raise ValueError(
+            f"the parts were embedded as rows of {rows.shape[1]} values, the configured embedder makes {width}"
+        )
+    companion = rows[:, identity.dimension :] if identity.companion_dimension else None
+    return PassageEmbeddings(np.ascontiguousarray(rows[:, : identity.dimension]), companion)
 
 
 def _part_failed(document_id: int, part_id: int, exc: Exception, *, part: DocumentPart | None = None) -> ProcessOutcome:

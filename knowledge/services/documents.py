@@ -30,11 +30,11 @@ from knowledge.observability import instrumentation as observe
 from knowledge.services import access, engines, leases
 
 if TYPE_CHECKING:
-    import numpy as np
     from django.contrib.auth.models import AbstractBaseUser
 
-    from ingestion.index import IndexWriter
+    from ingestion.language import PassageTerms
     from ingestion.parsing import FileFacts
+    from ingestion.store import PassageEmbeddings, StoreWriter
     from ingestion.types import ChunkDraft
 
 logger = logging.getLogger(__name__)
@@ -205,8 +205,7 @@ def document_reingest(*, document: Document, dispatch: bool = True) -> Document:
 
 def document_delete(*, document: Document) -> None:
     """Delete a document with its chunks, its vectors and its stored file."""
-    index = engines.get_index()
-    with index.writer() as writer, transaction.atomic():
+    with engines.get_store().writer() as writer, transaction.atomic():
         writer.remove_document(document.pk)
         file_name = document.file.name
         storage = document.file.storage
@@ -256,22 +255,31 @@ def document_needs_ocr(*, document: Document) -> bool:
 
 
 def document_chunks_write(
-    writer: IndexWriter, *, document_id: int, collection_id: int, chunks: Sequence[Chunk], vectors: np.ndarray
+    writer: StoreWriter,
+    *,
+    document_id: int,
+    collection_id: int,
+    chunks: Sequence[Chunk],
+    embeddings: PassageEmbeddings,
+    terms: Sequence[PassageTerms] | None = None,
 ) -> int:
-    """Replace a document's chunks and vectors with ``chunks`` (unsaved, in order) and their ``vectors``.
+    """Replace a document's chunks and their search entries with ``chunks`` (unsaved, in order), their
+    ``embeddings`` and (when the pipeline computed it) their lexical analysis ``terms``.
 
-    Call it inside ``with index.writer() as writer, transaction.atomic():`` so that the writer's lock
-    is held until the database has committed. Returns how many chunks were written.
+    Call it inside ``with store.writer() as writer, transaction.atomic():``: the postgres store writes in
+    that transaction, and the faiss store's writer lock is held until the database has committed.
+    Returns how many chunks were written.
     """
     Chunk.objects.filter(document_id=document_id).delete()
     rows = Chunk.objects.bulk_create(chunks)
     writer.remove_document(document_id)
     writer.add(
         [row.pk for row in rows],
-        vectors,
+        embeddings,
         document_id=document_id,
         collection_id=collection_id,
         texts=[row.text for row in rows],
+        terms=terms,
     )
     return len(rows)
 
@@ -369,17 +377,18 @@ def _document_process(
         timings = dict(result.timings)
         notify("indexing")
         index_started = time.perf_counter()
-        index = engines.get_index()
-        # The writer's lock is held until the database has committed, so a consistency check
-        # (which takes the same lock) never sees one without the other. If the index save then
-        # fails, the error below marks the document failed and removes its chunks.
-        with index.writer() as writer, transaction.atomic():
+        # The postgres store writes in this transaction; the faiss store's writer lock is held until the
+        # database has committed, so a consistency check (which takes the same lock) never sees one
+        # without the other. If the store's save then fails, the error below marks the document failed
+        # and removes its chunks.
+        with engines.get_store().writer() as writer, transaction.atomic():
             count = document_chunks_write(
                 writer,
                 document_id=document_id,
                 collection_id=document.collection_id,
                 chunks=[chunk_row(document_id, draft) for draft in result.chunks],
-                vectors=result.vectors,
+                embeddings=result.embeddings,
+                terms=result.terms,
             )
             Document.objects.filter(pk=document_id).update(
                 status=Document.Status.READY,
@@ -395,7 +404,6 @@ def _document_process(
                 processed_at=timezone.now(),
                 title=document.title or (result.parsed.title or document.original_name),
             )
-        Document.objects.filter(pk=document_id).update(index_version=index.version)
         timings["index"] = time.perf_counter() - index_started
     except IngestionError as exc:
         if exc.transient:
@@ -422,7 +430,7 @@ def _document_process(
 def document_fail(document_id: int, reason: str) -> None:
     """Mark a document failed and make sure nothing of it stays in the table or the index."""
     try:
-        with engines.get_index().writer() as writer, transaction.atomic():
+        with engines.get_store().writer() as writer, transaction.atomic():
             writer.remove_document(document_id)
             Chunk.objects.filter(document_id=document_id).delete()
     except IngestionError:

@@ -1,19 +1,22 @@
-"""The FAISS index is derived from the Chunk table: rebuild it, check it, repair it."""
+"""The search store is derived from the Chunk table: rebuild it, check it, repair it (both backends)."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
+from django.db import DEFAULT_DB_ALIAS, connections, transaction
+from django.utils import timezone
 
-from knowledge.models import Chunk, Document
+from knowledge.models import Chunk, Document, SearchRebuild
 from knowledge.services import engines
 
 if TYPE_CHECKING:
-    from ingestion.index import IndexWriter
+    from ingestion.store import StoreWriter
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +27,7 @@ _BATCH = 256
 class RebuildReport:
     documents: int
     vectors: int
-    version: int
+    backend: str
 
 
 @dataclass(frozen=True)
@@ -41,69 +44,143 @@ class IndexCheckReport:
         return not self.missing and not self.extra
 
 
-def _embed_into(writer: IndexWriter, chunk_ids: list[int], progress: Callable[[int], None] | None) -> None:
-    """Embed the given chunks from their stored text and add them through ``writer``."""
+def _whole_documents(chunk_ids: list[int]) -> Iterator[list[Chunk]]:
+    """The chunks of ``chunk_ids`` in batches of about ``_BATCH``, a document's chunks never split over two
+    (its passages are analysed together: one without stop words is read in its document's language)."""
+    wanted = sorted(set(chunk_ids))
+    rows = list(Chunk.objects.filter(pk__in=wanted).order_by("document_id", "ordinal").values_list("pk", "document_id"))
+    batch: list[int] = []
+    for position, (pk, document_id) in enumerate(rows):
+        batch.append(pk)
+        last_of_document = position + 1 == len(rows) or rows[position + 1][1] != document_id
+        if last_of_document and len(batch) >= _BATCH:
+            yield _chunks(batch)
+            batch = []
+    if batch:
+        yield _chunks(batch)
+
+
+def _chunks(ids: list[int]) -> list[Chunk]:
+    found = Chunk.objects.filter(pk__in=ids).select_related("document").order_by("document_id", "ordinal")
+    return list(found)
+
+
+def _embed_into(writer: StoreWriter, chunk_ids: list[int], progress: Callable[[int], None] | None) -> None:
+    """Embed the given chunks from their stored text and add them through ``writer``, a document at a time."""
     from ingestion.chunking import embedding_text
-    from ingestion.embedding import passage_rows
+    from ingestion.embedding import passage_embeddings
     from knowledge.services.documents import chunk_draft
 
     embedder = engines.get_embedder()
     config = engines.chunking_config()
-    for start in range(0, len(chunk_ids), _BATCH):
-        batch = list(
-            Chunk.objects.filter(pk__in=chunk_ids[start : start + _BATCH])
-            .select_related("document")
-            .order_by("document_id", "ordinal")
-        )
-        texts = [embedding_text(chunk_draft(c), config) for c in batch]
-        vectors = passage_rows(embedder, texts)
-        # one add per document: the index keeps each vector's document and collection for filtering
-        for offset, chunk in enumerate(batch):
-            if offset and batch[offset - 1].document_id == chunk.document_id:
-                continue
-            rows = [i for i, c in enumerate(batch) if c.document_id == chunk.document_id]
+    for batch in _whole_documents(chunk_ids):
+        embeddings = passage_embeddings(embedder, [embedding_text(chunk_draft(c), config) for c in batch])
+        start = 0
+        while start < len(batch):
+            document = batch[start].document
+            end = start
+            while end < len(batch) and batch[end].document_id == document.pk:
+                end += 1
             writer.add(
-                [batch[i].pk for i in rows],
-                vectors[rows],
-                document_id=chunk.document_id,
-                collection_id=chunk.document.collection_id,
-                texts=[batch[i].text for i in rows],
+                [c.pk for c in batch[start:end]],
+                embeddings.take(range(start, end)),
+                document_id=document.pk,
+                collection_id=document.collection_id,
+                texts=[c.text for c in batch[start:end]],
             )
+            start = end
         if progress:
             progress(len(batch))
 
 
+class _RecordedProgress:
+    """Counts embedded chunks into a ``SearchRebuild`` row (at most every second), so that the admin shows how
+    far a rebuild is. The postgres store rebuilds in one transaction, whose writes nobody sees before its end:
+    the row is then written through a connection of its own."""
+
+    def __init__(self, run: SearchRebuild, forward: Callable[[int], None] | None) -> None:
+        self.run = run
+        self.forward = forward
+        self.saved_at = 0.0
+        self._connection: Any = None
+
+    def __call__(self, count: int) -> None:
+        self.run.done += count
+        if time.monotonic() - self.saved_at >= 1.0:
+            self.save()
+        if self.forward:
+            self.forward(count)
+
+    def save(self) -> None:
+        self.saved_at = time.monotonic()
+        if not connections[DEFAULT_DB_ALIAS].in_atomic_block:
+            SearchRebuild.objects.filter(pk=self.run.pk).update(done=self.run.done, updated_at=timezone.now())
+            return
+        if self._connection is None:
+            self._connection = connections.create_connection(DEFAULT_DB_ALIAS)
+        with self._connection.cursor() as cursor:
+            cursor.execute(
+                f"UPDATE {SearchRebuild._meta.db_table} SET done = %s, updated_at = %s WHERE id = %s",
+                [self.run.done, timezone.now(), self.run.pk],
+            )
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+
 def index_rebuild(*, progress: Callable[[int], None] | None = None) -> RebuildReport:
-    """Rebuild the whole index from the Chunk table of ready documents, with the configured embedder.
+    """Rebuild the whole search store from the Chunk table of ready documents, with the configured embedder.
 
-    Works after a change of embedder too (the old index is not loaded). Documents chunked for
-    another embedder keep their chunks; re-ingest them if the new model's limit is smaller.
-    One writer session: the new version replaces the old one atomically when complete.
+    Works after a change of embedder too, without downtime: the new vectors are built beside the old ones,
+    questions are answered from the old ones (embedded with the previous model) meanwhile, and the new ones
+    replace them when complete. Documents uploaded meanwhile wait for the rebuild to end (their tasks are
+    retried). Documents chunked for another embedder keep their chunks; re-ingest them if the new model's
+    limit is smaller. The run and its progress are recorded in ``SearchRebuild`` (shown in the admin).
     """
-    from ingestion.index import IndexConfig, VectorIndex
-
-    embedder = engines.get_embedder()
-    index = VectorIndex(
-        IndexConfig(directory=settings.INDEX_DIR, approx_threshold=settings.INDEX_APPROX_THRESHOLD),
-        embedder_name=embedder.name,
-        dimension=embedder.dimension,
-        load=False,
+    identity = engines.store_identity()
+    engines.remember_embedder(identity)
+    previous = engines.saved_identity()
+    ready = Document.objects.filter(status=Document.Status.READY)
+    chunk_ids = list(Chunk.objects.filter(document__in=ready).order_by("pk").values_list("pk", flat=True))
+    run = SearchRebuild.objects.create(
+        backend=settings.RAG_SEARCH_BACKEND,
+        embedder=identity.embedder,
+        previous_embedder=previous.embedder if previous is not None and previous != identity else "",
+        total=len(chunk_ids),
     )
-    with index.writer(reset=True) as writer:
-        writer.clear()
-        ready = Document.objects.filter(status=Document.Status.READY)
-        chunk_ids = list(Chunk.objects.filter(document__in=ready).order_by("pk").values_list("pk", flat=True))
-        _embed_into(writer, chunk_ids, progress)
+    recorded = _RecordedProgress(run, progress)
+    try:
+        store = engines.open_store(identity, load=False)
+        with store.writer(reset=True) as writer:
+            writer.clear()
+            _embed_into(writer, chunk_ids, recorded)
+        merge = getattr(store, "merge", None)
+        if merge is not None:  # the faiss store: one searchable segment now, not at the next writer's turn
+            merge()
+    except BaseException as exc:
+        recorded.close()
+        SearchRebuild.objects.filter(pk=run.pk).update(
+            status=SearchRebuild.Status.FAILED, done=run.done, error=str(exc)[:2000], finished_at=timezone.now()
+        )
+        raise
+    recorded.close()
+    SearchRebuild.objects.filter(pk=run.pk).update(
+        status=SearchRebuild.Status.DONE, done=run.done, finished_at=timezone.now()
+    )
     engines.reset()
-    Document.objects.filter(status=Document.Status.READY).update(index_version=index.version, embedder=embedder.name)
-    return RebuildReport(documents=ready.count(), vectors=len(index), version=index.version)
+    Document.objects.filter(status=Document.Status.READY).update(embedder=identity.embedder)
+    return RebuildReport(documents=ready.count(), vectors=len(engines.get_store().ids()), backend=store.backend)
 
 
 def index_check() -> IndexCheckReport:
-    """Compare the index with the Chunk table of ready documents."""
-    index = engines.get_index()
+    """Compare the search store with the Chunk table of ready documents."""
+    store = engines.get_store()
+    # the store first: a document committing between the two reads then looks missing (embedded again, the
+    # same rows), never extra (its rows removed)
+    present = {int(i) for i in store.ids()}
     expected = set(Chunk.objects.filter(document__status=Document.Status.READY).values_list("pk", flat=True).iterator())
-    present = {int(i) for i in index.ids()}
     return IndexCheckReport(
         chunks=len(expected),
         vectors=len(present),
@@ -112,13 +189,29 @@ def index_check() -> IndexCheckReport:
     )
 
 
-def index_repair(*, progress: Callable[[int], None] | None = None) -> IndexCheckReport:
-    """Remove vectors that have no chunk, embed chunks that have no vector; return the state after.
+def index_verify() -> str | None:
+    """Read every part of the search store and check that its files agree (the faiss store; the postgres
+    store's rows are the database's business). None when they do, else what is wrong, in a sentence."""
+    from ingestion.errors import IndexCorruptError
 
-    The comparison runs under the writers' lock: ingestions hold it until their database commit,
-    so a document being indexed right now is never mistaken for a gap.
+    verify = getattr(engines.get_store(), "verify", None)
+    if verify is None:
+        return None
+    try:
+        verify()
+    except IndexCorruptError as exc:
+        return str(exc)
+    return None
+
+
+def index_repair(*, progress: Callable[[int], None] | None = None) -> IndexCheckReport:
+    """Remove search entries that have no chunk, embed chunks that have none; return the state after.
+
+    The comparison runs inside the writer (the faiss store's lock, which ingestions hold until their
+    database commit; the postgres store's transaction), so a document being indexed right now is never
+    mistaken for a gap.
     """
-    with engines.get_index().writer() as writer:
+    with engines.get_store().writer() as writer, transaction.atomic():
         report = index_check()
         if report.extra:
             writer.remove_ids(report.extra)

@@ -169,7 +169,7 @@ def test_status_is_public_and_describes_model_index_and_queue(corpus_docs: Any, 
         assert "vectors" not in body["index"] and body["documents"] == {}  # nothing to count for anonymous
     client.force_login(staff)
     body = client.get("/api/v1/status/").json()
-    assert body["index"]["vectors"] == len(engines.get_index())
+    assert body["index"]["vectors"] == len(engines.get_store().ids())
     assert body["documents"]["ready"] == 2  # the staff flag does not open the HR collection
 
 

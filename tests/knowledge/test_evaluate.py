@@ -12,6 +12,7 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
+from ingestion.embedding import CompanionEmbedder
 from knowledge.models import Chunk, Collection, Document
 from knowledge.services import answering, engines
 from knowledge.services.bulk import markdown_document
@@ -68,7 +69,7 @@ def _evaluate(folder: Path, cache: Path, *args: str) -> tuple[dict[str, Any], st
 def _nothing_left(portal_dirs: dict[str, Path]) -> None:
     assert not Collection.objects.filter(slug__startswith="eval-").exists()
     assert Document.objects.count() == 0 and Chunk.objects.count() == 0
-    assert len(engines.get_index()) == 0
+    assert len(engines.get_store().ids()) == 0
     media = portal_dirs["media"] / "documents"
     assert not media.exists() or not any(media.iterdir())
 
@@ -106,13 +107,16 @@ def test_keep_leaves_the_collection_and_a_second_run_reuses_the_cached_vectors(
     collection = Collection.objects.get(slug="kept-eval")
     assert collection.documents.filter(status=Document.Status.READY).count() == len(CORPUS)
     with sqlite3.connect(cache / "vectors.sqlite3") as connection:
-        stored = connection.execute("SELECT COUNT(*) FROM vectors").fetchone()[0]
-    assert stored == Chunk.objects.filter(document__collection=collection).count()
+        stored = dict(connection.execute("SELECT embedder, COUNT(*) FROM vectors GROUP BY embedder").fetchall())
+    embedder = engines.get_embedder()
+    chunks = Chunk.objects.filter(document__collection=collection).count()
+    assert stored[embedder.name] == chunks  # one dense vector a chunk
+    assert isinstance(embedder, CompanionEmbedder) and 0 < stored[embedder.companion_name] <= chunks
 
     def no_embedding(self: Any, texts: Any) -> Any:
         raise AssertionError(f"{len(texts)} passages embedded again")
 
-    for method in ("embed_passages", "embed_passage_rows"):  # vectors alone, or with their latent terms
+    for method in ("embed_passages", "embed_companion"):  # the dense vectors and the companion's
         monkeypatch.setattr(type(engines.get_embedder()), method, no_embedding)
     second, _ = _evaluate(beir, cache, "--quiet")
 

@@ -39,9 +39,8 @@ CONTENT = {
 
 
 def _vectors_of(document_id: int) -> int:
-    index = engines.get_index()
     chunk_ids = set(Chunk.objects.filter(document_id=document_id).values_list("pk", flat=True))
-    return len(chunk_ids & {int(i) for i in index.ids()})
+    return len(chunk_ids & {int(i) for i in engines.get_store().ids()})
 
 
 def test_every_corpus_file_ends_as_expected(corpus_dir: Path) -> None:
@@ -125,7 +124,7 @@ def test_processing_again_replaces_chunks_and_vectors(
     for _ in range(2):
         document_services.document_process(document_id=document.pk, force=True)
     assert Chunk.objects.filter(document=document).count() == chunks
-    assert len(engines.get_index()) == chunks
+    assert len(engines.get_store().ids()) == chunks
     assert index_services.index_check().consistent
 
 
@@ -167,7 +166,7 @@ def test_a_broken_file_fails_with_a_reason_and_leaves_the_rest_untouched(
     ingest: Callable[..., Document], text_file: Callable[[str, str], Path], tmp_path: Path
 ) -> None:
     good = ingest(text_file("good.txt", "Kept safe: the archive of the Bergen harbour authority."))
-    before = set(engines.get_index().ids().tolist())
+    before = set(engines.get_store().ids().tolist())
     for name, payload in [
         ("empty.pdf", b""),
         ("random.bin", bytes(range(256)) * 40),
@@ -179,7 +178,7 @@ def test_a_broken_file_fails_with_a_reason_and_leaves_the_rest_untouched(
         assert bad.status == "failed", name
         assert bad.error and "Traceback" not in bad.error, name
         assert bad.chunks.count() == 0
-    assert set(engines.get_index().ids().tolist()) == before
+    assert set(engines.get_store().ids().tolist()) == before
     good.refresh_from_db()
     assert good.status == "ready"
 
@@ -201,27 +200,30 @@ def test_ingest_command_rejects_a_missing_path(capsys: Any) -> None:
         call_command("ingest", __file__, "--collection", "nope")
 
 
+@pytest.mark.stores
 def test_rebuild_index_restores_every_vector(
     ingest: Callable[..., Document], text_file: Callable[[str, str], Path]
 ) -> None:
     ingest(text_file("a.txt", "Alpha document about glaciers in Iceland."))
     ingest(text_file("b.txt", "Beta document about volcanoes in Italy."))
     chunks = Chunk.objects.count()
-    shutil.rmtree(engines.get_index().config.directory)
+    with engines.get_store().writer() as writer:
+        writer.clear()
     engines.reset()
     out = io.StringIO()
     call_command("rebuild_index", stdout=out)
-    assert f"{chunks} vectors" in out.getvalue()
+    assert f"rebuilt: {chunks} chunks" in out.getvalue()
     assert index_services.index_check().consistent
     hits = engines.get_searcher().search("volcanoes Italy", k=1)
     assert Document.objects.get(pk=hits[0].document_id).original_name == "b.txt"
 
 
+@pytest.mark.stores
 def test_check_index_finds_and_repairs_a_gap(
     ingest: Callable[..., Document], text_file: Callable[[str, str], Path]
 ) -> None:
     document = ingest(text_file("c.txt", "Gamma document about the rivers of Brazil."))
-    with engines.get_index().writer() as writer:
+    with engines.get_store().writer() as writer:
         writer.remove_document(document.pk)
     from django.core.management.base import CommandError
 
@@ -233,19 +235,20 @@ def test_check_index_finds_and_repairs_a_gap(
     assert index_services.index_check().consistent
 
 
+@pytest.mark.stores
 def test_the_searcher_follows_the_search_settings(
     settings: Any, ingest: Callable[..., Document], text_file: Callable[[str, str], Path]
 ) -> None:
     ingest(text_file("d.txt", "Delta document: the glaciers of Iceland are retreating every year."))
     engines.reset()
     hits = engines.get_searcher().search("Are the glaciers of Iceland shrinking?", k=1)
-    assert hits[0].terms_score is not None  # the companion scores English questions by default
+    assert hits[0].companion_score is not None  # the companion scores English questions by default
 
-    settings.RAG_FUSION, settings.RAG_TERMS_WEIGHT = "rrf", 0.0
+    settings.RAG_FUSION, settings.RAG_COMPANION_WEIGHT = "rrf", 0.0
     engines.reset()
     try:
         searcher = engines.get_searcher()
-        assert (searcher.config.fusion, searcher.config.terms_weight) == ("rrf", 0.0)
-        assert searcher.search("Are the glaciers of Iceland shrinking?", k=1)[0].terms_score is None
+        assert (searcher.config.fusion, searcher.config.companion_weight) == ("rrf", 0.0)
+        assert searcher.search("Are the glaciers of Iceland shrinking?", k=1)[0].companion_score is None
     finally:
         engines.reset()

@@ -29,7 +29,7 @@ def test_a_document_past_the_memory_limit_fails_with_the_reason_and_leaves_the_i
 ) -> None:
     good = ingest(text_file("harbour.txt", "Kept safe: the archive of the Bergen harbour authority."))
     assert good.status == "ready"
-    before = set(engines.get_index().ids().tolist())
+    before = set(engines.get_store().ids().tolist())
 
     # a legitimate but big text file (24 MB) with a limit far below what reading it takes
     paragraph = "The minutes of the harbour board record every ship that entered the port that year. "
@@ -41,7 +41,7 @@ def test_a_document_past_the_memory_limit_fails_with_the_reason_and_leaves_the_i
     assert document.status == "failed"
     assert document.error == "Reading this document needed more than 16 MB of memory; it was not read"
     assert document.chunks.count() == 0 and document.chunk_count == 0
-    assert set(engines.get_index().ids().tolist()) == before
+    assert set(engines.get_store().ids().tolist()) == before
     assert index_services.index_check().consistent
     good.refresh_from_db()
     assert good.status == "ready"
@@ -90,7 +90,7 @@ def test_planning_a_pdf_of_inflating_streams_leaves_the_worker_memory_alone_and_
     with path.open("rb") as handle:
         document = documents.document_create(file=handle, filename=path.name, dispatch=False)
     engines.get_embedder()  # loaded before measuring: the worker has it already
-    engines.get_index()
+    engines.get_store()
 
     # page counting for the split plan, and the needs-OCR check, read the file in the memory-limited child
     before = _peak_memory_mb()

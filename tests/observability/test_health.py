@@ -126,20 +126,30 @@ def test_readyz_answers_503_when_the_database_is_unreachable(tmp_path: Path) -> 
 
 
 @pytest.mark.django_db
-def test_readiness_says_when_the_third_search_side_waits_for_a_rebuild(
+def test_readiness_says_when_the_companion_side_waits_for_a_rebuild(
     client: Any, settings: Any, portal_dirs: dict[str, Path]
 ) -> None:
-    from ingestion.index import IndexConfig, VectorIndex
+    from ingestion.store import PassageEmbeddings
     from tests.ingestion.fixtures_engine import unit_vectors
 
     assert settings.RAG_COMPANION_EMBEDDER == "minilm"  # the default
-    index = VectorIndex(IndexConfig(portal_dirs["index"]), embedder_name="e5:multilingual-e5-small", dimension=384)
-    with index.writer() as writer:  # vectors alone, as saved before the companion was set
-        writer.add([1], unit_vectors(1, 384), document_id=1, collection_id=1, texts=["a"])
+    identity = engines.store_identity()
+    with engines.open_store(identity).writer() as writer:  # one chunk without its companion vector
+        writer.add(
+            [1],
+            PassageEmbeddings(unit_vectors(1, identity.dimension), unit_vectors(1, identity.companion_dimension)),
+            document_id=1,
+            collection_id=1,
+            texts=["a"],
+        )
+        writer.add(
+            [2], PassageEmbeddings(unit_vectors(1, identity.dimension)), document_id=2, collection_id=1, texts=["b"]
+        )
+    engines.reset()
 
     check = client.get("/readyz").json()["checks"]["index"]
 
-    assert check["ok"] is True and check["chunks_without_terms"] == 1
+    assert check["ok"] is True and check["chunks_without_companion"] == 1
     assert "rebuild_index" in check["note"]
     settings.RAG_COMPANION_EMBEDDER = ""  # no third side configured: nothing to say
     assert "note" not in client.get("/readyz").json()["checks"]["index"]

@@ -23,5 +23,5 @@ class Command(BaseCommand):
             report = portal_backup(folder=Path(folder), include_index=not no_index)
         except KnowledgeError as exc:
             raise CommandError(exc.message) from exc
-        index = f"index version {report.index_version}" if report.index_version else "no index"
+        index = f"{report.index_chunks} chunks of the search store" if report.index_chunks else "no search store"
         self.stdout.write(f"Backed up {report.documents} documents, {report.files} files, {index} to {folder}.")

@@ -26,7 +26,7 @@ def _search_overrides(pairs: list[str]) -> dict[str, Any]:
     """``["fusion=convex", "rrf_k=20"]`` as typed SearchConfig fields."""
     from ingestion.search import SearchConfig
 
-    fields = {f.name: f for f in dataclasses.fields(SearchConfig) if f.name not in ("languages", "auto_reload")}
+    fields = {f.name: f for f in dataclasses.fields(SearchConfig) if f.name != "languages"}
     overrides: dict[str, Any] = {}
     for pair in pairs:
         name, _, raw = pair.partition("=")

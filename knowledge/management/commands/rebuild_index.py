@@ -1,4 +1,4 @@
-"""Rebuild the FAISS index from the database: ``manage.py rebuild_index``."""
+"""Rebuild the search store from the database: ``manage.py rebuild_index``."""
 
 from __future__ import annotations
 
@@ -6,22 +6,26 @@ import sys
 from typing import Any
 
 from django.core.management.base import BaseCommand
+from tqdm import tqdm
 
+from knowledge.models import Chunk, Document
 from knowledge.services import index as index_services
 
 
 class Command(BaseCommand):
-    help = "Rebuild the search index from the chunks of every ready document, with the configured embedder."
+    help = (
+        "Rebuild the search store (RAG_SEARCH_BACKEND) from the chunks of every ready document, with the configured "
+        "embedder. Questions are answered from the old contents until the new ones replace them."
+    )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        bar = None
-        if sys.stderr.isatty():
-            from tqdm import tqdm
-
-            bar = tqdm(unit="chunk", file=sys.stderr)
-        report = index_services.index_rebuild(progress=bar.update if bar else None)
-        if bar is not None:
+        total = Chunk.objects.filter(document__status=Document.Status.READY).count()
+        # a progress bar on standard error, also when it is not a terminal (a log shows where a long rebuild is)
+        bar = tqdm(total=total, unit="chunk", file=sys.stderr, mininterval=1.0 if sys.stderr.isatty() else 10.0)
+        try:
+            report = index_services.index_rebuild(progress=bar.update)
+        finally:
             bar.close()
         self.stdout.write(
-            f"Index rebuilt: {report.vectors} vectors from {report.documents} documents (version {report.version})."
+            f"Search store ({report.backend}) rebuilt: {report.vectors} chunks from {report.documents} documents."
         )

@@ -26,5 +26,5 @@ class Command(BaseCommand):
         except KnowledgeError as exc:
             raise CommandError(exc.message) from exc
         self.stdout.write(
-            f"Restored {report.documents} documents and {report.files} files; index version {report.index_version}."
+            f"Restored {report.documents} documents and {report.files} files; {report.index_chunks} chunks searchable."
         )
