@@ -1,6 +1,6 @@
 """Both search stores side by side at scale: the faiss store and the postgres (pgvector) store, in one run.
 
-    .venv/bin/python bench/bench_stores.py [--sizes 100000 1000000] [--queries 200] [--runs 3]
+    .venv/bin/python bench/bench_stores.py [--sizes 100000 1000000] [--stores faiss postgres] [--queries 100] [--runs 3]
 
 For each size, one synthetic corpus is loaded into each store through the store's own writer: the chunk
 vectors of ``bench_index.synthetic_corpus`` (384 dimensions, grouped in topics, 20 chunks a document, 5
@@ -9,9 +9,12 @@ consecutive sentences of SciFact abstracts, 80% of the documents, or of PIAF's F
 from ``../shared/eval`` at run time, each chunk starting at a random sentence, with two or three made-up
 names per document so that the vocabulary keeps growing with the corpus). Then, each in fresh processes:
 
-- **search**: p50/p95 of ``view.dense`` (k = 100, the hybrid searcher's dense candidates) and of a whole
-  hybrid question (``ingestion.search.HybridSearcher.search``, 10 results; its embedder is a stand-in that
-  returns each question's synthetic vector, so no model runs) with a collection filter: all five
+- **load**: one ``writer(reset=True)`` block, as a rebuild (faiss: with its background merge, waited for;
+  postgres: one transaction, the HNSW index built at its end, then VACUUM ANALYZE);
+- **search**: p50/p95 of ``view.dense`` (k = 100, the hybrid searcher's dense candidates), of the lexical side
+  alone (``query_tokens`` then ``view.lexical``, k = 100) and of a whole hybrid question
+  (``ingestion.search.HybridSearcher.search``, 10 results; its embedder is a stand-in that returns each
+  question's synthetic vector, so no model runs) with a collection filter: all five
   collections, one of 25% and one of 3%; recall@10 of the dense side against exact search (numpy, same
   filter); the reader's RSS after answering;
 - **add one document**: one 20-chunk document added through the writer (its texts analysed by the writer,
@@ -24,8 +27,9 @@ names per document so that the vocabulary keeps growing with the corpus). Then, 
   product), median of ``--runs``.
 
 The postgres store runs on a pgvector server the script starts with the PyPI ``pgserver`` package (PostgreSQL
-16 with pgvector) in ``--workdir``; a database per size is created and Django's ``migrate`` makes the schema.
-The last line printed is one JSON object.
+16 with pgvector) in ``--workdir`` (or a temporary folder); a database per size is created and Django's
+``migrate`` makes the schema. A table is printed per size, each store's figures as JSON as soon as they are
+known, and the last line is one JSON object with every figure.
 """
 
 from __future__ import annotations
@@ -257,7 +261,7 @@ def chunk_rows(document: int, size: int) -> range:
 
 
 def new_document(number: int, vectors: np.ndarray, rng: np.random.Generator) -> tuple[int, np.ndarray]:
-    """A document beyond the corpus: its id, and 20 vectors near those of a random corpus document."""
+    """A document beyond the corpus: its id, and 20 vectors near the first chunk of a random corpus document."""
     documents = -(-len(vectors) // CHUNKS_PER_DOCUMENT)
     source = int(rng.integers(0, documents - 1))
     base = np.asarray(vectors[chunk_rows(source, len(vectors))][:1], dtype=np.float32)
