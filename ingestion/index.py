@@ -25,10 +25,12 @@ new generation's manifest, then ``CURRENT`` is switched (``os.replace`` of a fsy
 fsynced). A writer killed at any point leaves the previous generation current and intact; the next writer
 removes what it left. Files referenced by neither the current nor the previous generation are removed.
 
-**Reading.** :meth:`FaissStore.view` returns the snapshot in memory at once. When ``CURRENT`` has changed it
-starts a background thread that opens only the segments it does not hold yet (memory-mapped: their vectors,
-texts and postings are shared with the page cache) and the new tombstone files, then swaps the snapshot;
-questions are answered from the old snapshot meanwhile. A writer's own process sees its write when the
+**Reading.** :meth:`FaissStore.view` returns the snapshot in memory. When ``CURRENT`` has changed it starts a
+background thread that opens only the segments it does not hold yet (memory-mapped: their vectors, texts and
+postings are shared with the page cache) and the new tombstone files, then swaps the snapshot. It waits for
+that load at most ``refresh_wait`` (0.1 s): a new document's segment is ready within it, so a question asked
+after an upload in another process finds the document; a longer load goes on in the background while questions
+are answered from the old snapshot. A writer's own process sees its write when the
 ``writer()`` block ends. :meth:`FaissStore.refresh` loads synchronously (tests, benchmarks, the first open).
 
 **Dense search** runs each segment's FAISS index with the filter (an ``IDSelectorBitmap`` of the live, allowed
@@ -155,6 +157,10 @@ class IndexConfig:
     segment_chunks: int = 100_000
     #: after publishing, run the merges the policy asks for in a background thread of the writing process
     background_merge: bool = True
+    #: seconds :meth:`FaissStore.view` waits for a background load it started before answering from the old
+    #: snapshot: a new document's small segment opens in a few milliseconds, so the next question sees it,
+    #: while a slow load (a big merged segment) delays no question by more than this
+    refresh_wait: float = 0.1
 
 
 # ---- names ---------------------------------------------------------------------------------------
@@ -1582,9 +1588,12 @@ class FaissStore:
         return len(self._snapshot)
 
     def view(self) -> FaissView:
-        """The snapshot in memory, at once; starts loading a newer saved generation in the background."""
+        """The snapshot in memory; a newer saved generation is loaded in the background, waited for at most
+        ``config.refresh_wait`` seconds."""
         if self._auto_refresh:
-            self._maybe_refresh()
+            loading = self._maybe_refresh()
+            if loading is not None and self.config.refresh_wait > 0:
+                loading.join(self.config.refresh_wait)
         return self._snapshot
 
     def ids(self) -> np.ndarray:
@@ -1597,18 +1606,20 @@ class FaissStore:
             return None
         return stat.st_ino, stat.st_mtime_ns, stat.st_size
 
-    def _maybe_refresh(self) -> None:
+    def _maybe_refresh(self) -> threading.Thread | None:
+        """Start loading a changed ``CURRENT`` in the background; the thread started, or None."""
         token = self._pointer_stat()
         if token == self._seen:
-            return
+            return None
         failed = self._failed
         if failed is not None and failed[0] == token and time.monotonic() - failed[1] < 10.0:
-            return
+            return None
         with self._threads_lock:
             if self._refresher is not None and self._refresher.is_alive():
-                return
+                return None  # started by an earlier question, which waited for it: this one does not
             self._refresher = threading.Thread(target=self._background_refresh, name="faiss-refresh", daemon=True)
             self._refresher.start()
+            return self._refresher
 
     def _background_refresh(self) -> None:
         token = self._pointer_stat()

@@ -266,6 +266,18 @@ def test_a_second_instance_sees_a_write_without_blocking_its_questions(
     assert reader.background_error is None
 
 
+def test_the_next_question_after_a_small_write_sees_it(tmp_path: Path) -> None:
+    writer_side = open_store(tmp_path)
+    fill(writer_side, [1, 2])
+    reader = open_store(tmp_path)
+    assert sorted(reader.ids().tolist()) == [1, 2]
+
+    fill(writer_side, [3], seed=3)
+
+    # no refresh() called: view() starts the load and waits for it (config.refresh_wait)
+    assert sorted(reader.view().ids().tolist()) == [1, 2, 3]
+
+
 def test_a_reader_loads_only_new_segments_and_never_analyses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     writer_side = open_store(tmp_path)
     for document in range(3):
