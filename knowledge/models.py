@@ -7,11 +7,13 @@ The database is the source of truth: the FAISS index is derived from the Chunk t
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 from pathlib import PurePath
 
 from django.conf import settings
 from django.contrib.auth.models import Group
 from django.db import models
+from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 DEFAULT_COLLECTION_SLUG = "default"
@@ -287,8 +289,20 @@ class SearchEmbedder(models.Model):
         return self.identity
 
 
+class SearchRebuildQuerySet(models.QuerySet["SearchRebuild"]):
+    def running(self) -> SearchRebuildQuerySet:
+        """Runs still in progress: marked running and heard from within ``SearchRebuild.STALE_AFTER`` (a run
+        whose process was killed stays marked running; it stops holding uploads back after that)."""
+        heard = timezone.now() - SearchRebuild.STALE_AFTER
+        return self.filter(status=SearchRebuild.Status.RUNNING, updated_at__gte=heard)
+
+
 class SearchRebuild(models.Model):
     """One run of ``manage.py rebuild_index`` (or the admin action): its progress, shown in the admin."""
+
+    #: a run that has not recorded progress for this long is taken for dead (the longest quiet phase is the
+    #: end of a rebuild at 1M chunks: the faiss merge or the postgres HNSW build, several minutes)
+    STALE_AFTER = timedelta(minutes=30)
 
     class Status(models.TextChoices):
         RUNNING = "running", _("Running")
@@ -306,6 +320,8 @@ class SearchRebuild(models.Model):
     started_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+
+    objects = SearchRebuildQuerySet.as_manager()
 
     class Meta:
         ordering = ["-started_at"]

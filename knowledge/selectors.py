@@ -103,7 +103,7 @@ def _running_rebuild() -> dict[str, Any] | None:
     """The rebuild of the search store running now (progress, models), None when there is none."""
     from knowledge.models import SearchRebuild
 
-    run = SearchRebuild.objects.filter(status=SearchRebuild.Status.RUNNING).first()
+    run = SearchRebuild.objects.running().first()
     if run is None:
         return None
     return {

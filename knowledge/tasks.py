@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from celery import shared_task
@@ -11,7 +13,7 @@ from django.conf import settings
 from django.db import OperationalError
 
 from ingestion.errors import IndexBusyError
-from knowledge.services import document_parts, documents
+from knowledge.services import document_parts, documents, index
 from knowledge.services.documents import ProcessOutcome
 
 logger = logging.getLogger(__name__)
@@ -28,6 +30,22 @@ _RETRY = {
     "soft_time_limit": settings.RAG_INGEST_TIME_LIMIT,
     "time_limit": settings.RAG_INGEST_TIME_LIMIT + 60,
 }
+
+
+#: seconds between two tries of a document while the search store is being rebuilt
+REBUILD_RETRY_SECONDS = 60
+
+
+@contextmanager
+def _waiting_for_rebuild(task: Any) -> Iterator[None]:
+    """A document that finds the store held by a rebuild waits for its end, however long (a re-embedding of a
+    large store takes hours): its tries meanwhile are not counted in max_retries."""
+    try:
+        yield
+    except IndexBusyError as exc:
+        if not index.rebuild_running():
+            raise  # another writer held the lock too long: an ordinary, counted retry
+        raise task.retry(countdown=REBUILD_RETRY_SECONDS, max_retries=task.request.retries + 1) from exc
 
 
 def _result(task: Any, outcome: ProcessOutcome, **ids: int) -> dict[str, object]:
@@ -49,20 +67,23 @@ def document_ingest_task(self: Any, document_id: int, force: bool = False) -> di
 
     A big PDF continues as page ranges, one document_ingest_part task each.
     """
-    return _result(self, documents.document_ingest(document_id=document_id, ocr=False, force=force))
+    with _waiting_for_rebuild(self):
+        return _result(self, documents.document_ingest(document_id=document_id, ocr=False, force=force))
 
 
 @shared_task(bind=True, name="knowledge.document_ingest_part", **_RETRY)
 def document_ingest_part_task(self: Any, document_id: int, part_id: int) -> dict[str, object]:
     """Ingest one page range of a big PDF; the part that completes the set indexes the document."""
-    outcome = document_parts.document_part_process(document_id=document_id, part_id=part_id)
+    with _waiting_for_rebuild(self):
+        outcome = document_parts.document_part_process(document_id=document_id, part_id=part_id)
     return _result(self, outcome, part_id=part_id)
 
 
 @shared_task(bind=True, name="knowledge.document_ocr_part", **_RETRY)
 def document_ocr_part_task(self: Any, document_id: int, part_id: int) -> dict[str, object]:
     """Ingest one page range of a big scan with OCR, on the "ocr" queue."""
-    outcome = document_parts.document_part_process(document_id=document_id, part_id=part_id)
+    with _waiting_for_rebuild(self):
+        outcome = document_parts.document_part_process(document_id=document_id, part_id=part_id)
     return _result(self, outcome, part_id=part_id)
 
 
@@ -72,7 +93,8 @@ def document_ocr_task(self: Any, document_id: int, force: bool = False) -> dict[
 
     A long scan continues as page ranges, one document_ocr_part task each, read side by side.
     """
-    return _result(self, documents.document_ingest(document_id=document_id, ocr=True, force=force))
+    with _waiting_for_rebuild(self):
+        return _result(self, documents.document_ingest(document_id=document_id, ocr=True, force=force))
 
 
 @shared_task(name="knowledge.documents_redispatch")

@@ -134,7 +134,7 @@ def get_store() -> SearchStore:
     if saved is not None and saved != identity:
         from knowledge.models import SearchRebuild
 
-        if SearchRebuild.objects.filter(status=SearchRebuild.Status.RUNNING, embedder=identity.embedder).exists():
+        if SearchRebuild.objects.running().filter(embedder=identity.embedder).exists():
             from ingestion.errors import IndexBusyError
 
             raise IndexBusyError(

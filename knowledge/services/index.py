@@ -130,14 +130,20 @@ class _RecordedProgress:
             self._connection = None
 
 
+def rebuild_running() -> bool:
+    """Whether a rebuild of the search store is in progress (documents then wait for its end)."""
+    return SearchRebuild.objects.running().exists()
+
+
 def index_rebuild(*, progress: Callable[[int], None] | None = None) -> RebuildReport:
     """Rebuild the whole search store from the Chunk table of ready documents, with the configured embedder.
 
     Works after a change of embedder too, without downtime: the new vectors are built beside the old ones,
     questions are answered from the old ones (embedded with the previous model) meanwhile, and the new ones
     replace them when complete. Documents uploaded meanwhile wait for the rebuild to end (their tasks are
-    retried). Documents chunked for another embedder keep their chunks; re-ingest them if the new model's
-    limit is smaller. The run and its progress are recorded in ``SearchRebuild`` (shown in the admin).
+    retried every minute for as long as it runs, see ``knowledge.tasks``). Documents chunked for another
+    embedder keep their chunks; re-ingest them if the new model's limit is smaller. The run and its progress
+    are recorded in ``SearchRebuild`` (shown in the admin).
     """
     identity = engines.store_identity()
     engines.remember_embedder(identity)

@@ -129,3 +129,41 @@ def test_without_the_previous_model_on_record_the_store_asks_for_a_rebuild(
     engines.reset()
     with pytest.raises(IndexMismatchError, match="rebuild_index"):
         engines.get_searcher().search("glaciers", k=1)
+
+
+def test_a_rebuild_not_heard_from_for_half_an_hour_no_longer_holds_documents_back() -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    run = SearchRebuild.objects.create(backend="faiss", embedder="new-model", total=10)
+    assert index_services.rebuild_running()
+    SearchRebuild.objects.filter(pk=run.pk).update(updated_at=timezone.now() - timedelta(minutes=31))
+
+    assert not index_services.rebuild_running()  # its process was killed: the row stays "running" forever
+    assert SearchRebuild.objects.running().count() == 0
+
+
+def test_documents_wait_for_a_rebuild_without_using_up_their_retries() -> None:
+    from celery.exceptions import Retry
+
+    from knowledge import tasks
+
+    class Task:  # the two things _waiting_for_rebuild asks of a bound Celery task
+        class request:
+            retries = 7
+
+        def retry(self, **options: Any) -> Retry:
+            self.options = options
+            return Retry()
+
+    task = Task()
+    SearchRebuild.objects.create(backend="faiss", embedder="new-model", total=10)
+    with pytest.raises(Retry), tasks._waiting_for_rebuild(task):
+        raise IndexBusyError("The search store is being rebuilt")
+    # one more try allowed than already made: the wait does not count, however long the rebuild
+    assert task.options == {"countdown": tasks.REBUILD_RETRY_SECONDS, "max_retries": 8}
+
+    SearchRebuild.objects.update(status=SearchRebuild.Status.DONE)
+    with pytest.raises(IndexBusyError), tasks._waiting_for_rebuild(task):
+        raise IndexBusyError("another writer holds the lock")  # no rebuild: the ordinary, counted retry
