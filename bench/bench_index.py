@@ -25,7 +25,7 @@ new segment and a new generation published). After each, a thread of the reader 
 five collections) while the reader picks the new generation up in the background: "pickup" is the median time
 from the end of the write until the reader's snapshot holds the new document (``view()`` polled every
 millisecond), "q max" the slowest question answered meanwhile and
-"view max" the slowest ``view()`` call (it waits at most ``IndexConfig.refresh_wait`` for a reload it started).
+"view max" the slowest ``view()`` call (it loads a small new generation itself: ``sync_refresh_chunks``).
 
 FAISS threads: the product never calls ``faiss.omp_set_num_threads``, so FAISS uses OpenMP's default
 (one thread per core); ``--threads N`` sets it in the writer and the readers to compare.

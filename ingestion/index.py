@@ -25,13 +25,14 @@ new generation's manifest, then ``CURRENT`` is switched (``os.replace`` of a fsy
 fsynced). A writer killed at any point leaves the previous generation current and intact; the next writer
 removes what it left. Files referenced by neither the current nor the previous generation are removed.
 
-**Reading.** :meth:`FaissStore.view` returns the snapshot in memory. When ``CURRENT`` has changed it starts a
-background thread that opens only the segments it does not hold yet (memory-mapped: their vectors, texts and
-postings are shared with the page cache) and the new tombstone files, then swaps the snapshot. It waits for
-that load at most ``refresh_wait`` (0.1 s): a new document's segment is ready within it, so a question asked
-after an upload in another process finds the document; a longer load goes on in the background while questions
-are answered from the old snapshot. A writer's own process sees its write when the
-``writer()`` block ends. :meth:`FaissStore.refresh` loads synchronously (tests, benchmarks, the first open).
+**Reading.** :meth:`FaissStore.view` returns the snapshot in memory. When ``CURRENT`` has changed it opens
+only the segments it does not hold yet (memory-mapped: their vectors, texts and postings are shared with the
+page cache) and the new tombstone files, then swaps the snapshot. When the new segments are small (at most
+``sync_refresh_chunks`` chunks: new documents, deletions) this happens before it returns, in milliseconds, so a
+question asked after an upload in another process finds the document. A bigger load (a merged segment) runs
+in a background thread while questions are answered from the old snapshot. A writer's own process sees its
+write when the ``writer()`` block ends. :meth:`FaissStore.refresh` always loads synchronously (tests,
+benchmarks, the first open).
 
 **Dense search** runs each segment's FAISS index with the filter (an ``IDSelectorBitmap`` of the live, allowed
 positions) and merges the top ``k``. On an HNSW segment a filter letting through at most 5% of it is scanned
@@ -157,10 +158,10 @@ class IndexConfig:
     segment_chunks: int = 100_000
     #: after publishing, run the merges the policy asks for in a background thread of the writing process
     background_merge: bool = True
-    #: seconds :meth:`FaissStore.view` waits for a background load it started before answering from the old
-    #: snapshot: a new document's small segment opens in a few milliseconds, so the next question sees it,
-    #: while a slow load (a big merged segment) delays no question by more than this
-    refresh_wait: float = 0.1
+    #: a newer generation whose new segments hold at most this many chunks (a few new documents, deletions) is
+    #: loaded by :meth:`FaissStore.view` before it answers (milliseconds); a bigger one (a merged segment)
+    #: in the background, questions being answered from the old snapshot meanwhile
+    sync_refresh_chunks: int = 10_000
 
 
 # ---- names ---------------------------------------------------------------------------------------
@@ -1588,12 +1589,10 @@ class FaissStore:
         return len(self._snapshot)
 
     def view(self) -> FaissView:
-        """The snapshot in memory; a newer saved generation is loaded in the background, waited for at most
-        ``config.refresh_wait`` seconds."""
+        """The snapshot in memory, after loading a newer saved generation when it is small (else that load runs
+        in the background and the snapshot in memory answers meanwhile)."""
         if self._auto_refresh:
-            loading = self._maybe_refresh()
-            if loading is not None and self.config.refresh_wait > 0:
-                loading.join(self.config.refresh_wait)
+            self._maybe_refresh()
         return self._snapshot
 
     def ids(self) -> np.ndarray:
@@ -1606,20 +1605,37 @@ class FaissStore:
             return None
         return stat.st_ino, stat.st_mtime_ns, stat.st_size
 
-    def _maybe_refresh(self) -> threading.Thread | None:
-        """Start loading a changed ``CURRENT`` in the background; the thread started, or None."""
+    def _maybe_refresh(self) -> None:
+        """Load a changed ``CURRENT``: at once when its new segments are small, else in the background."""
         token = self._pointer_stat()
         if token == self._seen:
-            return None
+            return
         failed = self._failed
         if failed is not None and failed[0] == token and time.monotonic() - failed[1] < 10.0:
-            return None
+            return
         with self._threads_lock:
             if self._refresher is not None and self._refresher.is_alive():
-                return None  # started by an earlier question, which waited for it: this one does not
-            self._refresher = threading.Thread(target=self._background_refresh, name="faiss-refresh", daemon=True)
-            self._refresher.start()
-            return self._refresher
+                return  # a big load is in progress: the snapshot in memory answers until it ends
+            if self._new_chunks() <= self.config.sync_refresh_chunks:
+                loading = False
+            else:
+                loading = True
+                self._refresher = threading.Thread(target=self._background_refresh, name="faiss-refresh", daemon=True)
+                self._refresher.start()
+        if not loading:
+            self._background_refresh()  # in this thread; its errors are kept as a background load's
+
+    def _new_chunks(self) -> int:
+        """How many chunks the saved generation's segments hold beyond the snapshot's (its manifest only)."""
+        try:
+            name = _current_generation(self.directory)
+            if name is None:
+                return 0
+            manifest = _read_manifest(self.directory, name)
+        except (OSError, IndexCorruptError, ValueError, KeyError, TypeError):
+            return 0  # loading it will say what is wrong (or find the generation replaced meanwhile)
+        held = {part.name for part in self._snapshot.parts}
+        return sum(int(entry["count"]) for entry in manifest["segments"] if entry["name"] not in held)
 
     def _background_refresh(self) -> None:
         token = self._pointer_stat()
@@ -1633,7 +1649,7 @@ class FaissStore:
     def refresh(self, *, wait: bool = True) -> bool:
         """Load the saved generation if it differs from the one in memory; True when the snapshot changed.
 
-        ``wait=False`` starts it in the background (as :meth:`view` does) and returns at once. With
+        ``wait=False`` does what :meth:`view` does (a big load goes to the background) and returns. With
         ``wait=True`` it waits for a background load in progress, and raises what loading raises.
         """
         if not wait:

@@ -183,6 +183,9 @@ def index_rebuild(*, progress: Callable[[int], None] | None = None) -> RebuildRe
 def index_check() -> IndexCheckReport:
     """Compare the search store with the Chunk table of ready documents."""
     store = engines.get_store()
+    refresh = getattr(store, "refresh", None)
+    if refresh is not None:  # the faiss store: what is saved now, even a big merge still loading in the background
+        refresh()
     # the store first: a document committing between the two reads then looks missing (embedded again, the
     # same rows), never extra (its rows removed)
     present = {int(i) for i in store.ids()}

@@ -235,7 +235,7 @@ def test_a_second_instance_sees_a_write_without_blocking_its_questions(
 ) -> None:
     writer_side = open_store(tmp_path)
     fill(writer_side, [1, 2], texts=["first text", "second text"])
-    reader = open_store(tmp_path)
+    reader = open_store(tmp_path, sync_refresh_chunks=0)  # every new segment counts as big: a background load
     assert reader.segments_opened == 1
     vectors = fill(writer_side, [3], seed=3, texts=["third text"])
     assert sorted(writer_side.ids().tolist()) == [1, 2, 3]  # the writer's process sees its write at once
@@ -274,7 +274,7 @@ def test_the_next_question_after_a_small_write_sees_it(tmp_path: Path) -> None:
 
     fill(writer_side, [3], seed=3)
 
-    # no refresh() called: view() starts the load and waits for it (config.refresh_wait)
+    # no refresh() called: view() loads a small new generation before it answers (config.sync_refresh_chunks)
     assert sorted(reader.view().ids().tolist()) == [1, 2, 3]
 
 
