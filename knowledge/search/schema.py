@@ -4,12 +4,18 @@
   (``term_ids`` with their counts ``tfs``, the passage's ``length`` and ``language``).
 - ``search_term`` (term -> id, and how many chunks hold it), ``search_language`` (language -> chunks, total
   length) and ``search_posting`` (one row per term of a chunk: its count, the chunk's length and collection,
-  read by index-only scans of ``(term_id, chunk_id) INCLUDE (tf, length, collection_id)``): the BM25 index and
-  statistics, kept by triggers on ``search_chunk`` in the writing transaction, whoever deletes (the store's
-  writer, or a deleted ``knowledge_chunk`` through its own trigger). The writer creates a chunk's new terms
-  (df 0) before its row. A transaction's changes to df and to the language totals wait in ``search_pending_*``
-  and are added in once, when it commits (a deferred trigger); readers see ``search_term_now`` and
-  ``search_language_now``: the committed statistics plus their own transaction's pending changes.
+  and its impact, read by index-only scans of ``(term_id, collection_id, impact DESC, chunk_id) INCLUDE (tf,
+  length)``): the BM25 index and statistics, kept by triggers on ``search_chunk`` in the writing transaction,
+  whoever deletes (the store's writer, or a deleted ``knowledge_chunk`` through its own trigger). The writer
+  creates a chunk's new terms (df 0) before its row. A transaction's changes to df and to the language totals
+  wait in ``search_pending_*`` and are added in once, when it commits (a deferred trigger); readers see
+  ``search_term_now`` and ``search_language_now``: the committed statistics plus their own transaction's
+  pending changes.
+- A posting's ``impact`` is its BM25 term weight without the idf (``IMPACT_K1``, ``IMPACT_B``: the hybrid
+  searcher's defaults) against the average length the writer saw when it wrote the chunk (the chunk's
+  ``impact_average``): a term's postings in a collection are read best first, and a reader may stop after the
+  first few. It is fixed at write time (the delete trigger recomputes it to find the row); exact scores are
+  computed at query time from ``tf``, ``length`` and the statistics then.
 - ``search_space``: the identities vectors were computed with (embedder, dimension, companion); each space's
   vectors are in their own table ``search_vectors_<id>`` (a pgvector column with an HNSW index, the companion's
   vector in its own nullable column), so that a second set can be filled beside the current one and switched.
@@ -27,6 +33,8 @@ from typing import Any
 from ingestion.store import StoreIdentity
 
 __all__ = [
+    "IMPACT_B",
+    "IMPACT_K1",
     "LOCK_KEY",
     "install",
     "installed",
@@ -38,6 +46,10 @@ __all__ = [
 
 #: the advisory lock every writer of the search tables holds until its transaction ends ("kpsearch")
 LOCK_KEY = 0x6B70_7365_6172_6368
+#: the BM25 parameters of the postings' impacts (ingestion.search.SearchConfig's bm25_k1 and bm25_b): they only
+#: order each term's postings, whatever parameters a question is scored with
+IMPACT_K1 = 0.9
+IMPACT_B = 0.4
 
 TABLES_SQL = f"""
 CREATE TABLE IF NOT EXISTS search_space (
@@ -59,6 +71,7 @@ CREATE TABLE IF NOT EXISTS search_chunk (
     text text NOT NULL,
     language text NOT NULL,
     length integer NOT NULL,
+    impact_average real NOT NULL,
     term_ids integer[] NOT NULL,
     tfs integer[] NOT NULL,
     CHECK (cardinality(term_ids) = cardinality(tfs))
@@ -76,16 +89,23 @@ CREATE TABLE IF NOT EXISTS search_language (
     chunks bigint NOT NULL,
     length bigint NOT NULL
 );
--- the inverted index: one row per (term, chunk), read by index-only scans of its covering index
+-- a posting's impact: its term weight without the idf, fixed when written (IMMUTABLE: the delete finds the row)
+CREATE OR REPLACE FUNCTION search_impact(tf integer, length integer, average real) RETURNS real
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    RETURN (tf / (tf + {IMPACT_K1}::float8 * (1 - {IMPACT_B}::float8
+                                              + {IMPACT_B}::float8 * length / greatest(average, 1e-9)::float8)))::real;
+
+-- the inverted index: one row per (term, chunk), read best first by index-only scans of its covering index
 CREATE TABLE IF NOT EXISTS search_posting (
     chunk_id bigint NOT NULL,
     collection_id bigint NOT NULL,
     term_id integer NOT NULL,
+    impact real NOT NULL,
     tf integer NOT NULL,
     length integer NOT NULL
 );
-CREATE UNIQUE INDEX IF NOT EXISTS search_posting_term ON search_posting (term_id, chunk_id)
-    INCLUDE (tf, length, collection_id);
+CREATE UNIQUE INDEX IF NOT EXISTS search_posting_impact
+    ON search_posting (term_id, collection_id, impact DESC, chunk_id) INCLUDE (tf, length);
 
 -- A transaction's changes to the statistics, added into search_term and search_language when it commits (once
 -- per term and transaction: updating a row again and again in one long transaction, a rebuild, would make
@@ -140,8 +160,9 @@ BEGIN
         RETURN NULL;
     END IF;
     PERFORM pg_advisory_xact_lock({LOCK_KEY});
-    INSERT INTO search_posting (chunk_id, collection_id, term_id, tf, length)
-        SELECT a.chunk_id, a.collection_id, u.id, u.tf, a.length FROM added a, unnest(a.term_ids, a.tfs) AS u(id, tf);
+    INSERT INTO search_posting (chunk_id, collection_id, term_id, impact, tf, length)
+        SELECT a.chunk_id, a.collection_id, u.id, search_impact(u.tf, a.length, a.impact_average), u.tf, a.length
+        FROM added a, unnest(a.term_ids, a.tfs) AS u(id, tf);
     INSERT INTO search_pending_term (term_id, n)
         SELECT u.id, count(*) FROM added a, unnest(a.term_ids) AS u(id) GROUP BY u.id;
     INSERT INTO search_pending_language (language, chunks, length)
@@ -166,8 +187,10 @@ BEGIN
         RETURN NULL;
     END IF;
     DELETE FROM search_posting p
-        USING (SELECT u.id, r.chunk_id FROM removed r, unnest(r.term_ids) AS u(id)) g
-        WHERE p.term_id = g.id AND p.chunk_id = g.chunk_id;
+        USING (SELECT u.id, r.collection_id, search_impact(u.tf, r.length, r.impact_average) AS impact, r.chunk_id
+               FROM removed r, unnest(r.term_ids, r.tfs) AS u(id, tf)) g
+        WHERE p.term_id = g.id AND p.collection_id = g.collection_id AND p.impact = g.impact
+          AND p.chunk_id = g.chunk_id;
     INSERT INTO search_pending_term (term_id, n)
         SELECT u.id, -count(*) FROM removed r, unnest(r.term_ids) AS u(id) GROUP BY u.id;
     INSERT INTO search_pending_language (language, chunks, length)
@@ -215,6 +238,7 @@ DROP FUNCTION IF EXISTS search_chunk_added();
 DROP FUNCTION IF EXISTS search_chunk_removed();
 DROP FUNCTION IF EXISTS search_fold();
 DROP FUNCTION IF EXISTS search_schedule_fold();
+DROP FUNCTION IF EXISTS search_impact(integer, integer, real);
 """
 
 
@@ -223,7 +247,9 @@ def vectors_table(space_id: int) -> str:
     return f"search_vectors_{int(space_id)}"
 
 
-def vectors_table_sql(space_id: int, identity: StoreIdentity, *, hnsw: bool) -> str:
+def vectors_table_sql(
+    space_id: int, identity: StoreIdentity, *, hnsw: bool, m: int = 16, ef_construction: int = 64
+) -> str:
     """The DDL of a space's vector table (``hnsw=False``: without its HNSW index, built after a bulk fill)."""
     table = vectors_table(space_id)
     companion = f",\n    companion vector({int(identity.companion_dimension)})" if identity.companion_dimension else ""
@@ -241,14 +267,18 @@ CREATE INDEX {table}_collection ON {table} (collection_id);
         # chunks embedded before the companion was configured: counted without reading the whole table
         sql += f"CREATE INDEX {table}_no_companion ON {table} (chunk_id) WHERE companion IS NULL;\n"
     if hnsw:
-        sql += hnsw_index_sql(space_id)
+        sql += hnsw_index_sql(space_id, m=m, ef_construction=ef_construction)
     return sql
 
 
-def hnsw_index_sql(space_id: int) -> str:
-    """The DDL of a space's HNSW index (cosine)."""
+def hnsw_index_sql(space_id: int, *, m: int = 16, ef_construction: int = 64) -> str:
+    """The DDL of a space's HNSW index (cosine; ``m`` and ``ef_construction`` as pgvector's defaults unless
+    given)."""
     table = vectors_table(space_id)
-    return f"CREATE INDEX {table}_hnsw ON {table} USING hnsw (embedding vector_cosine_ops);\n"
+    return (
+        f"CREATE INDEX {table}_hnsw ON {table} USING hnsw (embedding vector_cosine_ops) "
+        f"WITH (m = {int(m)}, ef_construction = {int(ef_construction)});\n"
+    )
 
 
 def _scalar(connection: Any, sql: str, params: tuple[Any, ...] = ()) -> Any:

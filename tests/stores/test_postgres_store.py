@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +17,11 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import connection, connections
 
 from ingestion.errors import IndexMismatchError
-from ingestion.language import TextAnalyzer
+from ingestion.language import PassageTerms, TextAnalyzer, bm25_idf, bm25_term_weight, passage_terms
 from ingestion.store import PassageEmbeddings, StoreIdentity
 
 from .conftest import IDENTITY, corpus, database_url, load, postgres_problem, unit, writing
+from .test_contract import common_and_rare_terms
 
 pytestmark = pytest.mark.stores
 
@@ -135,25 +137,93 @@ def test_an_empty_store_takes_on_the_configured_identity(pg: None) -> None:
         store(IDENTITY).view()
 
 
-def test_common_terms_score_but_do_not_bring_candidates_alone(pg: None) -> None:
-    # every chunk holds "gull"; a few hold "skua"
-    s = store(candidate_floor=0, candidate_share=0.5, candidate_cap=5)
-    texts = [f"gull {'skua' if i % 10 == 0 else 'tern'} number{i}" for i in range(40)]
-    with writing(s) as writer:
-        writer.add(
-            list(range(1, 41)), PassageEmbeddings(unit(np.ones((40, 16)))), document_id=1, collection_id=1, texts=texts
+def bm25_reference(
+    analyses: Sequence[PassageTerms], chunk_ids: Sequence[int], terms: Sequence[str], *, k1: float = 0.9, b: float = 0.4
+) -> list[tuple[int, float]]:
+    """Exact BM25 over every passage, best first (ties: the smaller id), as ingestion.language scores."""
+    n = len(analyses)
+    average = sum(a.length for a in analyses) / n
+    unique = list(dict.fromkeys(terms))
+    df = {t: sum(1 for a in analyses if t in a.counts) for t in unique}
+    scored = []
+    for chunk, analysis in zip(chunk_ids, analyses, strict=True):
+        score = sum(
+            bm25_idf(df[t], n) * bm25_term_weight(analysis.counts[t], analysis.length, average, k1, b)
+            for t in unique
+            if t in analysis.counts
         )
-    view = s.view()
+        if score > 0:
+            scored.append((chunk, score))
+    return sorted(scored, key=lambda hit: (-hit[1], hit[0]))
+
+
+def test_best_postings_rank_as_exact_bm25_when_the_depth_covers_them(pg: None) -> None:
+    docs = corpus(30, 6, seed=11)
+    analyses = [a for doc in docs for a in passage_terms(TextAnalyzer(), doc.texts)]
+    chunk_ids = [i for doc in docs for i in doc.chunk_ids]
+    load(store(), docs)
+    common, rare = common_and_rare_terms(docs)
+    deepest = max(sum(1 for a in analyses if t in a.counts) for t in common + rare)
+    view = store(lexical_depth=deepest).view()  # every posting of every term is read: no partial score
+    for terms in ([common[0]], common + rare, [rare[0], common[1]]):
+        for collections, allowed in (
+            (None, set(chunk_ids)),
+            ({2}, {i for d in docs if d.collection_id == 2 for i in d.chunk_ids}),
+        ):
+            expected = [(c, s) for c, s in bm25_reference(analyses, chunk_ids, terms) if c in allowed]
+            hits = view.lexical(terms, 1000, collections=collections, documents=None, k1=0.9, b=0.4)
+            assert [c for c, _ in hits] == [c for c, _ in expected], (terms, collections)
+            np.testing.assert_allclose([s for _, s in hits], [s for _, s in expected], rtol=1e-9)
+        top = view.lexical(terms, 5, collections=None, documents=None, k1=0.9, b=0.4)
+        assert [c for c, _ in top] == [c for c, _ in bm25_reference(analyses, chunk_ids, terms)[:5]]
+    # a few documents are scored exactly over their chunks, whatever the depth
+    hits = (
+        store(lexical_depth=1)
+        .view()
+        .lexical(
+            common + rare, 1000, collections=None, documents={docs[3].document_id, docs[7].document_id}, k1=0.9, b=0.4
+        )
+    )
+    allowed = set(docs[3].chunk_ids + docs[7].chunk_ids)
+    expected = [(c, s) for c, s in bm25_reference(analyses, chunk_ids, common + rare) if c in allowed]
+    assert [c for c, _ in hits] == [c for c, _ in expected]
+    # more documents than exact_limit allows: their filter applies inside the postings' scans
+    documents = {docs[3].document_id, docs[7].document_id}
+    view = store(lexical_depth=deepest, exact_limit=0).view()
+    same = view.lexical(common + rare, 1000, collections=None, documents=documents, k1=0.9, b=0.4)
+    assert [c for c, _ in same] == [c for c, _ in expected]
+    # many allowed collections (each read on its own rather than merged): the same answer
+    many = view.lexical(common + rare, 1000, collections=set(range(1, 41)), documents=None, k1=0.9, b=0.4)
+    everything = view.lexical(common + rare, 1000, collections=None, documents=None, k1=0.9, b=0.4)
+    assert [c for c, _ in many] == [c for c, _ in everything]
+
+
+def test_a_shallow_depth_reads_the_best_postings_and_scores_its_candidates_exactly(pg: None) -> None:
+    # every chunk holds "gull" (once to four times); a few hold "skua"
+    texts = [f"{' '.join(['gull'] * (1 + i % 4))} {'skua' if i % 10 == 0 else 'tern'} number{i}" for i in range(40)]
+    chunk_ids = list(range(1, 41))
+    s = store()
+    with writing(s) as writer:
+        writer.add(chunk_ids, PassageEmbeddings(unit(np.ones((40, 16)))), document_id=1, collection_id=1, texts=texts)
+    analyses = passage_terms(TextAnalyzer(), texts)
     analyzer = TextAnalyzer()
     gull, skua = analyzer.query_tokens("gull")[0], analyzer.query_tokens("skua")[0]
-    both = view.lexical([gull, skua], 100, collections=None, documents=None, k1=0.9, b=0.4)
-    assert sorted(c for c, _ in both) == [1, 11, 21, 31]  # "gull" adds to their scores, brings no other chunk
-    alone = view.lexical([skua], 100, collections=None, documents=None, k1=0.9, b=0.4)
-    assert all(score > dict(alone)[chunk] for chunk, score in both)
-    # a question of common terms only: candidates among the chunks holding them all, at most candidate_cap
-    assert len(view.lexical([gull], 100, collections=None, documents=None, k1=0.9, b=0.4)) == 5
-    exact = store(candidate_floor=1000).view().lexical([gull], 100, collections=None, documents=None, k1=0.9, b=0.4)
-    assert len(exact) == 40
+    view = store(lexical_depth=5, candidate_rescore=8).view()
+    # a common term alone: its best postings (the most "gull"s), which are the exact top
+    exact = bm25_reference(analyses, chunk_ids, [gull])
+    top = view.lexical([gull], 5, collections=None, documents=None, k1=0.9, b=0.4)
+    assert [c for c, _ in top] == [c for c, _ in exact[:5]]
+    # the rare term's postings are all read; the common term adds to their scores: exact scores for them
+    exact = bm25_reference(analyses, chunk_ids, [gull, skua])
+    both = view.lexical([gull, skua], 4, collections=None, documents=None, k1=0.9, b=0.4)
+    assert sorted(c for c, _ in both) == [1, 11, 21, 31]
+    assert [c for c, _ in both] == [c for c, _ in exact[:4]]
+    np.testing.assert_allclose([s for _, s in both], [s for _, s in exact[:4]], rtol=1e-9)
+    # at most candidate_rescore candidates (or k) come back, best first, each with its exact score
+    many = view.lexical([gull, skua], 100, collections=None, documents=None, k1=0.9, b=0.4)
+    assert len(many) <= 100 and [s for _, s in many] == sorted((s for _, s in many), reverse=True)
+    assert all(score == pytest.approx(dict(exact)[chunk], rel=1e-9) for chunk, score in many)
+    assert len(store().view().lexical([gull], 100, collections=None, documents=None, k1=0.9, b=0.4)) == 40
 
 
 def test_a_rolled_back_transaction_leaves_no_search_rows(postgres_db: None) -> None:
