@@ -11,6 +11,7 @@ class KnowledgeConfig(AppConfig):
     def ready(self) -> None:
         from django.core import checks
 
+        from knowledge import tasks  # noqa: F401  (registers the Celery tasks, which services send by name)
         from knowledge.search.checks import check_search_store
 
         # with the database tag: run by `migrate` and `check --database default`, never at import

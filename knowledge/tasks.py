@@ -12,9 +12,11 @@ from celery.signals import worker_ready
 from django.conf import settings
 from django.db import OperationalError
 
-from ingestion.errors import IndexBusyError
-from knowledge.services import document_parts, documents, index
-from knowledge.services.documents import ProcessOutcome
+from ingestion.errors import IndexBusyError, IngestionError
+from knowledge.errors import KnowledgeError
+from knowledge.services import document_parts, documents, index, requests
+from knowledge.services.document_runs import BUSY, ProcessOutcome
+from llm.errors import LLMError
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +51,7 @@ def _waiting_for_rebuild(task: Any) -> Iterator[None]:
 
 
 def _result(task: Any, outcome: ProcessOutcome, **ids: int) -> dict[str, object]:
-    if outcome.status == documents.BUSY:
+    if outcome.status == BUSY:
         # Another live run holds the work (this is a second delivery of it): look again when its lease
         # would run out, which it does only if that run died. Not one of the retries of max_retries.
         raise task.retry(countdown=outcome.retry_in, max_retries=task.request.retries + 1)
@@ -106,11 +108,6 @@ def documents_redispatch_task() -> int:
 @shared_task(name="knowledge.question_answer", acks_late=True, reject_on_worker_lost=True)
 def question_answer_task(task_id: str, params: dict[str, object]) -> dict[str, object]:
     """An "async": true API request; returns the body of the synchronous call, or the error."""
-    from ingestion.errors import IngestionError
-    from knowledge.errors import KnowledgeError
-    from knowledge.services import requests
-    from llm.errors import LLMError
-
     try:
         return {"ok": True, "body": requests.question_run_task(task_id=task_id, params=params)}
     except KnowledgeError as exc:
@@ -122,21 +119,17 @@ def question_answer_task(task_id: str, params: dict[str, object]) -> dict[str, o
 @shared_task(name="knowledge.index_repair", acks_late=True, reject_on_worker_lost=True)
 def index_repair_task() -> dict[str, int]:
     """Bring the index in line with the database (a crash may have left a gap); sent when a worker starts."""
-    from knowledge.services import index as index_services
-
-    before = index_services.index_check()
+    before = index.index_check()
     if before.consistent:
         return {"missing": 0, "extra": 0}
-    after = index_services.index_repair()
+    after = index.index_repair()
     return {"missing": len(before.missing), "extra": len(before.extra), "left": len(after.missing) + len(after.extra)}
 
 
 @shared_task(name="knowledge.index_rebuild")
 def index_rebuild_task() -> dict[str, object]:
     """Rebuild the search store (sent by the admin's action); its progress is recorded for the admin."""
-    from knowledge.services import index as index_services
-
-    report = index_services.index_rebuild()
+    report = index.index_rebuild()
     return {"documents": report.documents, "chunks": report.vectors, "backend": report.backend}
 
 

@@ -126,11 +126,13 @@ def observe_retrieval(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def observe_answers(operation: str) -> Callable[[F], F]:
-    """Around a function returning an ``Answer`` (or a generator ending with one): an "answer" span,
+def observe_answers(operation: str, *, answer_type: type) -> Callable[[F], F]:
+    """Around a function returning an answer (or a generator ending with one): an "answer" span,
     a "generate" child span measured from the answer's timings, and the answer metrics.
 
     ``operation``: "rag" (retrieval, then an extractive or generated answer) or "generate".
+    ``answer_type``: the class of the answer (``knowledge.services.answering.Answer``), which tells a
+    stream's answer from its pieces; given by the caller, as observing depends on no service.
     """
 
     def decorate(func: F) -> F:
@@ -152,7 +154,7 @@ def observe_answers(operation: str) -> Callable[[F], F]:
                             return
                         finally:
                             otel_context.detach(token)
-                        if _is_answer(item):
+                        if isinstance(item, answer_type):
                             _quietly("an answer", lambda item=item: _answer_done(item, operation, span))
                         yield item
                 except Exception as exc:
@@ -175,12 +177,6 @@ def observe_answers(operation: str) -> Callable[[F], F]:
         return plain  # type: ignore[return-value]
 
     return decorate
-
-
-def _is_answer(item: Any) -> bool:
-    from knowledge.services.answering import Answer
-
-    return isinstance(item, Answer)
 
 
 def _answer_done(answer: Any, operation: str, span: trace.Span) -> None:

@@ -191,7 +191,7 @@ def _rag_messages(
     return messages, [sources[i] for i in used]
 
 
-@observe.observe_answers("rag")
+@observe.observe_answers("rag", answer_type=Answer)
 def answer_question(
     *,
     question: str,
@@ -232,7 +232,7 @@ def _generated(generation: Generation, sources: list[Source], started: float, re
     )
 
 
-@observe.observe_answers("rag")
+@observe.observe_answers("rag", answer_type=Answer)
 def answer_question_stream(
     *,
     question: str,
@@ -277,7 +277,7 @@ def answer_question_stream(
             close()
 
 
-@observe.observe_answers("generate")
+@observe.observe_answers("generate", answer_type=Answer)
 def text_generate(*, prompt: str, temperature: float, top_p: float, max_tokens: int) -> Answer:
     """Text from a prompt, no retrieval."""
     started = time.perf_counter()
@@ -294,7 +294,7 @@ def text_generate(*, prompt: str, temperature: float, top_p: float, max_tokens: 
     )
 
 
-@observe.observe_answers("generate")
+@observe.observe_answers("generate", answer_type=Answer)
 def text_generate_stream(
     *, prompt: str, temperature: float, top_p: float, max_tokens: int
 ) -> Iterator[StreamPiece | Answer]:

@@ -31,10 +31,11 @@ from django.db import transaction
 from django.utils import timezone
 
 from ingestion.errors import EmptyDocumentError, IngestionError
+from knowledge import task_dispatch
 from knowledge.models import Chunk, Document, DocumentPart
 from knowledge.observability import instrumentation as observe
-from knowledge.services import documents, engines, leases
-from knowledge.services.documents import ProcessOutcome
+from knowledge.services import document_runs, engines, leases
+from knowledge.services.document_runs import ProcessOutcome
 
 if TYPE_CHECKING:
     from ingestion.store import PassageEmbeddings, StoreIdentity
@@ -52,10 +53,10 @@ def document_split_ranges(*, document: Document, ocr: bool) -> tuple[list[range]
 
     Only a PDF with more than ``RAG_SPLIT_PAGES`` pages (and at most ``RAG_MAX_PAGES``) is split. With
     ``ocr``, a PDF with pages for OCR to read is split in ranges of ``RAG_SPLIT_OCR_PAGES`` pages instead.
-    The file is read in a memory-limited child (see ``documents.document_inspect``).
+    The file is read in a memory-limited child (see ``document_runs.document_inspect``).
     """
     try:
-        facts = documents.document_inspect(document=document, scans=ocr and settings.RAG_OCR)
+        facts = document_runs.document_inspect(document=document, scans=ocr and settings.RAG_OCR)
     except (IngestionError, OSError, ValueError):
         return [], False  # processed whole, which reports the problem
     if facts.mime_type != PDF or facts.page_count is None:
@@ -141,7 +142,7 @@ def document_parts_redispatch_stale(*, cutoff: datetime) -> int:
 def document_parts_recover(*, now: datetime) -> int:
     """Send again each part whose lease ran out before ``now`` (its worker died); return how many.
 
-    Each is a lost run of its document (``documents.document_count_lost_run``), which may fail it.
+    Each is a lost run of its document (``document_runs.document_count_lost_run``), which may fail it.
     """
     expired = DocumentPart.objects.filter(lease_until__lt=now, document__status=Document.Status.PROCESSING).values_list(
         "pk", "document_id", "lease_until", "ocr"
@@ -151,7 +152,7 @@ def document_parts_recover(*, now: datetime) -> int:
         if not leases.lease_take_over(DocumentPart, part_id, until):
             continue  # a new delivery took it over first
         logger.warning("The worker processing part %s of document %s stopped; sending it again", part_id, document_id)
-        if documents.document_count_lost_run(document_id=document_id):
+        if document_runs.document_count_lost_run(document_id=document_id):
             continue
         _send(document_id, [part_id], ocr=ocr)
         sent += 1
@@ -159,12 +160,9 @@ def document_parts_recover(*, now: datetime) -> int:
 
 
 def _send(document_id: int, part_ids: Sequence[int], *, ocr: bool) -> None:
-    from knowledge.tasks import document_ingest_part_task, document_ocr_part_task
-
-    task = document_ocr_part_task if ocr else document_ingest_part_task
     try:
         for part_id in part_ids:
-            task.delay(document_id, part_id)
+            task_dispatch.document_part(document_id=document_id, part_id=part_id, ocr=ocr)
     except Exception:  # the broker is down: beat sends the pending parts again later
         logger.exception("Could not queue the parts of document %s; they are sent again later", document_id)
 
@@ -203,8 +201,8 @@ def _part_run(*, document_id: int, part_id: int, progress: Callable[[str], None]
         if claim.gone:
             return _skipped(document_id)
         if claim.lease is None:
-            return replace(_skipped(document_id), status=documents.BUSY, retry_in=claim.busy_for + 1)
-        if claim.took_over and documents.document_count_lost_run(document_id=document_id):
+            return replace(_skipped(document_id), status=document_runs.BUSY, retry_in=claim.busy_for + 1)
+        if claim.took_over and document_runs.document_count_lost_run(document_id=document_id):
             return _outcome(document_id, {})
         return _part_run_leased(document_id=document_id, part_id=part_id, progress=progress)
 
@@ -320,7 +318,7 @@ def _assemble(document_id: int, part_id: int) -> bool:
                 if part.chunks
             ]
         )
-        count = documents.document_chunks_write(
+        count = document_runs.document_chunks_write(
             writer,
             document_id=document_id,
             collection_id=document.collection_id,
@@ -388,7 +386,7 @@ def _part_failed(document_id: int, part_id: int, exc: Exception, *, part: Docume
         DocumentPart.objects.filter(document_id=document_id).delete()
         Document.objects.filter(pk=document_id).update(status=Document.Status.FAILED, stage="", error=reason)
     observe.ingestion_failed(code)
-    documents.document_fail(document_id, reason)
+    document_runs.document_fail(document_id, reason)
     return _outcome(document_id, {})
 
 

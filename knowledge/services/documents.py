@@ -5,9 +5,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
@@ -15,10 +14,11 @@ from typing import IO, TYPE_CHECKING
 from django.conf import settings
 from django.core.files import File
 from django.db import transaction
-from django.db.models import F, QuerySet
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from ingestion.errors import IngestionError
+from knowledge import task_dispatch
 from knowledge.errors import (
     DuplicateDocumentError,
     PermissionDeniedError,
@@ -27,38 +27,25 @@ from knowledge.errors import (
 )
 from knowledge.models import DEFAULT_COLLECTION_SLUG, Chunk, Collection, Document, DocumentPart
 from knowledge.observability import instrumentation as observe
-from knowledge.services import access, engines, leases
+from knowledge.services import access, document_parts, engines, leases
+from knowledge.services.document_runs import (
+    BUSY,
+    ProcessOutcome,
+    document_chunks_write,
+    document_count_lost_run,
+    document_fail,
+    document_inspect,
+)
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
 
-    from ingestion.language import PassageTerms
-    from ingestion.parsing import FileFacts
-    from ingestion.store import PassageEmbeddings, StoreWriter
     from ingestion.types import ChunkDraft
 
 logger = logging.getLogger(__name__)
 
 #: Documents are stored as "documents/<random>/<name>": the name shown is the original one.
 _MAX_NAME = 200
-
-
-#: the status of a delivery that found another live run working on the document: try again later
-BUSY = "busy"
-
-
-@dataclass(frozen=True)
-class ProcessOutcome:
-    document_id: int
-    status: str
-    error: str
-    chunks: int
-    pages: int | None
-    timings: dict[str, float]
-    #: planned as this many page ranges, each sent as its own task (status "split")
-    parts: int = 0
-    #: status "busy": seconds until the other run's lease runs out unless it renews it
-    retry_in: float = 0.0
 
 
 def _sanitize_filename(name: str) -> str:
@@ -215,10 +202,8 @@ def document_delete(*, document: Document) -> None:
 
 def _dispatch_on_commit(document_id: int) -> None:
     def send() -> None:
-        from knowledge.tasks import document_ingest_task
-
         try:
-            document_ingest_task.delay(document_id)
+            task_dispatch.document_ingest(document_id=document_id)
         except Exception:  # the broker is down: the document stays queued and is re-sent later
             logger.exception("Could not queue document %s; it stays queued", document_id)
 
@@ -229,21 +214,6 @@ def _set_stage(document_id: int, stage: str) -> None:
     Document.objects.filter(pk=document_id).update(stage=stage, updated_at=timezone.now())
 
 
-def document_inspect(*, document: Document, scans: bool = False) -> FileFacts:
-    """What the document's file is (type, PDF pages, with ``scans`` the pages that need OCR).
-
-    Read in a child process under ``RAG_INGEST_MEMORY_MB``, as the parse is: counting the pages of a
-    hostile PDF can inflate hundreds of megabytes. Raises ``IngestionError`` (``MemoryLimitError``
-    included) when the file cannot be inspected.
-    """
-    from ingestion.parsing import inspect_file
-    from ingestion.sandbox import run_limited
-
-    path = Path(document.file.path)
-    name = document.original_name
-    return run_limited(lambda: inspect_file(path, filename=name, scans=scans), memory_mb=settings.RAG_INGEST_MEMORY_MB)
-
-
 def document_needs_ocr(*, document: Document) -> bool:
     """Whether a document has pages without text that only OCR can read (routed to the slow queue)."""
     if not settings.RAG_OCR:
@@ -252,36 +222,6 @@ def document_needs_ocr(*, document: Document) -> bool:
         return bool(document_inspect(document=document, scans=True).scan_pages)
     except (IngestionError, OSError):
         return False  # the real parse reports the problem
-
-
-def document_chunks_write(
-    writer: StoreWriter,
-    *,
-    document_id: int,
-    collection_id: int,
-    chunks: Sequence[Chunk],
-    embeddings: PassageEmbeddings,
-    terms: Sequence[PassageTerms] | None = None,
-) -> int:
-    """Replace a document's chunks and their search entries with ``chunks`` (unsaved, in order), their
-    ``embeddings`` and (when the pipeline computed it) their lexical analysis ``terms``.
-
-    Call it inside ``with store.writer() as writer, transaction.atomic():``: the postgres store writes in
-    that transaction, and the faiss store's writer lock is held until the database has committed.
-    Returns how many chunks were written.
-    """
-    Chunk.objects.filter(document_id=document_id).delete()
-    rows = Chunk.objects.bulk_create(chunks)
-    writer.remove_document(document_id)
-    writer.add(
-        [row.pk for row in rows],
-        embeddings,
-        document_id=document_id,
-        collection_id=collection_id,
-        texts=[row.text for row in rows],
-        terms=terms,
-    )
-    return len(rows)
 
 
 def chunk_row(document_id: int, draft: ChunkDraft) -> Chunk:
@@ -345,8 +285,6 @@ def _document_process(
     if document.status == Document.Status.READY and not force:
         return _outcome(document, {})
     if split:
-        from knowledge.services import document_parts
-
         part_ids = document_parts.document_split(document_id=document_id, ocr=ocr, dispatch=False)
         if part_ids:
             return document_parts.document_parts_process(document_id=document_id, part_ids=part_ids, progress=progress)
@@ -427,25 +365,6 @@ def _document_process(
     return _outcome(document, timings)
 
 
-def document_fail(document_id: int, reason: str) -> None:
-    """Mark a document failed and make sure nothing of it stays in the table or the index."""
-    try:
-        with engines.get_store().writer() as writer, transaction.atomic():
-            writer.remove_document(document_id)
-            Chunk.objects.filter(document_id=document_id).delete()
-    except IngestionError:
-        logger.exception("Could not remove the vectors of failed document %s", document_id)
-        Chunk.objects.filter(document_id=document_id).delete()
-    Document.objects.filter(pk=document_id).update(
-        status=Document.Status.FAILED,
-        stage="",
-        error=reason,
-        chunk_count=0,
-        lease_until=None,
-        processed_at=timezone.now(),
-    )
-
-
 def document_ingest(*, document_id: int, ocr: bool, force: bool = False) -> ProcessOutcome:
     """One delivery of a document's task: inspect it, then hand a scan to the OCR queue, plan a big PDF
     as page ranges (each its own task), or process it whole.
@@ -454,8 +373,6 @@ def document_ingest(*, document_id: int, ocr: bool, force: bool = False) -> Proc
     document's lease, the inspection included: a worker that dies at any point is noticed once the
     lease runs out, and the document is sent again (see :func:`documents_recover`).
     """
-    from knowledge.services import document_parts
-
     with _document_run(document_id) as stopped:
         if stopped is not None:
             return stopped
@@ -464,9 +381,7 @@ def document_ingest(*, document_id: int, ocr: bool, force: bool = False) -> Proc
             return _outcome(document, {})
         if not ocr and document_needs_ocr(document=document):
             Document.objects.filter(pk=document_id).update(stage="waiting for OCR")
-            from knowledge.tasks import document_ocr_task
-
-            document_ocr_task.delay(document_id, force=force)
+            task_dispatch.document_ocr(document_id=document_id, force=force)
             return ProcessOutcome(document_id, "ocr", "", 0, None, {})
         parts = document_parts.document_split(document_id=document_id, ocr=ocr)
         if parts:
@@ -489,27 +404,6 @@ def _document_run(document_id: int) -> Iterator[ProcessOutcome | None]:
             yield None
 
 
-def document_count_lost_run(*, document_id: int) -> bool:
-    """Count a run on the document that died without an outcome; True when that failed the document.
-
-    After ``RAG_MAX_DELIVERIES`` such runs the document is failed with the reason instead of being read
-    again: a file that kills or exhausts every worker it is given to must not go round forever.
-    """
-    Document.objects.filter(pk=document_id).update(lost_runs=F("lost_runs") + 1)
-    lost = Document.objects.filter(pk=document_id).values_list("lost_runs", flat=True).first()
-    logger.warning("A run on document %s ended with its worker (%s so far)", document_id, lost)
-    if lost is None or lost < settings.RAG_MAX_DELIVERIES:
-        return False
-    DocumentPart.objects.filter(document_id=document_id).delete()
-    observe.ingestion_failed("worker_lost")
-    document_fail(
-        document_id,
-        f"This document stopped the worker {lost} times while being read (it may be damaged or built to "
-        "exhaust memory); it was not read again.",
-    )
-    return True
-
-
 def documents_recover() -> int:
     """Send again the work of workers that died, and the tasks that were lost; return how many were sent.
 
@@ -518,8 +412,6 @@ def documents_recover() -> int:
     once rather than after the broker's visibility timeout. Then :func:`documents_redispatch_stale`.
     Beat runs it every ``RAG_LEASE_S / 2`` seconds, and a worker when it starts.
     """
-    from knowledge.services.document_parts import document_parts_recover
-
     now = timezone.now()
     expired = Document.objects.filter(
         status__in=(Document.Status.QUEUED, Document.Status.PROCESSING), lease_until__lt=now
@@ -537,7 +429,7 @@ def documents_recover() -> int:
         with transaction.atomic():
             _dispatch_on_commit(document_id)
         sent += 1
-    return sent + document_parts_recover(now=now) + documents_redispatch_stale()
+    return sent + document_parts.document_parts_recover(now=now) + documents_redispatch_stale()
 
 
 def _outcome(document: Document, timings: dict[str, float]) -> ProcessOutcome:
@@ -558,11 +450,9 @@ def documents_redispatch_stale(*, older_than_s: int | None = None) -> int:
     sent again too (their tasks were lost: the broker went down after the plan was committed);
     ``older_than_s`` overrides the age. Returns how many documents had something sent.
     """
-    from knowledge.services.document_parts import document_parts_redispatch_stale
-
     age = older_than_s if older_than_s is not None else settings.RAG_REDISPATCH_AFTER_S
     cutoff = timezone.now() - timedelta(seconds=age)
-    return _documents_redispatch_queued(cutoff) + document_parts_redispatch_stale(cutoff=cutoff)
+    return _documents_redispatch_queued(cutoff) + document_parts.document_parts_redispatch_stale(cutoff=cutoff)
 
 
 def _documents_redispatch_queued(cutoff: datetime) -> int:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.db import transaction
 
+from knowledge import task_dispatch
 from knowledge.models import ApiKey, ApiTask
 from knowledge.services import access, answering, usage
 
@@ -274,12 +275,7 @@ def question_submit(*, request: QuestionRequest, user: AbstractBaseUser, api_key
     with transaction.atomic():
         task = ApiTask.objects.create(user=user, api_key=api_key, endpoint=request.endpoint)
 
-        def send() -> None:
-            from knowledge.tasks import question_answer_task
-
-            question_answer_task.apply_async(args=[str(task.pk), request.as_dict()], task_id=str(task.pk))
-
-        transaction.on_commit(send)
+        transaction.on_commit(lambda: task_dispatch.question_answer(task_id=str(task.pk), params=request.as_dict()))
     return task
 
 

@@ -226,7 +226,9 @@ def test_a_long_scan_is_read_with_ocr_as_page_ranges_on_the_ocr_queue(
     settings.RAG_OCR = True
     settings.RAG_SPLIT_OCR_PAGES = 1
     # the parts of a scan are the OCR queue's work, never the text queue's
-    monkeypatch.setattr(document_ingest_part_task, "delay", lambda *args: pytest.fail("sent to the text queue"))
+    monkeypatch.setattr(
+        document_ingest_part_task, "apply_async", lambda *args, **kwargs: pytest.fail("sent to the text queue")
+    )
     assert app.amqp.router.route({}, "knowledge.document_ocr_part")["queue"].name == "ocr"
 
     path = _scan_pdf(tmp_path / "scan.pdf", 3)
