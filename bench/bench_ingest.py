@@ -155,7 +155,7 @@ def main() -> None:
         "--raw-sample",
         type=int,
         default=0,
-        help="embed only N of the chunks (evenly spread) for the raw throughput (default 0: all of them)",
+        help="embed only N consecutive chunks from the middle for the raw throughput (default 0: all of them)",
     )
     parser.add_argument(
         "--prose", default=str(REPO.parent / "shared" / "eval" / "scifact-dev" / "corpus.jsonl"), help=argparse.SUPPRESS

@@ -268,9 +268,10 @@ def backup_validate(*, folder: Path) -> CheckedBackup:
     """Check that ``folder`` is a backup as :func:`portal_backup` writes it, and nothing else.
 
     Only the expected entries (``manifest.json``, ``data.json.gz``, ``media/``, ``index/``), only
-    regular files and folders (no link, device or pipe), an index pointer that names the one version
-    folder beside it, rows of the backed-up models only, and stored file names that stay inside the
-    media folder. Raises KnowledgeError naming the first problem; reads, never writes.
+    regular files and folders (no link, device or pipe), an index folder of ``identity.json`` and
+    ``part-NNNNNN.npz`` files (or a format-1 index, restored by a rebuild), rows of the backed-up models
+    only, and stored file names that stay inside the media folder. Raises KnowledgeError naming the first
+    problem; reads, never writes.
     """
     folder = Path(folder)
     if not (folder / MANIFEST_FILE).is_file():
