@@ -49,13 +49,13 @@ for _path in (str(REPO), str(BENCH)):
 from bench_index import CHUNKS_PER_DOCUMENT  # noqa: E402
 from bench_stores import (  # noqa: E402
     ANSWER_K,
-    DENSE_K,
     EVAL,
     FILTERS,
     RECALL_AT,
     Postgres,
     TextSource,
     _identity,
+    _median_runs,
     _percentiles,
     _recall,
     chunk_rows,
@@ -63,6 +63,8 @@ from bench_stores import (  # noqa: E402
     new_chunk_ids,
     new_document,
     prepare,
+    time_dense,
+    time_hybrid,
 )
 
 DATABASE = "kp_pgsearch_{size}"
@@ -222,10 +224,6 @@ def _int_array(values: list[int]) -> bytes:
     return struct.pack(f">iiiii{2 * len(values)}i", 1, 0, 23, len(values), 1, *(x for v in values for x in (4, v)))
 
 
-def _median(runs: list[dict[str, float]]) -> dict[str, float]:
-    return {key: float(statistics.median(run[key] for run in runs)) for key in runs[0]}
-
-
 def search(args: argparse.Namespace) -> dict[str, Any]:
     folder = args.workdir / str(args.size)
     postgres = Postgres(args.workdir / "pg")
@@ -250,20 +248,9 @@ def search(args: argparse.Namespace) -> dict[str, Any]:
         collections = frozenset(allowed)
         for ef_search in args.ef_search:
             probe = PostgresStore(_identity(), ef_search=ef_search or None)
-            runs = []
-            ids = np.full((len(vectors), RECALL_AT), -1, dtype=np.int64)
-            for run in range(args.runs):
-                seconds = []
-                for row, vector in enumerate(vectors):
-                    tick = time.perf_counter()
-                    hits = probe.view().dense(vector, DENSE_K, collections=collections, documents=None)
-                    seconds.append(time.perf_counter() - tick)
-                    if run == 0:
-                        found = [c for c, _ in hits[:RECALL_AT]]
-                        ids[row, : len(found)] = found
-                runs.append(_percentiles(seconds))
+            timed, ids = time_dense(probe, vectors, collections, args.runs)
             recall = _recall(exact[name.replace(" ", "_")][: len(vectors)], ids)
-            out["dense"][f"{name}, ef_search {ef_search}"] = {**_median(runs), "recall@10": recall}
+            out["dense"][f"{name}, ef_search {ef_search}"] = {**timed, "recall@10": recall}
             print(
                 f"dense {name} ef_search {ef_search}: {_pair(out['dense'][f'{name}, ef_search {ef_search}'])}, "
                 f"recall@10 {recall:.3f}",
@@ -305,21 +292,13 @@ def search(args: argparse.Namespace) -> dict[str, Any]:
                         overlaps.append(len(top & set(reference[row])) / len(reference[row]))
                 runs.append(_percentiles(seconds))
             key = f"{name}, depth {depth}, rescore {rescore}"
-            out["lexical"][key] = {**_median(runs), "overlap@10": float(np.mean(overlaps)) if overlaps else None}
+            out["lexical"][key] = {**_median_runs(runs), "overlap@10": float(np.mean(overlaps)) if overlaps else None}
             print(
                 f"lexical {key}: {_pair(out['lexical'][key])}, overlap@10 with exact BM25 "
                 f"{out['lexical'][key]['overlap@10']}",
                 flush=True,
             )
-        runs = []
-        for _ in range(args.runs):
-            seconds = []
-            for text in texts:
-                tick = time.perf_counter()
-                searcher.search(text, ANSWER_K, collections=collections)
-                seconds.append(time.perf_counter() - tick)
-            runs.append(_percentiles(seconds))
-        out["hybrid"][name] = _median(runs)
+        out["hybrid"][name] = time_hybrid(searcher, texts, collections, args.runs)
         print(f"hybrid {name} (store defaults): {_pair(out['hybrid'][name])}", flush=True)
     if args.adds:
         source = TextSource(EVAL, args.seed)

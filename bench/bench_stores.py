@@ -488,20 +488,9 @@ def role_search(kind: str, params: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"dense": {}, "lexical": {}, "hybrid": {}, "ids": {}}
     for name, collections in FILTERS.items():
         allowed = frozenset(collections)
-        dense_runs: list[dict[str, float]] = []
+        out["dense"][name], ids = time_dense(store, vectors, allowed, params["runs"])
         lexical_runs: list[dict[str, float]] = []
-        hybrid_runs: list[dict[str, float]] = []
-        ids = np.full((len(texts), RECALL_AT), -1, dtype=np.int64)
-        for run in range(params["runs"]):
-            seconds = []
-            for row, vector in enumerate(vectors):
-                tick = time.perf_counter()
-                hits = store.view().dense(vector, DENSE_K, collections=allowed, documents=None)
-                seconds.append(time.perf_counter() - tick)
-                if run == 0:
-                    found = [chunk_id for chunk_id, _ in hits[:RECALL_AT]]
-                    ids[row, : len(found)] = found
-            dense_runs.append(_percentiles(seconds))
+        for _ in range(params["runs"]):
             seconds = []
             for text in texts:  # the lexical side alone, as the searcher asks it (terms analysed, then BM25)
                 tick = time.perf_counter()
@@ -512,15 +501,8 @@ def role_search(kind: str, params: dict[str, Any]) -> dict[str, Any]:
                 )
                 seconds.append(time.perf_counter() - tick)
             lexical_runs.append(_percentiles(seconds))
-            seconds = []
-            for text in texts:
-                tick = time.perf_counter()
-                searcher.search(text, ANSWER_K, collections=allowed)
-                seconds.append(time.perf_counter() - tick)
-            hybrid_runs.append(_percentiles(seconds))
-        out["dense"][name] = _median_runs(dense_runs)
         out["lexical"][name] = _median_runs(lexical_runs)
-        out["hybrid"][name] = _median_runs(hybrid_runs)
+        out["hybrid"][name] = time_hybrid(searcher, texts, allowed, params["runs"])
         out["ids"][name] = ids.tolist()
     out.update(_rss_mb())
     return out
@@ -528,6 +510,39 @@ def role_search(kind: str, params: dict[str, Any]) -> dict[str, Any]:
 
 def _median_runs(runs: Sequence[dict[str, float]]) -> dict[str, float]:
     return {key: float(statistics.median(run[key] for run in runs)) for key in runs[0]}
+
+
+def time_dense(
+    store: Any, vectors: np.ndarray, allowed: frozenset[int], runs: int
+) -> tuple[dict[str, float], np.ndarray]:
+    """``view().dense`` (k = DENSE_K) for each vector, ``runs`` times: the median of the runs' percentiles, and
+    the first run's top RECALL_AT chunk ids a row (-1 where fewer were found)."""
+    timed: list[dict[str, float]] = []
+    ids = np.full((len(vectors), RECALL_AT), -1, dtype=np.int64)
+    for run in range(runs):
+        seconds = []
+        for row, vector in enumerate(vectors):
+            tick = time.perf_counter()
+            hits = store.view().dense(vector, DENSE_K, collections=allowed, documents=None)
+            seconds.append(time.perf_counter() - tick)
+            if run == 0:
+                found = [chunk_id for chunk_id, _ in hits[:RECALL_AT]]
+                ids[row, : len(found)] = found
+        timed.append(_percentiles(seconds))
+    return _median_runs(timed), ids
+
+
+def time_hybrid(searcher: Any, texts: Sequence[str], allowed: frozenset[int], runs: int) -> dict[str, float]:
+    """Whole questions (``searcher.search``, ANSWER_K results), ``runs`` times: the median of the percentiles."""
+    timed = []
+    for _ in range(runs):
+        seconds = []
+        for text in texts:
+            tick = time.perf_counter()
+            searcher.search(text, ANSWER_K, collections=allowed)
+            seconds.append(time.perf_counter() - tick)
+        timed.append(_percentiles(seconds))
+    return _median_runs(timed)
 
 
 def role_add(kind: str, params: dict[str, Any]) -> dict[str, Any]:

@@ -1616,14 +1616,11 @@ class FaissStore:
         with self._threads_lock:
             if self._refresher is not None and self._refresher.is_alive():
                 return  # a big load is in progress: the snapshot in memory answers until it ends
-            if self._new_chunks() <= self.config.sync_refresh_chunks:
-                loading = False
-            else:
-                loading = True
-                self._refresher = threading.Thread(target=self._background_refresh, name="faiss-refresh", daemon=True)
+            if self._new_chunks() > self.config.sync_refresh_chunks:
+                self._refresher = threading.Thread(target=self._refresh_quietly, name="faiss-refresh", daemon=True)
                 self._refresher.start()
-        if not loading:
-            self._background_refresh()  # in this thread; its errors are kept as a background load's
+                return
+        self._refresh_quietly()  # a small change: loaded in this thread, before the question is answered
 
     def _new_chunks(self) -> int:
         """How many chunks the saved generation's segments hold beyond the snapshot's (its manifest only)."""
@@ -1637,7 +1634,8 @@ class FaissStore:
         held = {part.name for part in self._snapshot.parts}
         return sum(int(entry["count"]) for entry in manifest["segments"] if entry["name"] not in held)
 
-    def _background_refresh(self) -> None:
+    def _refresh_quietly(self) -> None:
+        """Load what is saved; a failure is logged and kept in ``background_error``, the snapshot stays."""
         token = self._pointer_stat()
         try:
             self.refresh()

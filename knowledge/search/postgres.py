@@ -684,20 +684,16 @@ class PostgresView:
                 average=max(total / n, 1e-9),
             )
             if documents is not None:
-                allowed = sorted(int(d) for d in documents)
-                collection_clause = "" if collections is None else " AND collection_id = ANY(%s::bigint[])"
-                collection_params = [] if collections is None else [sorted(int(c) for c in collections)]
+                where, filter_params = _filters("", collections, documents)
                 cursor.execute(
-                    "SELECT count(*) FROM (SELECT 1 FROM search_chunk WHERE document_id = ANY(%s::bigint[])"
-                    f"{collection_clause} LIMIT %s) allowed",
-                    (allowed, *collection_params, store.exact_limit + 1),
+                    f"SELECT count(*) FROM (SELECT 1 FROM search_chunk WHERE true{where} LIMIT %s) allowed",
+                    (*filter_params, store.exact_limit + 1),
                 )
                 if int(cursor.fetchone()[0]) <= store.exact_limit:
                     # a few documents: every allowed chunk holding a term is scored exactly
                     cursor.execute(
-                        "SELECT chunk_id FROM search_chunk WHERE document_id = ANY(%s::bigint[])"
-                        f"{collection_clause} AND term_ids && %s::int[]",
-                        (allowed, *collection_params, scoring.term_ids),
+                        f"SELECT chunk_id FROM search_chunk WHERE true{where} AND term_ids && %s::int[]",
+                        (*filter_params, scoring.term_ids),
                     )
                     return self._exact_scores(cursor, [int(row[0]) for row in cursor.fetchall()], scoring)[:k]
             if collections is None:
