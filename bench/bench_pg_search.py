@@ -307,11 +307,14 @@ def search(args: argparse.Namespace) -> dict[str, Any]:
         from django.db import transaction
 
         seconds = []
+        parts: list[Counter[str]] = []
         first = out["chunks"] // CHUNKS_PER_DOCUMENT + 1000 + int(rng.integers(0, 10**6))
         for i in range(args.adds):
             document_id, document_vectors = new_document(first + i, corpus_vectors, rng)
             texts_of, _ = source.document(first + i, with_terms=False)
+            spent: Counter[str] = Counter()
             tick = time.perf_counter()
+            store.cursor_class = _timed_cursor(spent)
             with transaction.atomic(), store.writer() as writer:
                 writer.add(
                     new_chunk_ids(document_id),
@@ -320,10 +323,33 @@ def search(args: argparse.Namespace) -> dict[str, Any]:
                     collection_id=2,
                     texts=texts_of,
                 )
+                before_commit = time.perf_counter()
             seconds.append(time.perf_counter() - tick)
-        out["add"] = {"median_s": float(statistics.median(seconds)), "seconds": seconds}
+            spent["commit (statistics, WAL flush)"] += time.perf_counter() - before_commit
+            parts.append(spent)
+        breakdown = {key: float(statistics.median(p[key] for p in parts)) for key in parts[0]}
+        out["add"] = {"median_s": float(statistics.median(seconds)), "seconds": seconds, "median_parts_s": breakdown}
         print(f"add one 20-chunk document: median {out['add']['median_s']:.3f} s ({seconds})", flush=True)
+        for key, value in sorted(breakdown.items(), key=lambda item: -item[1]):
+            print(f"    {value * 1000:8.1f} ms  {key}", flush=True)
     return out
+
+
+def _timed_cursor(spent: Counter[str]) -> Any:
+    """A psycopg cursor class adding each statement's time under its first words (which table it writes)."""
+    import psycopg
+
+    class TimedCursor(psycopg.Cursor):
+        def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
+            words = re.sub(r"\s+", " ", str(query).strip()).split(" ")
+            key = " ".join(words[:3] if words[0] in ("INSERT", "DELETE") else words[:2])
+            tick = time.perf_counter()
+            try:
+                return super().execute(query, params, **kwargs)
+            finally:
+                spent[key] += time.perf_counter() - tick
+
+    return TimedCursor
 
 
 def _pair(latency: dict[str, float]) -> str:

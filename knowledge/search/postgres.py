@@ -25,10 +25,15 @@ Otherwise the best ``candidate_rescore`` chunks by that partial score are scored
 question, from their own term lists, and ranked again. What a question costs is thus bounded by its number of
 terms times ``lexical_depth``, whatever the size of the store. A filter on a few documents (at most
 ``exact_limit`` chunks) scores every allowed chunk exactly.
+
+A writer's postings go to a small table first (``search_posting_recent``), so that adding a document does not
+grow with the store; a commit that leaves ``merge_after`` of them starts a merge into the big table in a
+background thread of the writing process (``merge``), a batch per transaction.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import struct
 import threading
@@ -59,6 +64,8 @@ _INSERT_ROWS = 500
 _EF_SEARCH_MAX = 1000
 #: up to this many allowed collections, each term's postings are read best first over all of them at once
 _MERGED_COLLECTIONS = 32
+
+logger = logging.getLogger(__name__)
 
 _analyzer: TextAnalyzer | None = None
 _analyzer_lock = threading.Lock()
@@ -195,6 +202,8 @@ class PostgresStore:
     """
 
     backend = "postgres"
+    #: the class of the psycopg cursors the store runs its SQL with (a benchmark's may time each statement)
+    cursor_class: type[psycopg.Cursor[Any]] = psycopg.Cursor
 
     def __init__(
         self,
@@ -211,6 +220,8 @@ class PostgresStore:
         candidate_rescore: int = 500,
         retired_grace: float = 300.0,
         build_memory: str | None = "512MB",
+        merge_after: int = 50_000,
+        merge_batch: int = 20_000,
     ) -> None:
         connection = connections[using]
         if connection.vendor != "postgresql":
@@ -239,7 +250,14 @@ class PostgresStore:
         self.retired_grace = retired_grace
         #: maintenance_work_mem while building an HNSW index in bulk (None: the server's setting)
         self.build_memory = build_memory
+        #: a writer's commit that leaves at least this many recent postings starts a merge in the background
+        #: (0: never; ``merge()`` by hand)
+        self.merge_after = merge_after
+        #: postings moved per merge transaction (the writers' lock is held for one batch at a time)
+        self.merge_batch = merge_batch
         self._schema_ready = False
+        self._merging: threading.Thread | None = None
+        self._merging_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"PostgresStore({_describe(self.identity)}, using={self.using!r})"
@@ -254,7 +272,7 @@ class PostgresStore:
             raw = connection.connection
             _register_vector(raw)
             # a server-side binding cursor (Django's own binds on the client, in text): vectors travel in binary
-            with psycopg.Cursor(raw) as cursor:
+            with self.cursor_class(raw) as cursor:
                 yield cursor
 
     def _ensure_schema(self) -> None:
@@ -401,6 +419,8 @@ class PostgresStore:
         with transaction.atomic(using=self.using):
             with self._cursor() as cursor:
                 self._lock(cursor)
+                # every chunk is written again: its postings go straight into the big table
+                cursor.execute("SELECT set_config(%s, 'on', true)", (schema.BULK_SETTING,))
                 space = self._create_space(cursor, "building", hnsw=False)
             yield PostgresWriter(self, space)
             with self._cursor() as cursor:
@@ -418,6 +438,45 @@ class PostgresStore:
                     "UPDATE search_space SET state = 'current', changed_at = now() WHERE id = %s", (space.id,)
                 )
         self._drop_retired()
+
+    def merge(self) -> int:
+        """Move the recent postings into the big posting table, a batch per transaction, in term order; how many
+        moved. Stops early when another writer holds the lock (its commit starts the next merge)."""
+        self._ensure_schema()
+        moved = 0
+        while True:
+            with transaction.atomic(using=self.using), self._cursor() as cursor:
+                cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", (schema.LOCK_KEY,))
+                if not cursor.fetchone()[0]:
+                    return moved
+                cursor.execute("SELECT search_merge_postings(%s)", (max(self.merge_batch, 1),))
+                batch = int(cursor.fetchone()[0])
+            moved += batch
+            if batch < self.merge_batch:
+                return moved
+
+    def _merge_soon(self) -> None:
+        """Start a merge in a thread of this process (one at a time), on a connection of its own."""
+        with self._merging_lock:
+            if self._merging is not None and self._merging.is_alive():
+                return
+            self._merging = threading.Thread(target=self._merge_in_background, name="search-merge", daemon=True)
+            self._merging.start()
+
+    def _merge_in_background(self) -> None:
+        try:
+            moved = self.merge()
+            logger.info("search store: %d recent postings merged", moved)
+        except Exception:  # the next writer's commit tries again
+            logger.exception("search store: merging the recent postings failed")
+        finally:
+            connections[self.using].close()
+
+    def wait_for_merge(self, timeout: float | None = None) -> None:
+        """Wait for a merge started in the background by this store object (tests, benchmarks)."""
+        thread = self._merging
+        if thread is not None:
+            thread.join(timeout)
 
     def ids(self) -> np.ndarray:
         """Every chunk id the store holds, ascending."""
@@ -719,7 +778,7 @@ class PostgresView:
                 # each term's best postings over the allowed collections: one ordered index scan per collection,
                 # merged (a Merge Append that stops after the depth): at most depth + collections rows a term
                 branches = " UNION ALL ".join(
-                    f"(SELECT q.chunk_id, q.term_id, q.tf, q.length, q.impact FROM search_posting q "
+                    f"(SELECT q.chunk_id, q.term_id, q.tf, q.length, q.impact FROM search_posting_all q "
                     f"WHERE q.term_id = t.id AND q.collection_id = %(c{i})s{document_clause} "
                     "ORDER BY q.impact DESC, q.chunk_id)"
                     for i in range(len(allowed_collections))
@@ -729,7 +788,7 @@ class PostgresView:
             else:
                 # many collections: the depth in each
                 best = (
-                    "SELECT q.chunk_id, q.term_id, q.tf, q.length FROM search_posting q "
+                    "SELECT q.chunk_id, q.term_id, q.tf, q.length FROM search_posting_all q "
                     f"WHERE q.term_id = t.id AND q.collection_id = c.id{document_clause} "
                     "ORDER BY q.impact DESC, q.chunk_id LIMIT %(depth)s"
                 )
@@ -951,6 +1010,13 @@ class PostgresWriter:
                     f"INSERT INTO {self.space.table} ({columns}) VALUES {', '.join([placeholder] * len(rows))}",
                     vector_params,
                 )
+            store = self.store
+            if store.merge_after > 0 and self.space.state != "building":
+                cursor.execute(
+                    "SELECT count(*) FROM (SELECT 1 FROM search_posting_recent LIMIT %s) recent", (store.merge_after,)
+                )
+                if int(cursor.fetchone()[0]) >= store.merge_after:
+                    transaction.on_commit(store._merge_soon, using=store.using)
 
     def remove_document(self, document_id: int) -> None:
         with self._writing() as cursor:

@@ -11,6 +11,12 @@
   wait in ``search_pending_*`` and are added in once, when it commits (a deferred trigger); readers see
   ``search_term_now`` and ``search_language_now``: the committed statistics plus their own transaction's
   pending changes.
+- ``search_posting_recent``: the postings written since the last merge, in a table of the same shape whose
+  index stays small (and in memory): adding a document then costs the same whatever the store holds, where an
+  insert into the big index touches a page of it per posting. ``PostgresStore.merge`` moves them into
+  ``search_posting`` in batches, in term order (in the background after a writer's commit leaves enough of
+  them). Readers scan ``search_posting_all``, both tables (an ordered scan is a Merge Append of both indexes).
+  A rebuild writes straight into ``search_posting`` (``BULK_SETTING``).
 - A posting's ``impact`` is its BM25 term weight without the idf (``IMPACT_K1``, ``IMPACT_B``: the hybrid
   searcher's defaults) against the average length the writer saw when it wrote the chunk (the chunk's
   ``impact_average``): a term's postings in a collection are read best first, and a reader may stop after the
@@ -33,6 +39,7 @@ from typing import Any
 from ingestion.store import StoreIdentity
 
 __all__ = [
+    "BULK_SETTING",
     "IMPACT_B",
     "IMPACT_K1",
     "LOCK_KEY",
@@ -46,6 +53,8 @@ __all__ = [
 
 #: the advisory lock every writer of the search tables holds until its transaction ends ("kpsearch")
 LOCK_KEY = 0x6B70_7365_6172_6368
+#: a transaction-local setting: "on" while a rebuild fills a new space (its postings go straight to search_posting)
+BULK_SETTING = "kp.search_bulk"
 #: the BM25 parameters of the postings' impacts (ingestion.search.SearchConfig's bm25_k1 and bm25_b): they only
 #: order each term's postings, whatever parameters a question is scored with
 IMPACT_K1 = 0.9
@@ -79,11 +88,13 @@ CREATE TABLE IF NOT EXISTS search_chunk (
 CREATE INDEX IF NOT EXISTS search_chunk_document ON search_chunk (document_id, chunk_id);
 CREATE INDEX IF NOT EXISTS search_chunk_collection ON search_chunk (collection_id);
 
+-- room left in each page: a df change stays on its page (a HOT update), with no new entries in the two indexes
 CREATE TABLE IF NOT EXISTS search_term (
     term text PRIMARY KEY,
     id integer GENERATED ALWAYS AS IDENTITY UNIQUE,
     df integer NOT NULL
-);
+) WITH (fillfactor = 70);
+ALTER TABLE search_term SET (fillfactor = 70);
 CREATE TABLE IF NOT EXISTS search_language (
     language text PRIMARY KEY,
     chunks bigint NOT NULL,
@@ -106,6 +117,33 @@ CREATE TABLE IF NOT EXISTS search_posting (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS search_posting_impact
     ON search_posting (term_id, collection_id, impact DESC, chunk_id) INCLUDE (tf, length);
+-- the postings written since the last merge: a small table whose index stays in memory, so that adding a document
+-- costs the same whatever the size of the store (inserting into the big index touches a page per posting); moved
+-- into search_posting in batches, in term order, by search_merge_postings (PostgresStore.merge, in the background)
+CREATE TABLE IF NOT EXISTS search_posting_recent (LIKE search_posting);
+CREATE UNIQUE INDEX IF NOT EXISTS search_posting_recent_impact
+    ON search_posting_recent (term_id, collection_id, impact DESC, chunk_id) INCLUDE (tf, length);
+-- what readers scan: both (an ordered scan of the view is a Merge Append of the two indexes)
+CREATE OR REPLACE VIEW search_posting_all AS
+    SELECT chunk_id, collection_id, term_id, impact, tf, length FROM search_posting
+    UNION ALL SELECT chunk_id, collection_id, term_id, impact, tf, length FROM search_posting_recent;
+
+-- moves up to ``batch`` recent postings into search_posting (the caller holds the writers' lock); how many moved
+CREATE OR REPLACE FUNCTION search_merge_postings(batch integer) RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    moved bigint;
+BEGIN
+    WITH taken AS (
+        DELETE FROM search_posting_recent r
+        USING (SELECT ctid AS row FROM search_posting_recent LIMIT batch) s
+        WHERE r.ctid = s.row
+        RETURNING r.chunk_id, r.collection_id, r.term_id, r.impact, r.tf, r.length
+    )
+    INSERT INTO search_posting (chunk_id, collection_id, term_id, impact, tf, length)
+        SELECT * FROM taken ORDER BY term_id, collection_id, impact DESC, chunk_id;
+    GET DIAGNOSTICS moved = ROW_COUNT;
+    RETURN moved;
+END $$;
 
 -- A transaction's changes to the statistics, added into search_term and search_language when it commits (once
 -- per term and transaction: updating a row again and again in one long transaction, a rebuild, would make
@@ -160,9 +198,18 @@ BEGIN
         RETURN NULL;
     END IF;
     PERFORM pg_advisory_xact_lock({LOCK_KEY});
-    INSERT INTO search_posting (chunk_id, collection_id, term_id, impact, tf, length)
-        SELECT a.chunk_id, a.collection_id, u.id, search_impact(u.tf, a.length, a.impact_average), u.tf, a.length
-        FROM added a, unnest(a.term_ids, a.tfs) AS u(id, tf);
+    IF current_setting('{BULK_SETTING}', true) = 'on' THEN
+        -- a rebuild: straight into the big table (its rows would all be moved again)
+        INSERT INTO search_posting (chunk_id, collection_id, term_id, impact, tf, length)
+            SELECT a.chunk_id, a.collection_id, u.id, search_impact(u.tf, a.length, a.impact_average), u.tf,
+                   a.length
+            FROM added a, unnest(a.term_ids, a.tfs) AS u(id, tf);
+    ELSE
+        INSERT INTO search_posting_recent (chunk_id, collection_id, term_id, impact, tf, length)
+            SELECT a.chunk_id, a.collection_id, u.id, search_impact(u.tf, a.length, a.impact_average), u.tf,
+                   a.length
+            FROM added a, unnest(a.term_ids, a.tfs) AS u(id, tf);
+    END IF;
     INSERT INTO search_pending_term (term_id, n)
         SELECT u.id, count(*) FROM added a, unnest(a.term_ids) AS u(id) GROUP BY u.id;
     INSERT INTO search_pending_language (language, chunks, length)
@@ -180,15 +227,23 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM search_chunk) THEN
         -- the store was emptied: no need to count what left
         DELETE FROM search_posting;
+        DELETE FROM search_posting_recent;
         DELETE FROM search_term;
         DELETE FROM search_language;
         DELETE FROM search_pending_term;
         DELETE FROM search_pending_language;
         RETURN NULL;
     END IF;
-    DELETE FROM search_posting p
-        USING (SELECT u.id, r.collection_id, search_impact(u.tf, r.length, r.impact_average) AS impact, r.chunk_id
-               FROM removed r, unnest(r.term_ids, r.tfs) AS u(id, tf)) g
+    -- each posting is in one of the two tables (a data-modifying WITH runs to completion)
+    WITH g AS MATERIALIZED (
+        SELECT u.id, r.collection_id, search_impact(u.tf, r.length, r.impact_average) AS impact, r.chunk_id
+        FROM removed r, unnest(r.term_ids, r.tfs) AS u(id, tf)
+    ), recent AS (
+        DELETE FROM search_posting_recent p USING g
+        WHERE p.term_id = g.id AND p.collection_id = g.collection_id AND p.impact = g.impact
+          AND p.chunk_id = g.chunk_id
+    )
+    DELETE FROM search_posting p USING g
         WHERE p.term_id = g.id AND p.collection_id = g.collection_id AND p.impact = g.impact
           AND p.chunk_id = g.chunk_id;
     INSERT INTO search_pending_term (term_id, n)
@@ -215,7 +270,8 @@ END $$;
 CREATE OR REPLACE FUNCTION search_knowledge_chunk_truncated() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     TRUNCATE search_chunk CASCADE;
-    TRUNCATE search_term, search_language, search_posting, search_pending_term, search_pending_language;
+    TRUNCATE search_term, search_language, search_posting, search_posting_recent, search_pending_term,
+        search_pending_language;
     RETURN NULL;
 END $$;
 DROP TRIGGER IF EXISTS search_knowledge_chunk_deleted ON knowledge_chunk;
@@ -231,13 +287,14 @@ DROP TRIGGER IF EXISTS search_knowledge_chunk_deleted ON knowledge_chunk;
 DROP TRIGGER IF EXISTS search_knowledge_chunk_truncated ON knowledge_chunk;
 DROP FUNCTION IF EXISTS search_knowledge_chunk_deleted();
 DROP FUNCTION IF EXISTS search_knowledge_chunk_truncated();
-DROP VIEW IF EXISTS search_term_now, search_language_now;
-DROP TABLE IF EXISTS search_chunk, search_posting, search_term, search_language, search_space, search_pending_term,
-    search_pending_language, search_pending_commit CASCADE;
+DROP VIEW IF EXISTS search_term_now, search_language_now, search_posting_all;
+DROP TABLE IF EXISTS search_chunk, search_posting, search_posting_recent, search_term, search_language, search_space,
+    search_pending_term, search_pending_language, search_pending_commit CASCADE;
 DROP FUNCTION IF EXISTS search_chunk_added();
 DROP FUNCTION IF EXISTS search_chunk_removed();
 DROP FUNCTION IF EXISTS search_fold();
 DROP FUNCTION IF EXISTS search_schedule_fold();
+DROP FUNCTION IF EXISTS search_merge_postings(integer);
 DROP FUNCTION IF EXISTS search_impact(integer, integer, real);
 """
 

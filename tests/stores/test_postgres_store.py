@@ -58,7 +58,7 @@ def statistics() -> tuple[dict[str, int], dict[str, tuple[int, int]]]:
         )
         counted_terms = dict(cursor.fetchall())
         cursor.execute(
-            "SELECT (SELECT count(*) FROM search_posting), "
+            "SELECT (SELECT count(*) FROM search_posting) + (SELECT count(*) FROM search_posting_recent), "
             "(SELECT coalesce(sum(cardinality(term_ids)), 0) FROM search_chunk)"
         )
         postings, expected_postings = cursor.fetchone()
@@ -224,6 +224,62 @@ def test_a_shallow_depth_reads_the_best_postings_and_scores_its_candidates_exact
     assert len(many) <= 100 and [s for _, s in many] == sorted((s for _, s in many), reverse=True)
     assert all(score == pytest.approx(dict(exact)[chunk], rel=1e-9) for chunk, score in many)
     assert len(store().view().lexical([gull], 100, collections=None, documents=None, k1=0.9, b=0.4)) == 40
+
+
+def lexical_everywhere(s: Any, docs: Sequence[Any]) -> list[list[tuple[int, float]]]:
+    """Each document's first three words asked of every collection, and of one, with a shallow depth."""
+    analyzer = TextAnalyzer()
+    view = s.view()
+    answers = []
+    for doc in docs:
+        terms = analyzer.query_tokens(" ".join(doc.texts[0].split()[:3]))
+        for collections in (None, [doc.collection_id]):
+            answers.append(view.lexical(terms, 10, collections=collections, documents=None, k1=0.9, b=0.4))
+    return answers
+
+
+def test_new_postings_wait_in_a_small_table_and_merging_them_changes_no_answer(pg: None) -> None:
+    s = store(lexical_depth=5, candidate_rescore=8, merge_batch=97)
+    docs = corpus(9, 6, seed=30)
+    load(s, docs[:6])
+    assert rows("search_posting") == 0 and rows("search_posting_recent") > 0  # an add touches the small table
+    before = lexical_everywhere(s, docs[:6])
+    moved = s.merge()
+    assert moved > 97  # several batches
+    assert rows("search_posting_recent") == 0 and rows("search_posting") == moved
+    assert lexical_everywhere(s, docs[:6]) == before
+    statistics()
+    # postings in both tables: a removal finds each where it is, and the answers read both
+    load(s, docs[6:])
+    with writing(s) as writer:
+        writer.remove_document(docs[0].document_id)  # merged postings
+        writer.remove_document(docs[7].document_id)  # recent ones
+    statistics()
+    kept = [doc for doc in docs if doc.document_id not in (docs[0].document_id, docs[7].document_id)]
+    mixed = lexical_everywhere(s, kept)
+    s.merge()
+    assert lexical_everywhere(s, kept) == mixed
+    statistics()
+
+
+def test_a_commit_past_the_threshold_merges_in_the_background(postgres_db: None) -> None:
+    s = store(merge_after=50)
+    docs = corpus(2, 4, seed=31)
+    load(s, docs[:1])
+    s.wait_for_merge(30)
+    assert rows("search_posting_recent") == 0 and rows("search_posting") > 0
+    # a rebuild writes its postings straight into the big table
+    with s.writer(reset=True) as writer:
+        for doc in docs:
+            writer.add(
+                doc.chunk_ids,
+                doc.embeddings,
+                document_id=doc.document_id,
+                collection_id=doc.collection_id,
+                texts=doc.texts,
+            )
+    assert rows("search_posting_recent") == 0
+    statistics()
 
 
 def test_a_rolled_back_transaction_leaves_no_search_rows(postgres_db: None) -> None:
