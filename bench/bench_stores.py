@@ -648,9 +648,11 @@ def role_trickle(kind: str, params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _settle(kind: str, store: Any) -> None:
-    """Let the faiss writer's background merge finish before the process ends (not timed)."""
+    """Let the writer's background merge finish before the process ends (not timed)."""
     if kind == "faiss":
         store.wait_for_background()
+    else:
+        store.wait_for_merge()
 
 
 def role_cold(kind: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -990,8 +992,12 @@ def _code_versions() -> dict[str, str]:
     """A short hash of each store's source, to tell which version of the code gave the figures."""
     import hashlib
 
-    files = ("ingestion/index.py", "knowledge/search/postgres.py", "knowledge/search/schema.py", "ingestion/search.py")
-    return {name: hashlib.sha1((REPO / name).read_bytes()).hexdigest()[:10] for name in files if (REPO / name).exists()}
+    def digest(path: Path) -> str:
+        sources = sorted(path.rglob("*.py")) if path.is_dir() else [path]  # a package: its modules in order
+        return hashlib.sha1(b"".join(source.read_bytes() for source in sources)).hexdigest()[:10]
+
+    files = ("ingestion/index", "knowledge/search/postgres.py", "knowledge/search/schema.py", "ingestion/search.py")
+    return {name: digest(REPO / name) for name in files if (REPO / name).exists()}
 
 
 def main() -> None:

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 from filelock import FileLock
 
-from ingestion import index as index_module
 from ingestion.errors import IndexBusyError, IndexCorruptError, IndexMismatchError
 from ingestion.index import (
     FaissStore,
@@ -23,6 +22,8 @@ from ingestion.index import (
     merge_plan,
     read_saved_state,
 )
+from ingestion.index.merge import _merged_data
+from ingestion.index.segment import _Segment
 from ingestion.language import PassageTerms, bm25_term_weight
 from ingestion.store import PassageEmbeddings, StoreIdentity
 
@@ -242,7 +243,7 @@ def test_a_second_instance_sees_a_write_without_blocking_its_questions(
 
     opening = threading.Event()
     release = threading.Event()
-    real_segment = index_module._Segment
+    real_segment = _Segment
 
     class SlowSegment(real_segment):  # type: ignore[misc,valid-type]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -250,7 +251,7 @@ def test_a_second_instance_sees_a_write_without_blocking_its_questions(
             release.wait(10)
             super().__init__(*args, **kwargs)
 
-    monkeypatch.setattr(index_module, "_Segment", SlowSegment)
+    monkeypatch.setattr("ingestion.index.view._Segment", SlowSegment)
     started = time.perf_counter()
     view = reader.view()  # notices the new generation, loads it in the background
     assert opening.wait(5)
@@ -284,7 +285,7 @@ def test_a_reader_loads_only_new_segments_and_never_analyses(tmp_path: Path, mon
         fill(writer_side, [document * 10, document * 10 + 1], document_id=document, seed=document)
     reader = open_store(tmp_path)
     opened: list[str] = []
-    real_segment = index_module._Segment
+    real_segment = _Segment
 
     def counting(name: str, folder: Path, identity: StoreIdentity) -> Any:
         opened.append(name)
@@ -293,12 +294,12 @@ def test_a_reader_loads_only_new_segments_and_never_analyses(tmp_path: Path, mon
     def no_analysis(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("a reader analysed text")
 
-    monkeypatch.setattr(index_module, "_Segment", counting)
+    monkeypatch.setattr("ingestion.index.view._Segment", counting)
     fill(writer_side, [100, 101], document_id=9, seed=9, texts=["new words", "more words"])
     with writer_side.writer() as writer:
         writer.remove_ids([10])  # a tombstone in an old segment: its file only
     opened.clear()
-    monkeypatch.setattr(index_module, "passage_terms", no_analysis)
+    monkeypatch.setattr("ingestion.index.writer.passage_terms", no_analysis)
 
     assert reader.refresh() is True
 
@@ -781,7 +782,7 @@ def test_deletions_made_while_a_merge_builds_are_carried_over(tmp_path: Path, mo
     store = open_store(tmp_path)
     vectors = _build_fragmented(store)
     other_process = open_store(tmp_path)
-    real = index_module._merged_data
+    real = _merged_data
 
     def meanwhile(*args: Any, **kwargs: Any) -> Any:
         data = real(*args, **kwargs)
@@ -790,7 +791,7 @@ def test_deletions_made_while_a_merge_builds_are_carried_over(tmp_path: Path, mo
             writer.add([33], PassageEmbeddings(vectors[33][None, :]), document_id=8, collection_id=2, texts=["new"])
         return data
 
-    monkeypatch.setattr(index_module, "_merged_data", meanwhile)
+    monkeypatch.setattr("ingestion.index.store._merged_data", meanwhile)
     assert store.merge(force=True) == 1
 
     view = store.view()
@@ -807,7 +808,7 @@ def test_a_merge_whose_segments_were_replaced_meanwhile_is_dropped(
     store = open_store(tmp_path)
     _build_fragmented(store)
     rebuilder = FaissStore(IndexConfig(tmp_path, background_merge=False), IDENTITY, load=False)
-    real = index_module._merged_data
+    real = _merged_data
 
     def meanwhile(*args: Any, **kwargs: Any) -> Any:
         data = real(*args, **kwargs)
@@ -815,7 +816,7 @@ def test_a_merge_whose_segments_were_replaced_meanwhile_is_dropped(
             writer.add([1], PassageEmbeddings(unit_vectors(1)), document_id=1, collection_id=1, texts=["only"])
         return data
 
-    monkeypatch.setattr(index_module, "_merged_data", meanwhile)
+    monkeypatch.setattr("ingestion.index.store._merged_data", meanwhile)
     assert store.merge(force=True) == 0
     assert store.ids().tolist() == [1]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]

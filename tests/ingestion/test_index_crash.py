@@ -18,8 +18,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ingestion import index as index_module
-from ingestion.index import FaissStore, IndexConfig, generation_files, read_saved_state
+from ingestion.index import FaissStore, IndexConfig, generation_files, layout, read_saved_state
+from ingestion.index import store as store_module
+from ingestion.index import writer as writer_module
+from ingestion.index.manifest import _read_manifest
 from ingestion.store import PassageEmbeddings, StoreIdentity
 
 DIMENSION = 16
@@ -56,30 +58,33 @@ def _stop_here(marker: str) -> None:
 
 def crash_child(directory: str, scenario: str, marker: str) -> None:
     """Run in a spawned process: start a publication and stop at ``scenario``'s point (the test kills it)."""
-    module: Any = index_module
+    # each replaced where it is looked up: a writer's segment in ingestion.index.writer, a merged one and the
+    # switch of CURRENT in ingestion.index.store
+    writer_side: Any = writer_module
+    store_side: Any = store_module
     store = open_store(Path(directory))
-    real_write_segment = module._write_segment
-    real_clean_up = module.FaissStore._clean_up
+    real_write_segment = store_side._write_segment
+    real_clean_up = FaissStore._clean_up
     if scenario == "mid-segment":
 
         def half_written(folder: Path, *args: Any) -> str:
-            with open(folder / module.DATA_FILE, "wb") as file:
+            with open(folder / layout.DATA_FILE, "wb") as file:
                 file.write(b"\0" * 1000)
             _stop_here(marker)
             return ""
 
-        module._write_segment = half_written
+        writer_side._write_segment = half_written
     elif scenario in ("before-switch", "merge-before-switch"):
-        module._switch_current = lambda directory, name: _stop_here(marker)
+        store_side._switch_current = lambda directory, name: _stop_here(marker)
     elif scenario == "mid-merge":
 
         def then_stop(folder: Path, *args: Any) -> str:
             kind: str = real_write_segment(folder, *args)
-            if folder.name.startswith(module._MERGE_TEMP_PREFIX):
+            if folder.name.startswith(layout._MERGE_TEMP_PREFIX):
                 _stop_here(marker)
             return kind
 
-        module._write_segment = then_stop
+        store_side._write_segment = then_stop
     elif scenario == "after-switch":
 
         def stop_before_cleaning(self: FaissStore, view: Any) -> None:
@@ -87,7 +92,7 @@ def crash_child(directory: str, scenario: str, marker: str) -> None:
                 _stop_here(marker)
             real_clean_up(self, view)
 
-        module.FaissStore._clean_up = stop_before_cleaning
+        store_side.FaissStore._clean_up = stop_before_cleaning
     if "merge" in scenario:
         store.merge(force=True)
     else:
@@ -146,10 +151,10 @@ def _referenced(directory: Path) -> set[str]:
     current = generation_files(directory)
     assert current is not None
     names = set(current[1])
-    previous = index_module._read_manifest(directory, current[0])["previous"]
+    previous = _read_manifest(directory, current[0])["previous"]
     if previous:
-        for entry in index_module._read_manifest(directory, previous)["segments"]:
-            for file in (index_module.SEGMENT_FILE, index_module.DATA_FILE, index_module.DENSE_FILE, entry["deletes"]):
+        for entry in _read_manifest(directory, previous)["segments"]:
+            for file in (layout.SEGMENT_FILE, layout.DATA_FILE, layout.DENSE_FILE, entry["deletes"]):
                 if file:
                     names.add(f"{entry['name']}/{file}")
         names.add(f"{previous}.json")
