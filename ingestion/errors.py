@@ -1,6 +1,7 @@
 """Errors raised by the ingestion engine.
 
-Every error has a stable ``code`` and a message a person understands; the domain layer stores
+Every error has a stable ``code``, the HTTP status it answers with at an edge (``http_status``, a plain
+int: this package knows no HTTP framework) and a message a person understands; the domain layer stores
 that message as the document's failure reason.
 """
 
@@ -11,6 +12,8 @@ class IngestionError(Exception):
     """Base class of every ingestion error."""
 
     code = "ingestion_error"
+    #: what an edge answers when one reaches a request: the index or its search cannot serve it
+    http_status = 503
     #: permanent errors fail the document; transient ones may be retried
     transient = False
 

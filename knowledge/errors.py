@@ -1,8 +1,18 @@
-"""The domain's errors. Each carries a stable ``code``; the API maps them to HTTP at the edge."""
+"""The domain's errors, and the one function that says what any error means in HTTP.
+
+Each error carries a stable ``code`` and its ``http_status``; the engines' errors (``IngestionError``,
+``LLMError``) carry theirs too. Every edge (the API, the OpenAI face, the pages) maps an error with
+``http_error`` and only chooses the shape of its body.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple, overload
+
+from django.db import InterfaceError, OperationalError
+
+from ingestion.errors import IngestionError
+from llm.errors import LLMError
 
 if TYPE_CHECKING:
     from knowledge.models import Document
@@ -10,6 +20,9 @@ if TYPE_CHECKING:
 
 class KnowledgeError(Exception):
     code = "error"
+    http_status = 400
+    #: seconds after which asking again may succeed (the Retry-After header), when the error says so
+    retry_after: int | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -18,16 +31,19 @@ class KnowledgeError(Exception):
 
 class NotFoundError(KnowledgeError):
     code = "not_found"
+    http_status = 404
 
 
 class PermissionDeniedError(KnowledgeError):
     code = "permission_denied"
+    http_status = 403
 
 
 class DuplicateDocumentError(KnowledgeError):
     """The same file (same sha256) is already in the collection: it is not ingested twice."""
 
     code = "duplicate"
+    http_status = 409
 
     def __init__(self, existing: Document) -> None:
         super().__init__(f"This file is already in the collection as document {existing.pk} ({existing.title}).")
@@ -36,10 +52,12 @@ class DuplicateDocumentError(KnowledgeError):
 
 class UploadTooLargeError(KnowledgeError):
     code = "too_large"
+    http_status = 413
 
 
 class UnsupportedUploadError(KnowledgeError):
     code = "unsupported_type"
+    http_status = 415
 
     def __init__(self, message: str, *, accepted: list[str]) -> None:
         super().__init__(message)
@@ -48,6 +66,7 @@ class UnsupportedUploadError(KnowledgeError):
 
 class RateLimitedError(KnowledgeError):
     code = "rate_limited"
+    http_status = 429
 
     def __init__(self, message: str, *, retry_after: int) -> None:
         super().__init__(message)
@@ -56,6 +75,7 @@ class RateLimitedError(KnowledgeError):
 
 class QuotaExceededError(KnowledgeError):
     code = "quota_exceeded"
+    http_status = 429
 
     def __init__(self, message: str, *, retry_after: int) -> None:
         super().__init__(message)
@@ -64,3 +84,37 @@ class QuotaExceededError(KnowledgeError):
 
 class ServiceUnavailableError(KnowledgeError):
     code = "unavailable"
+    http_status = 503
+
+
+class HttpError(NamedTuple):
+    """What an error means at an edge: status, stable code, a message, and Retry-After seconds (or None)."""
+
+    status: int
+    code: str
+    message: str
+    retry_after: int | None = None
+
+
+DOMAIN_ERRORS = (KnowledgeError, IngestionError, LLMError)
+#: the database server is down or unreachable: not a domain error, but every edge answers it the same way
+DATABASE_UNAVAILABLE = HttpError(503, "database_unavailable", "The database is unavailable; try again shortly.", 30)
+
+
+@overload
+def http_error(exc: KnowledgeError | IngestionError | LLMError) -> HttpError: ...
+@overload
+def http_error(exc: BaseException) -> HttpError | None: ...
+def http_error(exc: BaseException) -> HttpError | None:
+    """The HTTP meaning of a domain or engine error (or an unreachable database); None for any other error."""
+    if isinstance(exc, DOMAIN_ERRORS):
+        retry_after = exc.retry_after if isinstance(exc, KnowledgeError) else None
+        return HttpError(
+            status=exc.http_status,
+            code=exc.code,
+            message=exc.message,
+            retry_after=None if retry_after is None else max(1, int(retry_after)),
+        )
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        return DATABASE_UNAVAILABLE
+    return None

@@ -1,7 +1,7 @@
 """Errors raised by the text generation engine.
 
-Every error has a stable ``code`` and a message a person can read; the API layer maps them to HTTP
-answers (``ModelUnavailableError`` → 503).
+Every error has a stable ``code``, the HTTP status it answers with at an edge (``http_status``, a plain
+int: this package knows no HTTP framework) and a message a person can read.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ class LLMError(Exception):
     """Base class of every error raised by ``llm``."""
 
     code = "llm_error"
+    #: the model cannot answer now (named ``http_status``: ``GenerationError.status`` is the remote server's)
+    http_status = 503
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -38,6 +40,7 @@ class InvalidRequestError(LLMError, ValueError):
     """The caller passed parameters outside their allowed range (a programming or input error)."""
 
     code = "invalid_request"
+    http_status = 400
 
 
 class PromptTooLongError(InvalidRequestError):

@@ -7,6 +7,7 @@ from typing import Any
 from django.conf import settings
 from rest_framework import serializers
 
+from knowledge import limits
 from knowledge.models import Document
 from knowledge.services.answering import MODES
 
@@ -28,10 +29,12 @@ class StrictSerializer(serializers.Serializer):
 
 
 class GenerateRequestSerializer(StrictSerializer):
-    prompt = serializers.CharField(min_length=1, max_length=8000, trim_whitespace=False)
-    temperature = serializers.FloatField(min_value=0.0, max_value=2.0, default=0.7)
-    top_p = serializers.FloatField(max_value=1.0, default=0.9)
-    user_id = serializers.CharField(max_length=200, required=False, allow_blank=False)
+    prompt = serializers.CharField(min_length=1, max_length=limits.QUESTION_MAX_CHARS, trim_whitespace=False)
+    temperature = serializers.FloatField(
+        min_value=0.0, max_value=limits.TEMPERATURE_MAX, default=limits.DEFAULT_TEMPERATURE
+    )
+    top_p = serializers.FloatField(max_value=1.0, default=limits.DEFAULT_TOP_P)
+    user_id = serializers.CharField(max_length=limits.END_USER_ID_MAX_CHARS, required=False, allow_blank=False)
     stream = serializers.BooleanField(
         default=False, help_text="Answer as text/event-stream: token events, then a final event."
     )
@@ -40,7 +43,9 @@ class GenerateRequestSerializer(StrictSerializer):
         fields = super().get_fields()
         # The bound is a setting, read when the serializer is built (the schema shows it too).
         fields["max_tokens"] = serializers.IntegerField(
-            min_value=1, max_value=settings.LLM_MAX_TOKENS, default=min(256, settings.LLM_MAX_TOKENS)
+            min_value=1,
+            max_value=settings.LLM_MAX_TOKENS,
+            default=min(limits.DEFAULT_MAX_TOKENS, settings.LLM_MAX_TOKENS),
         )
         # "async" is a Python keyword, so it cannot be declared as a class attribute.
         fields["async"] = serializers.BooleanField(
@@ -66,7 +71,9 @@ class GenerateRequestSerializer(StrictSerializer):
 
 class RagRequestSerializer(GenerateRequestSerializer):
     top_k = serializers.IntegerField(min_value=1, max_value=50, default=None)
-    collection = serializers.SlugField(max_length=64, required=False, help_text="Slug of one collection to search.")
+    collection = serializers.SlugField(
+        max_length=limits.COLLECTION_SLUG_MAX_CHARS, required=False, help_text="Slug of one collection to search."
+    )
     mode = serializers.ChoiceField(choices=MODES, required=False, help_text="Default: RAG_ANSWER_MODE.")
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
@@ -144,7 +151,7 @@ class DocumentSerializer(serializers.ModelSerializer):
 class DocumentUploadSerializer(StrictSerializer):
     file = serializers.FileField()
     title = serializers.CharField(max_length=300, required=False, allow_blank=True)
-    collection = serializers.SlugField(max_length=64, required=False)
+    collection = serializers.SlugField(max_length=limits.COLLECTION_SLUG_MAX_CHARS, required=False)
 
 
 class StatusSerializer(serializers.Serializer):

@@ -30,6 +30,7 @@ from knowledge.errors import (
     PermissionDeniedError,
     QuotaExceededError,
     RateLimitedError,
+    http_error,
 )
 from knowledge.models import Conversation, Document, Message
 from knowledge.selectors import (
@@ -148,23 +149,13 @@ def _error_text(exc: KnowledgeError) -> str:
     return exc.message
 
 
-def _error_status(exc: KnowledgeError) -> int:
-    if isinstance(exc, (QuotaExceededError, RateLimitedError)):
-        return 429
-    if isinstance(exc, PermissionDeniedError):
-        return 403
-    if isinstance(exc, NotFoundError):
-        return 404
-    return 400
-
-
 def _ask_refused(request: HttpRequest, conversation: Conversation, exc: KnowledgeError) -> HttpResponse:
     text = _error_text(exc)
     if wants_event_stream(request):
-        response = JsonResponse({"error": text}, status=_error_status(exc))
-        retry_after = getattr(exc, "retry_after", None)
-        if retry_after is not None:
-            response["Retry-After"] = str(max(1, int(retry_after)))
+        refusal = http_error(exc)
+        response = JsonResponse({"error": text}, status=refusal.status)
+        if refusal.retry_after is not None:
+            response["Retry-After"] = str(refusal.retry_after)
         return response
     flash.error(request, text)
     return redirect("conversation-detail", conversation_id=conversation.pk)

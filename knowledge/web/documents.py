@@ -25,10 +25,9 @@ from django.views.decorators.http import require_GET, require_POST
 from knowledge.errors import (
     DuplicateDocumentError,
     KnowledgeError,
-    NotFoundError,
-    PermissionDeniedError,
     UnsupportedUploadError,
     UploadTooLargeError,
+    http_error,
 )
 from knowledge.models import Document
 from knowledge.selectors import (
@@ -87,24 +86,19 @@ def document_list(request: HttpRequest) -> HttpResponse:
 
 def _upload_refusal(exc: KnowledgeError) -> tuple[int, dict[str, Any]]:
     """The HTTP status and the body (a sentence in the user's language) for a refused upload."""
-    body: dict[str, Any] = {"ok": False, "code": exc.code}
+    refusal = http_error(exc)
+    body: dict[str, Any] = {"ok": False, "code": refusal.code}
     if isinstance(exc, DuplicateDocumentError):
         body["error"] = _("Already in this collection as “%(title)s”.") % {"title": exc.existing.title}
         body["url"] = reverse("document-detail", kwargs={"document_id": exc.existing.pk})
-        return 409, body
-    if isinstance(exc, UploadTooLargeError):
+    elif isinstance(exc, UploadTooLargeError):
         body["error"] = _("Too large: the upload limit is %(mb)d MB.") % {"mb": settings.MAX_UPLOAD_MB}
-        return 413, body
-    if isinstance(exc, UnsupportedUploadError):
+    elif isinstance(exc, UnsupportedUploadError):
         body["error"] = _("Unsupported file type. Accepted: %(types)s.") % {"types": ", ".join(exc.accepted)}
         body["accepted"] = exc.accepted
-        return 415, body
-    body["error"] = exc.message
-    if isinstance(exc, PermissionDeniedError):
-        return 403, body
-    if isinstance(exc, NotFoundError):
-        return 404, body
-    return 400, body
+    else:
+        body["error"] = refusal.message
+    return refusal.status, body
 
 
 @permission_required("knowledge.add_document")

@@ -8,6 +8,7 @@ from django import forms
 from django.conf import settings
 from django.utils.translation import gettext_lazy as _
 
+from knowledge.limits import QUESTION_MAX_CHARS
 from knowledge.models import DEFAULT_COLLECTION_SLUG, Collection, Document
 from knowledge.selectors import collections_readable_by
 from knowledge.services.answering import EXTRACTIVE, GENERATIVE
@@ -15,8 +16,6 @@ from knowledge.services.answering import EXTRACTIVE, GENERATIVE
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 
-#: the API's limit on a question, kept the same here
-QUESTION_MAX_CHARS = 8000
 MODE_CHOICES = [(EXTRACTIVE, _("Quote the sources")), (GENERATIVE, _("Write an answer"))]
 
 
