@@ -52,6 +52,7 @@ from bench_stores import (  # noqa: E402
     EVAL,
     FILTERS,
     RECALL_AT,
+    Children,
     Postgres,
     TextSource,
     _identity,
@@ -65,6 +66,7 @@ from bench_stores import (  # noqa: E402
     prepare,
     time_dense,
     time_hybrid,
+    under_writes,
 )
 
 DATABASE = "kp_pgsearch_{size}"
@@ -332,6 +334,32 @@ def search(args: argparse.Namespace) -> dict[str, Any]:
         print(f"add one 20-chunk document: median {out['add']['median_s']:.3f} s ({seconds})", flush=True)
         for key, value in sorted(breakdown.items(), key=lambda item: -item[1]):
             print(f"    {value * 1000:8.1f} ms  {key}", flush=True)
+        tick = time.perf_counter()
+        moved = store.merge()
+        out["merge"] = {"postings": moved, "seconds": time.perf_counter() - tick}
+        print(f"merge of the recent postings: {moved} in {out['merge']['seconds']:.2f} s", flush=True)
+    if args.cold or args.load_seconds:
+        children = Children("postgres", {"folder": str(folder), "seed": args.seed, "runs": 1}, dict(os.environ))
+        if args.cold:
+            colds = [children.run("cold") for _ in range(args.cold)]
+            out["cold"] = {key: float(statistics.median(c[key] for c in colds)) for key in colds[0] if key != "code"}
+            out["cold"]["runs_s"] = [c["first_answer_s"] for c in colds]
+            print(
+                f"cold start: first answer after {out['cold']['first_answer_s']:.2f} s (median; runs "
+                f"{', '.join(f'{s:.2f}' for s in out['cold']['runs_s'])}), reader RSS {out['cold']['rss_mb']:.0f} MB",
+                flush=True,
+            )
+        if args.load_seconds:
+            first = out["chunks"] // CHUNKS_PER_DOCUMENT + 2_000_000 + int(time.time()) % 1_000_000
+            out["under_writes"] = under_writes(children, args, args.workdir, first)
+            written = out["under_writes"]
+            print(
+                f"question p99 idle {written['idle']['p99_ms']:.1f} ms, while adding a document every "
+                f"{args.write_interval} s {written['writing']['p99_ms']:.1f} ms ({written['p99_ratio']:.2f}x); "
+                f"{written['documents_added']} documents added (median {written['add_median_s']:.2f} s), "
+                f"{written['chunks_seen']} new chunks seen; reader RSS {written['reader_rss_mb']:.0f} MB",
+                flush=True,
+            )
     return out
 
 
@@ -371,6 +399,9 @@ def main() -> None:
     parser.add_argument("--depth", type=int, nargs="+", default=[2000])
     parser.add_argument("--rescore", type=int, nargs="+", default=[500], help="PostgresStore.candidate_rescore")
     parser.add_argument("--adds", type=int, default=0)
+    parser.add_argument("--cold", type=int, default=0, help="cold starts of a fresh process (first answer), median")
+    parser.add_argument("--load-seconds", type=float, default=0, help="questions idle, then as long under writes")
+    parser.add_argument("--write-interval", type=float, default=0.5, help="seconds between two added documents")
     parser.add_argument("--reference", action="store_true", help="the overlap of lexical top 10s with exact BM25")
     args = parser.parse_args()
     result = fill(args) if args.action == "fill" else search(args)

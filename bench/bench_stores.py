@@ -996,7 +996,15 @@ def _code_versions() -> dict[str, str]:
         sources = sorted(path.rglob("*.py")) if path.is_dir() else [path]  # a package: its modules in order
         return hashlib.sha1(b"".join(source.read_bytes() for source in sources)).hexdigest()[:10]
 
-    files = ("ingestion/index", "knowledge/search/postgres.py", "knowledge/search/schema.py", "ingestion/search.py")
+    files = (
+        "ingestion/index",
+        "knowledge/search/postgres.py",
+        "knowledge/search/pg_common.py",
+        "knowledge/search/pg_view.py",
+        "knowledge/search/pg_writer.py",
+        "knowledge/search/schema.py",
+        "ingestion/search.py",
+    )
     return {name: digest(REPO / name) for name in files if (REPO / name).exists()}
 
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 
+from knowledge.limits import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P
 from knowledge.models import Chunk, Document
 from knowledge.observability import instrumentation as observe
 from knowledge.services import engines
@@ -198,9 +199,9 @@ def answer_question(
     collection_ids: Sequence[int],
     top_k: int,
     mode: str,
-    temperature: float = 0.7,
-    top_p: float = 0.9,
-    max_tokens: int = 256,
+    temperature: float = DEFAULT_TEMPERATURE,
+    top_p: float = DEFAULT_TOP_P,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
     history: Sequence[tuple[str, str]] = (),
 ) -> Answer:
     """Answer ``question`` from the passages of the given collections, citing them as [n]."""
@@ -239,9 +240,9 @@ def answer_question_stream(
     collection_ids: Sequence[int],
     top_k: int,
     mode: str,
-    temperature: float = 0.7,
-    top_p: float = 0.9,
-    max_tokens: int = 256,
+    temperature: float = DEFAULT_TEMPERATURE,
+    top_p: float = DEFAULT_TOP_P,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
     history: Sequence[tuple[str, str]] = (),
 ) -> Iterator[StreamPiece | Answer]:
     """Like :func:`answer_question`, yielding the answer's text as it is generated, then the Answer."""
