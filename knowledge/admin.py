@@ -18,6 +18,7 @@ from knowledge.errors import KnowledgeError
 from knowledge.models import ApiKey, Chunk, Collection, Conversation, Document, Message, SearchRebuild, UsageRecord
 from knowledge.selectors import collections_readable_by, usage_daily_totals
 from knowledge.services import apikeys as apikey_services
+from knowledge.services import bulk as bulk_services
 from knowledge.services import documents as document_services
 
 #: the admin's own styles (status badges, the usage totals): a stylesheet, as the Content-Security-Policy
@@ -152,8 +153,8 @@ class DocumentAdmin(admin.ModelAdmin):
         document_services.document_delete(document=obj)
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Document]) -> None:
-        for document in queryset:
-            document_services.document_delete(document=document)
+        # one writer block for them all: one new faiss generation, not one per document
+        bulk_services.documents_delete_many(documents=queryset)
 
     @admin.action(description=_("Re-ingest selected documents"))
     def reingest(self, request: HttpRequest, queryset: QuerySet[Document]) -> None:
