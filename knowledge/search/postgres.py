@@ -104,6 +104,7 @@ class PostgresStore:
         build_memory: str | None = "512MB",
         merge_after: int = 50_000,
         merge_batch: int = 5_000,
+        merge_pause: float = 0.25,
     ) -> None:
         connection = connections[using]
         if connection.vendor != "postgresql":
@@ -138,6 +139,8 @@ class PostgresStore:
         #: postings moved per merge transaction: the writers' lock is held for one batch at a time, so a writer
         #: waits at most about one batch (20,000 took 1.8 s at 1M chunks, and an add then waited up to 4 s)
         self.merge_batch = merge_batch
+        #: seconds a background merge leaves between two batches (a writer polling for the lock gets it then)
+        self.merge_pause = merge_pause
         self._schema_ready = False
         self._merging: threading.Thread | None = None
         self._merging_lock = threading.Lock()
@@ -322,12 +325,15 @@ class PostgresStore:
                 )
         self._drop_retired()
 
-    def merge(self) -> int:
+    def merge(self, *, pause: float = 0.0) -> int:
         """Move the recent postings into the big posting table, a batch per transaction, in term order; how many
-        moved. Stops early when another writer holds the lock (its commit starts the next merge)."""
+        moved. Stops early when another writer holds the lock (a later commit starts the next merge). ``pause``:
+        seconds between two batches, in which a waiting writer (it tries every 50 ms) takes the lock first."""
         self._ensure_schema()
         moved = 0
         while True:
+            if moved and pause > 0:
+                time.sleep(pause)
             with transaction.atomic(using=self.using), self._cursor() as cursor:
                 cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", (schema.LOCK_KEY,))
                 if not cursor.fetchone()[0]:
@@ -348,7 +354,7 @@ class PostgresStore:
 
     def _merge_in_background(self) -> None:
         try:
-            moved = self.merge()
+            moved = self.merge(pause=self.merge_pause)
             logger.info("search store: %d recent postings merged", moved)
         except Exception:  # the next writer's commit tries again
             logger.exception("search store: merging the recent postings failed")
