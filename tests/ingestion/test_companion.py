@@ -87,7 +87,7 @@ def test_the_companion_is_asked_about_questions_in_its_languages_only(embedder: 
 def test_the_companion_is_not_loaded_to_learn_its_dimension(monkeypatch: pytest.MonkeyPatch) -> None:
     primary = e5()  # the session's e5, not a second one
     monkeypatch.setattr(embedding, "_create_primary", lambda config: primary)
-    made = embedding._create(COMPANION_CONFIG)
+    made = embedding.create_embedder(COMPANION_CONFIG)
     assert isinstance(made, CompanionEmbedder)
 
     assert store_identity(made) == StoreIdentity(E5_NAME, 384, f"{PACKAGED_ST_NAME}@en", 384)

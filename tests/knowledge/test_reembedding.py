@@ -50,8 +50,7 @@ def test_a_new_model_is_built_beside_the_old_one_while_questions_are_answered(
     assert _best("Which volcano of Italy erupts often?") == "volcanoes.txt"
 
     # The configuration moves on to another model (here: the same e5 without its companion).
-    settings.RAG_COMPANION_EMBEDDER = ""
-    engines.reset()
+    settings.RAG_COMPANION_EMBEDDER = ""  # the engines follow the changed setting
     new = engines.store_identity()
     assert new != old and engines.saved_identity() == old
     # questions are still embedded with the model that built the store, and answered from it
@@ -125,8 +124,7 @@ def test_without_the_previous_model_on_record_the_store_asks_for_a_rebuild(
 
     ingest(text_file("glaciers.txt", TEXTS["glaciers.txt"]))
     SearchEmbedder.objects.all().delete()  # a store made by a release that did not record it
-    settings.RAG_COMPANION_EMBEDDER = ""
-    engines.reset()
+    settings.RAG_COMPANION_EMBEDDER = ""  # the engines follow the changed setting
     with pytest.raises(IndexMismatchError, match="rebuild_index"):
         engines.get_searcher().search("glaciers", k=1)
 

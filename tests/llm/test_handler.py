@@ -2,34 +2,12 @@
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 
 from llm import errors
 from llm.config import LLMConfig
-from llm.handler import LLMHandler, get_handler
+from llm.handler import LLMHandler
 from llm.types import Generation
-
-
-def test_get_handler_gives_one_handler_per_config_across_threads() -> None:
-    config = LLMConfig(model="one-per-process-test")
-    barrier = threading.Barrier(8)
-    seen: list[LLMHandler] = []
-
-    def grab() -> None:
-        barrier.wait()
-        seen.append(get_handler(config))
-
-    threads = [threading.Thread(target=grab) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-
-    assert len({id(h) for h in seen}) == 1
-    assert get_handler(LLMConfig(model="one-per-process-test")) is seen[0]
-    assert get_handler(LLMConfig(model="another")) is not seen[0]
 
 
 def test_creating_a_handler_loads_nothing() -> None:

@@ -46,25 +46,17 @@ def test_credentials_in_the_model_server_url_are_never_shown(client: Any, settin
     shown = []
     with fake_openai_server() as server:
         settings.RAG_LLM_BASE_URL = server.base_url.replace("http://", "http://portal-user:s3cret-pw@")
-        engines.reset()
-        try:
-            shown.append(client.get("/api/v1/status/").content.decode())  # anonymous
-            shown.append(client.get("/readyz").content.decode())  # from an allowed address: details
-            engines.get_llm().load()  # the server is asked (and httpx logs the request)
-            shown.append(client.get("/api/v1/status/").content.decode())
-            server.behaviour.status = 503
-            answer = api.post("/api/v1/generate/", {"prompt": "Hi"}, format="json")
-            assert answer.status_code == 503
-            shown.append(answer.content.decode())
-        finally:
-            engines.reset()
+        shown.append(client.get("/api/v1/status/").content.decode())  # anonymous
+        shown.append(client.get("/readyz").content.decode())  # from an allowed address: details
+        engines.get_llm().load()  # the server is asked (and httpx logs the request)
+        shown.append(client.get("/api/v1/status/").content.decode())
+        server.behaviour.status = 503
+        answer = api.post("/api/v1/generate/", {"prompt": "Hi"}, format="json")
+        assert answer.status_code == 503
+        shown.append(answer.content.decode())
     settings.RAG_LLM_BASE_URL = "http://portal-user:s3cret-pw@127.0.0.1:9/v1"  # nothing listens
-    engines.reset()
-    try:
-        shown.append(client.get("/readyz").content.decode())
-        shown.append(api.post("/api/v1/generate/", {"prompt": "Hi"}, format="json").content.decode())
-    finally:
-        engines.reset()
+    shown.append(client.get("/readyz").content.decode())
+    shown.append(api.post("/api/v1/generate/", {"prompt": "Hi"}, format="json").content.decode())
     log_lines = captured_logs.getvalue().splitlines()
     shown.extend(log_lines)
 
@@ -80,11 +72,7 @@ def test_credentials_in_the_model_server_url_are_never_shown(client: Any, settin
 def test_an_unreachable_model_server_makes_the_portal_not_ready(client: Any, settings: Any) -> None:
     settings.RAG_LLM_BACKEND = "openai"
     settings.RAG_LLM_BASE_URL = "http://127.0.0.1:9/v1"  # the discard port: nothing listens
-    engines.reset()
-    try:
-        response = client.get("/readyz")
-    finally:
-        engines.reset()
+    response = client.get("/readyz")
 
     assert response.status_code == 503
     model = response.json()["checks"]["model"]
