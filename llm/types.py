@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 
 #: one chat message: {"role": "system" | "user" | "assistant", "content": "..."}
@@ -20,7 +20,8 @@ class Generation:
     prompt_tokens: int
     completion_tokens: int
     model: str
-    #: "stop" (end of answer or a stop string) or "length" (``max_tokens`` reached)
+    #: why generation ended, as the backend saw it: "stop" (end of answer or a stop string) or
+    #: "length" (``max_tokens`` or the time limit reached)
     finish_reason: str
 
     @property
@@ -46,4 +47,5 @@ class GenerationParams:
 
 #: what ``stream`` yields: text pieces, then one final ``Generation``
 StreamItem = str | Generation
-StreamIterator = Iterator[StreamItem]
+#: a generator, so that a consumer that goes away can ``close()`` it and the model stops
+StreamIterator = Generator[StreamItem, None, None]

@@ -14,7 +14,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from django.conf import settings
@@ -36,7 +36,7 @@ from knowledge.api.openai_serializers import (
 )
 from knowledge.api.openai_serializers import conversation_split as conversation_split  # re-exported
 from knowledge.api.parsers import SafeJSONParser
-from knowledge.api.serializers import ServerSentEventSerializer
+from knowledge.api.serializers import ServerSentEventSerializer, sources_body
 from knowledge.models import ApiKey
 from knowledge.services import answering
 from knowledge.services import requests as question_services
@@ -62,8 +62,8 @@ def _usage(answer: answering.Answer) -> dict[str, int]:
     }
 
 
-def completion_body(completion: question_services.Completion, *, model: str) -> dict[str, Any]:
-    answer = completion.answer
+def completion_body(answer: answering.Answer, *, model: str) -> dict[str, Any]:
+    """A ``chat.completion``: the answer, why it ended (as the model said), its usage and sources."""
     return {
         "id": _completion_id(),
         "object": "chat.completion",
@@ -74,16 +74,16 @@ def completion_body(completion: question_services.Completion, *, model: str) -> 
                 "index": 0,
                 "message": {"role": "assistant", "content": answer.output},
                 "logprobs": None,
-                "finish_reason": completion.finish_reason,
+                "finish_reason": answer.finish_reason,
             }
         ],
         "usage": _usage(answer),
-        "sources": question_services.sources_body(answer),
+        "sources": sources_body(answer),
     }
 
 
 def completion_chunks(
-    items: Generator[answering.StreamPiece | question_services.Completion, None, None],
+    items: answering.AnswerEvents,
     *,
     model: str,
     include_usage: bool,
@@ -99,11 +99,11 @@ def completion_chunks(
     yield chunk({"role": "assistant", "content": ""})
     try:
         for item in items:
-            if isinstance(item, question_services.Completion):
-                sources = question_services.sources_body(item.answer)
+            if isinstance(item, answering.Answer):
+                sources = sources_body(item)
                 yield chunk({}, item.finish_reason, sources=sources)
                 if include_usage:
-                    yield _event({**head, "choices": [], "usage": _usage(item.answer), "sources": sources})
+                    yield _event({**head, "choices": [], "usage": _usage(item), "sources": sources})
             else:
                 yield chunk({"content": item.text})
     except Exception as exc:
@@ -311,7 +311,7 @@ class OpenAIChatCreateApi(_OpenAIApi):
         question = question_services.QuestionRequest.from_validated(question_services.CHAT, data)
         api_key = request.auth if isinstance(request.auth, ApiKey) else None
         if data["stream"]:
-            items = question_services.question_complete_stream(request=question, user=request.user, api_key=api_key)
+            items = question_services.question_stream(request=question, user=request.user, api_key=api_key)
             response = StreamingHttpResponse(
                 completion_chunks(items, model=data["model"], include_usage=data["include_usage"]),
                 content_type="text/event-stream",
@@ -319,8 +319,8 @@ class OpenAIChatCreateApi(_OpenAIApi):
             response["Cache-Control"] = "no-cache"
             response["X-Accel-Buffering"] = "no"
             return response
-        completion = question_services.question_complete(request=question, user=request.user, api_key=api_key)
-        return Response(completion_body(completion, model=data["model"]))
+        answer = question_services.question_answer(request=question, user=request.user, api_key=api_key)
+        return Response(completion_body(answer, model=data["model"]))
 
 
 class OpenAIModelListApi(_OpenAIApi):

@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from knowledge import limits
 from knowledge.models import Document
-from knowledge.services.answering import MODES
+from knowledge.services.answering import MODES, Answer
 
 
 class StrictSerializer(serializers.Serializer):
@@ -94,20 +96,43 @@ class SourceSerializer(serializers.Serializer):
 
 
 class MetaSerializer(serializers.Serializer):
+    """What an answer cost; reads an ``Answer``."""
+
     tokens_used = serializers.IntegerField()
     prompt_tokens = serializers.IntegerField()
     completion_tokens = serializers.IntegerField()
-    response_time = serializers.CharField(help_text='Seconds, like "1.23s"')
+    response_time = serializers.SerializerMethodField(help_text='Seconds, like "1.23s"')
     model = serializers.CharField()
+
+    @extend_schema_field(OpenApiTypes.STR)
+    def get_response_time(self, answer: Answer) -> str:
+        return f"{answer.seconds:.2f}s"
 
 
 class GenerateResponseSerializer(serializers.Serializer):
+    """The body of /generate/ (and the done event of its stream); reads an ``Answer``."""
+
     output = serializers.CharField()
-    meta = MetaSerializer()
+    meta = MetaSerializer(source="*")
 
 
-class RagResponseSerializer(GenerateResponseSerializer):
+class RagResponseSerializer(serializers.Serializer):
+    """The body of /rag/ (and the done event of its stream); reads an ``Answer``."""
+
+    output = serializers.CharField()
     sources = SourceSerializer(many=True)
+    meta = MetaSerializer(source="*")
+
+
+def answer_body(answer: Answer, *, with_sources: bool) -> dict[str, Any]:
+    """The response body of an answer: /rag/'s ``with_sources``, else /generate/'s."""
+    serializer = RagResponseSerializer if with_sources else GenerateResponseSerializer
+    return dict(serializer(answer).data)
+
+
+def sources_body(answer: Answer) -> list[dict[str, Any]]:
+    """The answer's sources as every body shows them."""
+    return [dict(source) for source in SourceSerializer(answer.sources, many=True).data]
 
 
 class AsyncAcceptedSerializer(serializers.Serializer):

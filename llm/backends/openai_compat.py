@@ -23,7 +23,7 @@ from llm.backends.base import StopScanner
 from llm.config import LLMConfig
 from llm.errors import GenerationError, ModelUnavailableError
 from llm.tokens import estimate_tokens
-from llm.types import FINISH_LENGTH, FINISH_STOP, Generation, GenerationParams, Message
+from llm.types import FINISH_LENGTH, FINISH_STOP, Generation, GenerationParams, Message, StreamIterator
 
 #: tokens an estimated chat template adds per message, and for opening the assistant's turn
 _ESTIMATED_MESSAGE_OVERHEAD = 4
@@ -182,14 +182,12 @@ class OpenAICompatBackend:
         finish = FINISH_STOP if scanner.stopped else _finish(choice.get("finish_reason"))
         return self._generation(messages, text, finish, data.get("usage"))
 
-    def stream(self, messages: list[Message], params: GenerationParams) -> Iterator[str | Generation]:
+    def stream(self, messages: list[Message], params: GenerationParams) -> StreamIterator:
         """Server-sent events: ``data: {chunk}`` lines, then ``data: [DONE]``."""
         body = self._body(messages, params, stream=True)
         return self._stream(messages, params, body)
 
-    def _stream(
-        self, messages: list[Message], params: GenerationParams, body: dict[str, Any]
-    ) -> Iterator[str | Generation]:
+    def _stream(self, messages: list[Message], params: GenerationParams, body: dict[str, Any]) -> StreamIterator:
         scanner = StopScanner(params.stop)
         pieces: list[str] = []
         finish: str | None = None

@@ -373,6 +373,38 @@ def test_streaming_sends_tokens_then_one_final_event(api: APIClient, corpus_docs
     assert "".join(data["text"] for _, data in events[:-1]).strip() == final["output"]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("path", "payload"),
+    [
+        ("/api/v1/generate/", {"prompt": "Write a long story about a dragon."}),
+        ("/api/v1/rag/", {"prompt": "Which waterfall faces the Suitor?", "mode": "generative"}),
+    ],
+)
+def test_the_plain_answer_is_the_drained_stream_cut_by_max_tokens(
+    api: APIClient, user: User, corpus_docs: Any, path: str, payload: dict[str, Any]
+) -> None:
+    from knowledge.services import answering, requests
+
+    ask = {**payload, "max_tokens": 3, "temperature": 0}
+    plain = api.post(path, ask, format="json").json()
+    name, done = _events(api.post(path, {**ask, "stream": True}, format="json"))[-1]
+    assert name == "done"
+    for body in (plain, done):
+        del body["meta"]["response_time"]
+    assert plain == done
+    assert plain["meta"]["completion_tokens"] == 3
+
+    # the model said why it stopped, and that travels in the answer of both forms
+    endpoint = requests.RAG if "rag" in path else requests.GENERATE
+    question = requests.QuestionRequest(endpoint=endpoint, top_p=0.9, **ask)
+    answer = requests.question_answer(request=question, user=user)
+    streamed = answering.answer_of(requests.question_stream(request=question, user=user))
+    assert answer.finish_reason == streamed.finish_reason == "length"
+    assert (answer.output, answer.completion_tokens) == (streamed.output, streamed.completion_tokens)
+    assert answer.output == plain["output"]
+
+
 def test_streaming_extractive_answers_and_errors_stay_json(api: APIClient, corpus_docs: Any) -> None:
     response = api.post("/api/v1/rag/", {"prompt": "sourdough starter", "stream": True}, format="json")
     events = _events(response)

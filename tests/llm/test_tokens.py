@@ -101,3 +101,13 @@ def test_stop_scanner_cuts_at_the_first_stop_string(pieces: list[str], stop: lis
 
     assert "".join(emitted) == expected
     assert scanner.stopped == any(s and s in "".join(pieces) for s in stop)
+
+
+def test_stop_scanner_holds_back_only_what_could_begin_a_stop_string() -> None:
+    scanner = StopScanner(["STOP", "\n\n"])
+
+    assert scanner.feed("The end S") == "The end "
+    assert scanner.feed("o") == "So"  # "So" begins no stop string
+    assert scanner.feed(" far\n") == " far"
+    assert scanner.feed("\nmore") == ""
+    assert scanner.stopped
