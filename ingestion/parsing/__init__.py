@@ -107,16 +107,23 @@ class FileFacts:
 
 
 def inspect_file(
-    path: Path, *, filename: str | None = None, password: str | None = None, scans: bool = False
+    path: Path,
+    *,
+    filename: str | None = None,
+    password: str | None = None,
+    scans: bool = False,
+    mime_type: str | None = None,
 ) -> FileFacts:
     """The type of the file at ``path``, with a PDF's page count and, with ``scans``, its pages that need OCR.
+
+    ``mime_type`` (the type sniffed at upload) skips sniffing again.
 
     Reading a PDF's page tree may inflate its compressed object streams, and sniffing opens ZIP
     directories: like the parse, call it in a memory-limited child (``ingestion.sandbox.run_limited``).
     Raises the errors of :func:`sniff_mime` and, for a PDF, those of :func:`pdf_page_count`.
     """
     path = Path(path)
-    mime = sniff_mime(path, filename)
+    mime = normalize_mime(mime_type) if mime_type else sniff_mime(path, filename)
     if mime != PDF:
         return FileFacts(mime_type=mime)
     count = pdf_page_count(path, password)

@@ -176,6 +176,7 @@ def _ingest_group(
                 embedder=embedder,
                 options=options,
                 filename=entry.document.original_name,
+                mime_type=entry.document.mime_type or None,  # sniffed when it was stored
             )
         except IngestionError as exc:
             entry.error = exc.message

@@ -244,6 +244,7 @@ def _part_prepare(part: DocumentPart, notify: Callable[[str], None]) -> dict[str
         embedder=engines.get_embedder(),
         options=options,
         filename=document.original_name,
+        mime_type=document.mime_type or None,  # sniffed at upload
         progress=notify,
     )
     # Only a pending part is stored: a duplicate delivery that finished first, or a new plan, wins.

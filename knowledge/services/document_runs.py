@@ -61,7 +61,10 @@ def document_inspect(*, document: Document, scans: bool = False) -> FileFacts:
 
     path = Path(document.file.path)
     name = document.original_name
-    return run_limited(lambda: inspect_file(path, filename=name, scans=scans), memory_mb=settings.RAG_INGEST_MEMORY_MB)
+    mime = document.mime_type or None  # sniffed at upload: not sniffed again
+    return run_limited(
+        lambda: inspect_file(path, filename=name, scans=scans, mime_type=mime), memory_mb=settings.RAG_INGEST_MEMORY_MB
+    )
 
 
 def document_chunks_write(

@@ -310,6 +310,7 @@ def _document_process(
             embedder=embedder,
             options=options,
             filename=document.original_name,
+            mime_type=document.mime_type or None,  # sniffed at upload
             progress=notify,
         )
         timings = dict(result.timings)
