@@ -38,6 +38,7 @@ from knowledge.services import document_runs, engines, leases
 from knowledge.services.document_runs import ProcessOutcome
 
 if TYPE_CHECKING:
+    from ingestion.parsing import FileFacts
     from ingestion.store import PassageEmbeddings, StoreIdentity
 
 logger = logging.getLogger(__name__)
@@ -48,30 +49,38 @@ SKIPPED = "skipped"
 _STAGE_MAX = 32  # Document.stage's max_length
 
 
-def document_split_ranges(*, document: Document, ocr: bool) -> tuple[list[range], bool]:
+def document_split_ranges(
+    *, document: Document, ocr: bool, facts: FileFacts | None = None, scans: bool | None = None
+) -> tuple[list[range], bool]:
     """The page ranges (1-based) ``document`` is processed in ([] when whole), and whether they need OCR.
 
     Only a PDF with more than ``RAG_SPLIT_PAGES`` pages (and at most ``RAG_MAX_PAGES``) is split. With
     ``ocr``, a PDF with pages for OCR to read is split in ranges of ``RAG_SPLIT_OCR_PAGES`` pages instead.
-    The file is read in a memory-limited child (see ``document_runs.document_inspect``).
+    The file is read in a memory-limited child (see ``document_runs.document_inspect``), unless the caller
+    already did: ``facts``, with ``scans`` when it already knows whether the file has pages for OCR (then its
+    pages are not looked through again).
     """
-    try:
-        facts = document_runs.document_inspect(document=document, scans=ocr and settings.RAG_OCR)
-    except (IngestionError, OSError, ValueError):
-        return [], False  # processed whole, which reports the problem
+    if facts is None:
+        try:
+            facts = document_runs.document_inspect(document=document, scans=ocr and settings.RAG_OCR and scans is None)
+        except (IngestionError, OSError, ValueError):
+            return [], False  # processed whole, which reports the problem
+    if scans is None:
+        scans = bool(facts.scan_pages)
     if facts.mime_type != PDF or facts.page_count is None:
         return [], False
     count = facts.page_count
     if count > settings.RAG_MAX_PAGES:
         return [], False
-    scans = bool(facts.scan_pages)
     size = settings.RAG_SPLIT_OCR_PAGES if scans else settings.RAG_SPLIT_PAGES
     if size <= 0 or count <= size:
         return [], scans
     return [range(first, min(first + size, count + 1)) for first in range(1, count + 1, size)], scans
 
 
-def document_split(*, document_id: int, ocr: bool, dispatch: bool = True) -> list[int]:
+def document_split(
+    *, document_id: int, ocr: bool, dispatch: bool = True, facts: FileFacts | None = None, scans: bool | None = None
+) -> list[int]:
     """Plan a big PDF as parts and return their ids in page order; [] when it is processed whole.
 
     The document becomes ``processing``; a previous plan's parts are dropped. With ``dispatch`` one
@@ -81,7 +90,7 @@ def document_split(*, document_id: int, ocr: bool, dispatch: bool = True) -> lis
     document = Document.objects.filter(pk=document_id).first()
     if document is None:
         return []
-    ranges, scans = document_split_ranges(document=document, ocr=ocr)
+    ranges, scans = document_split_ranges(document=document, ocr=ocr, facts=facts, scans=scans)
     if not ranges:
         return []
     with transaction.atomic():

@@ -40,6 +40,7 @@ from knowledge.services.document_runs import (
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
 
+    from ingestion.parsing import FileFacts
     from ingestion.types import ChunkDraft
 
 logger = logging.getLogger(__name__)
@@ -214,14 +215,14 @@ def _set_stage(document_id: int, stage: str) -> None:
     Document.objects.filter(pk=document_id).update(stage=stage, updated_at=timezone.now())
 
 
-def document_needs_ocr(*, document: Document) -> bool:
-    """Whether a document has pages without text that only OCR can read (routed to the slow queue)."""
-    if not settings.RAG_OCR:
-        return False
+def document_plan_facts(*, document: Document, ocr: bool) -> FileFacts | None:
+    """What a delivery decides its plan from, read once: the file's type and pages and, on the normal queue
+    with OCR on, its pages without text (a document with some goes to the OCR queue, where they are not looked
+    for again). None when the file cannot be inspected (the parse reports the problem)."""
     try:
-        return bool(document_inspect(document=document, scans=True).scan_pages)
-    except (IngestionError, OSError):
-        return False  # the real parse reports the problem
+        return document_inspect(document=document, scans=settings.RAG_OCR and not ocr)
+    except (IngestionError, OSError, ValueError):
+        return None
 
 
 def chunk_row(document_id: int, draft: ChunkDraft) -> Chunk:
@@ -380,11 +381,17 @@ def document_ingest(*, document_id: int, ocr: bool, force: bool = False) -> Proc
         document = Document.objects.get(pk=document_id)
         if document.status == Document.Status.READY and not force:
             return _outcome(document, {})
-        if not ocr and document_needs_ocr(document=document):
+        facts = document_plan_facts(document=document, ocr=ocr)
+        if not ocr and facts is not None and facts.scan_pages:
             Document.objects.filter(pk=document_id).update(stage="waiting for OCR")
             task_dispatch.document_ocr(document_id=document_id, force=force)
             return ProcessOutcome(document_id, "ocr", "", 0, None, {})
-        parts = document_parts.document_split(document_id=document_id, ocr=ocr)
+        # the OCR queue gets only documents found to have pages for OCR
+        parts = (
+            document_parts.document_split(document_id=document_id, ocr=ocr, facts=facts, scans=ocr and settings.RAG_OCR)
+            if facts is not None
+            else []
+        )
         if parts:
             return ProcessOutcome(document_id, "split", "", 0, None, {}, parts=len(parts))
         return document_process(document_id=document_id, ocr=ocr, force=force, split=False)

@@ -198,13 +198,36 @@ def test_the_stage_says_which_part_is_being_processed(tmp_path: Path) -> None:
     assert {"parsing (part 1 of 3)", "embedding (part 2 of 3)", "embedding (part 3 of 3)", "indexing"} <= set(seen)
 
 
+def _count_inspections(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Record each inspection of a file by the services (whether it looked for pages that need OCR)."""
+    from knowledge.services import document_runs
+
+    inspect = document_runs.document_inspect
+    seen: list[bool] = []
+
+    def recorded(*, document: Document, scans: bool = False) -> Any:
+        seen.append(scans)
+        return inspect(document=document, scans=scans)
+
+    monkeypatch.setattr(document_runs, "document_inspect", recorded)
+    monkeypatch.setattr(document_services, "document_inspect", recorded)
+    return seen
+
+
 def test_the_ingest_task_sends_one_task_per_part(
-    eager_celery: None, django_capture_on_commit_callbacks: Any, tmp_path: Path
+    eager_celery: None,
+    django_capture_on_commit_callbacks: Any,
+    settings: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
+    settings.RAG_OCR = True
+    inspections = _count_inspections(monkeypatch)
     path = _text_pdf(tmp_path / "big.pdf", 12)
     with django_capture_on_commit_callbacks(execute=True) as callbacks, path.open("rb") as handle:
         document = document_services.document_create(file=handle, filename=path.name)
     assert len(callbacks) == 2  # the document's task, then its plan's part tasks
+    assert inspections == [True]  # the plan is decided from one reading of the file
     document.refresh_from_db()
     assert document.status == "ready", document.error
     assert document.page_count == 12
@@ -231,10 +254,13 @@ def test_a_long_scan_is_read_with_ocr_as_page_ranges_on_the_ocr_queue(
     )
     assert app.amqp.router.route({}, "knowledge.document_ocr_part")["queue"].name == "ocr"
 
+    inspections = _count_inspections(monkeypatch)
     path = _scan_pdf(tmp_path / "scan.pdf", 3)
     with django_capture_on_commit_callbacks(execute=True) as callbacks, path.open("rb") as handle:
         document = document_services.document_create(file=handle, filename=path.name)
     assert len(callbacks) == 2  # the document's task (which hands it to the OCR task), then the parts
+    # its pages are looked through once, on the text queue; the OCR queue only counts them
+    assert inspections == [True, False]
     document.refresh_from_db()
     assert document.status == "ready", document.error
     assert (document.page_count, document.ocr_pages) == (3, [1, 2, 3])
