@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 from django.conf import settings
 from django.db import transaction
-from django.utils import timezone
 
 from ingestion.errors import IngestionError
 from ingestion.language import PassageTerms
@@ -27,7 +26,7 @@ from ingestion.store import PassageEmbeddings
 from ingestion.types import ChunkDraft, ParsedDocument
 from knowledge.errors import DuplicateDocumentError
 from knowledge.models import Chunk, Collection, Document
-from knowledge.services import engines
+from knowledge.services import document_runs, engines
 from knowledge.services.documents import chunk_row, document_chunks_write, document_create
 
 logger = logging.getLogger(__name__)
@@ -224,7 +223,6 @@ def _write_group(
     embedder_name: str,
 ) -> None:
     """Write the chunks and search entries of a group in one transaction (one faiss segment)."""
-    now = timezone.now()
     # as in document_process: the store writes in (or holds its lock until) the database transaction
     with engines.get_store().writer() as writer, transaction.atomic():
         Chunk.objects.filter(document_id__in=[e.document.pk for e in pending if e.error]).delete()
@@ -241,21 +239,13 @@ def _write_group(
             )
             offset += count
             assert entry.parsed is not None
-            Document.objects.filter(pk=entry.document.pk).update(
-                status=Document.Status.READY,
-                stage="",
-                error="",
-                mime_type=entry.parsed.mime_type,
-                page_count=entry.parsed.page_count,
-                chunk_count=count,
-                embedder=embedder_name,
-                processed_at=now,
+            document_runs.document_mark_ready(
+                entry.document, parsed=entry.parsed, chunk_count=count, embedder=embedder_name
             )
         for entry in pending:
             if entry.error:
-                Document.objects.filter(pk=entry.document.pk).update(
-                    status=Document.Status.FAILED, stage="", error=entry.error, chunk_count=0, processed_at=now
-                )
+                writer.remove_document(entry.document.pk)  # what an earlier ingestion of it left
+                document_runs.document_mark_failed(entry.document.pk, entry.error)
 
 
 def documents_delete_many(*, documents: Iterable[Document]) -> int:

@@ -31,6 +31,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from ingestion.errors import EmptyDocumentError, IngestionError
+from ingestion.types import ParsedDocument
 from knowledge import task_dispatch
 from knowledge.models import Chunk, Document, DocumentPart
 from knowledge.observability import instrumentation as observe
@@ -345,20 +346,15 @@ def _assemble(document_id: int, part_id: int) -> bool:
             ],
             embeddings=_embeddings_of_rows(rows, engines.store_identity()),
         )
-        Document.objects.filter(pk=document_id).update(
-            status=Document.Status.READY,
-            stage="",
-            error="",
-            lease_until=None,
+        parsed = ParsedDocument(
+            blocks=(),
             mime_type=PDF,
             page_count=parts[-1].last_page,
-            chunk_count=count,
-            ocr_pages=sorted({page for part in parts for page in part.ocr_pages}),
-            warnings=[warning for part in parts for warning in part.warnings],
-            embedder=embedder.name,
-            processed_at=timezone.now(),
-            title=document.title or parts[0].title or document.original_name,
+            title=parts[0].title or None,
+            ocr_pages=tuple(sorted({page for part in parts for page in part.ocr_pages})),
+            warnings=tuple(warning for part in parts for warning in part.warnings),
         )
+        document_runs.document_mark_ready(document, parsed=parsed, chunk_count=count, embedder=embedder.name)
         DocumentPart.objects.filter(document_id=document_id).delete()
     return True
 

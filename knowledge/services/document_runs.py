@@ -1,5 +1,5 @@
-"""What every run on a document shares, whole or as page ranges: its outcome, what its file is, the
-writer of its chunks, and the one function that fails it.
+"""What every run on a document shares, whole, as page ranges or in bulk: its outcome, what its file is, the
+writer of its chunks, and the one function that marks it ready and the one that fails it.
 
 Below :mod:`knowledge.services.documents` (whole files, the choice between whole and parts) and
 :mod:`knowledge.services.document_parts` (page ranges), which both use it.
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from ingestion.language import PassageTerms
     from ingestion.parsing import FileFacts
     from ingestion.store import PassageEmbeddings, StoreWriter
+    from ingestion.types import ParsedDocument
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +98,43 @@ def document_chunks_write(
     return len(rows)
 
 
+def document_mark_ready(
+    document: Document,
+    *,
+    parsed: ParsedDocument,
+    chunk_count: int,
+    embedder: str,
+) -> None:
+    """Mark a document ready with what its parse found: the one place a document becomes ready, whether it was
+    processed whole, as page ranges or in bulk. Call it in the transaction that wrote its chunks."""
+    Document.objects.filter(pk=document.pk).update(
+        status=Document.Status.READY,
+        stage="",
+        error="",
+        lease_until=None,
+        mime_type=parsed.mime_type,
+        page_count=parsed.page_count,
+        chunk_count=chunk_count,
+        ocr_pages=list(parsed.ocr_pages),
+        warnings=list(parsed.warnings),
+        embedder=embedder,
+        processed_at=timezone.now(),
+        title=document.title or parsed.title or document.original_name,
+    )
+
+
+def document_mark_failed(document_id: int, reason: str) -> None:
+    """Mark a document failed with the sentence a person reads (its chunks and vectors are the caller's)."""
+    Document.objects.filter(pk=document_id).update(
+        status=Document.Status.FAILED,
+        stage="",
+        error=reason,
+        chunk_count=0,
+        lease_until=None,
+        processed_at=timezone.now(),
+    )
+
+
 def document_fail(document_id: int, reason: str) -> None:
     """Mark a document failed and make sure nothing of it stays in the table or the index."""
     try:
@@ -106,14 +144,7 @@ def document_fail(document_id: int, reason: str) -> None:
     except IngestionError:
         logger.exception("Could not remove the vectors of failed document %s", document_id)
         Chunk.objects.filter(document_id=document_id).delete()
-    Document.objects.filter(pk=document_id).update(
-        status=Document.Status.FAILED,
-        stage="",
-        error=reason,
-        chunk_count=0,
-        lease_until=None,
-        processed_at=timezone.now(),
-    )
+    document_mark_failed(document_id, reason)
 
 
 def document_count_lost_run(*, document_id: int) -> bool:

@@ -35,6 +35,7 @@ from knowledge.services.document_runs import (
     document_count_lost_run,
     document_fail,
     document_inspect,
+    document_mark_ready,
 )
 
 if TYPE_CHECKING:
@@ -330,20 +331,7 @@ def _document_process(
                 embeddings=result.embeddings,
                 terms=result.terms,
             )
-            Document.objects.filter(pk=document_id).update(
-                status=Document.Status.READY,
-                stage="",
-                error="",
-                lease_until=None,
-                mime_type=result.parsed.mime_type,
-                page_count=result.parsed.page_count,
-                chunk_count=count,
-                ocr_pages=list(result.parsed.ocr_pages),
-                warnings=list(result.parsed.warnings),
-                embedder=embedder.name,
-                processed_at=timezone.now(),
-                title=document.title or (result.parsed.title or document.original_name),
-            )
+            document_mark_ready(document, parsed=result.parsed, chunk_count=count, embedder=embedder.name)
         timings["index"] = time.perf_counter() - index_started
     except IngestionError as exc:
         if exc.transient:
