@@ -59,10 +59,9 @@ from bench_stores import (  # noqa: E402
     _median_runs,
     _percentiles,
     _recall,
+    add_document,
     chunk_rows,
     make_searcher,
-    new_chunk_ids,
-    new_document,
     prepare,
     time_dense,
     time_hybrid,
@@ -231,7 +230,6 @@ def search(args: argparse.Namespace) -> dict[str, Any]:
     postgres = Postgres(args.workdir / "pg")
     _setup_django(postgres, args.size)
     from ingestion.search import SearchConfig
-    from ingestion.store import PassageEmbeddings
     from knowledge.search.postgres import PostgresStore
 
     texts: list[str] = json.loads((folder / "questions.json").read_text(encoding="utf-8"))[: args.queries]
@@ -306,28 +304,26 @@ def search(args: argparse.Namespace) -> dict[str, Any]:
         source = TextSource(EVAL, args.seed)
         corpus_vectors = np.load(folder / "vectors.npy", mmap_mode="r")
         rng = np.random.default_rng(int(time.time()))
-        from django.db import transaction
 
         seconds = []
         parts: list[Counter[str]] = []
         first = out["chunks"] // CHUNKS_PER_DOCUMENT + 1000 + int(rng.integers(0, 10**6))
+        ends: list[float] = []  # when each add's block ended (before its commit)
         for i in range(args.adds):
-            document_id, document_vectors = new_document(first + i, corpus_vectors, rng)
-            texts_of, _ = source.document(first + i, with_terms=False)
             spent: Counter[str] = Counter()
-            tick = time.perf_counter()
             store.cursor_class = _timed_cursor(spent)
-            with transaction.atomic(), store.writer() as writer:
-                writer.add(
-                    new_chunk_ids(document_id),
-                    PassageEmbeddings(document_vectors),
-                    document_id=document_id,
-                    collection_id=2,
-                    texts=texts_of,
+            seconds.append(
+                add_document(
+                    "postgres",
+                    store,
+                    first + i,
+                    corpus_vectors,
+                    source,
+                    rng,
+                    written=lambda: ends.append(time.perf_counter()),
                 )
-                before_commit = time.perf_counter()
-            seconds.append(time.perf_counter() - tick)
-            spent["commit (statistics, WAL flush)"] += time.perf_counter() - before_commit
+            )
+            spent["commit (statistics, WAL flush)"] += time.perf_counter() - ends[-1]
             parts.append(spent)
         breakdown = {key: float(statistics.median(p[key] for p in parts)) for key in parts[0]}
         out["add"] = {"median_s": float(statistics.median(seconds)), "seconds": seconds, "median_parts_s": breakdown}

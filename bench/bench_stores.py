@@ -47,7 +47,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -545,31 +545,47 @@ def time_hybrid(searcher: Any, texts: Sequence[str], allowed: frozenset[int], ru
     return _median_runs(timed)
 
 
+def add_document(
+    kind: str,
+    store: Any,
+    number: int,
+    vectors: np.ndarray,
+    source: TextSource,
+    rng: np.random.Generator,
+    *,
+    written: Callable[[], None] | None = None,
+) -> float:
+    """Add the 20-chunk document ``number`` in a writer block of its own (its texts analysed by the writer, as
+    in the product); the seconds it took. ``written`` is called at the end of the block, before it commits."""
+    from ingestion.store import PassageEmbeddings
+
+    document_id, document_vectors = new_document(number, vectors, rng)
+    texts, _ = source.document(number, with_terms=False)
+    tick = time.perf_counter()
+    with writing(kind, store) as writer:
+        writer.add(
+            new_chunk_ids(document_id),
+            PassageEmbeddings(document_vectors),
+            document_id=document_id,
+            collection_id=2,
+            texts=texts,
+        )
+        if written is not None:
+            written()
+    return time.perf_counter() - tick
+
+
 def role_add(kind: str, params: dict[str, Any]) -> dict[str, Any]:
     """Add ``adds`` 20-chunk documents one at a time to the full store (texts analysed by the writer)."""
     folder = Path(params["folder"])
     vectors = np.load(folder / "vectors.npy", mmap_mode="r")
     source = TextSource(EVAL, params["seed"])
-    from ingestion.store import PassageEmbeddings
-
     store = open_store(kind, params)
     before = len(store.view())
     rng = np.random.default_rng(params["seed"] + 1)
-    seconds = []
-    for i in range(params["adds"]):
-        number = params["first_document"] + i
-        document_id, document_vectors = new_document(number, vectors, rng)
-        texts, _ = source.document(number, with_terms=False)
-        tick = time.perf_counter()
-        with writing(kind, store) as writer:
-            writer.add(
-                new_chunk_ids(document_id),
-                PassageEmbeddings(document_vectors),
-                document_id=document_id,
-                collection_id=2,
-                texts=texts,
-            )
-        seconds.append(time.perf_counter() - tick)
+    seconds = [
+        add_document(kind, store, params["first_document"] + i, vectors, source, rng) for i in range(params["adds"])
+    ]
     _settle(kind, store)
     after = len(store.view())
     return {"seconds": seconds, "chunks_before": before, "chunks_after": after, **_rss_mb()}
@@ -616,8 +632,6 @@ def role_trickle(kind: str, params: dict[str, Any]) -> dict[str, Any]:
     folder = Path(params["folder"])
     vectors = np.load(folder / "vectors.npy", mmap_mode="r")
     source = TextSource(EVAL, params["seed"])
-    from ingestion.store import PassageEmbeddings
-
     store = open_store(kind, params)
     rng = np.random.default_rng(params["seed"] + 2)
     interval = params["interval"]
@@ -629,19 +643,8 @@ def role_trickle(kind: str, params: dict[str, Any]) -> dict[str, Any]:
         due = started + len(seconds) * interval
         if (wait := due - time.perf_counter()) > 0:
             time.sleep(wait)
-        document_id, document_vectors = new_document(number, vectors, rng)
-        texts, _ = source.document(number, with_terms=False)
+        seconds.append(add_document(kind, store, number, vectors, source, rng))
         number += 1
-        tick = time.perf_counter()
-        with writing(kind, store) as writer:
-            writer.add(
-                new_chunk_ids(document_id),
-                PassageEmbeddings(document_vectors),
-                document_id=document_id,
-                collection_id=2,
-                texts=texts,
-            )
-        seconds.append(time.perf_counter() - tick)
     ended = time.time()
     _settle(kind, store)
     return {"started": started_wall, "ended": ended, "seconds": seconds, "documents": len(seconds)}
