@@ -16,9 +16,10 @@ from functools import lru_cache
 
 from ingestion.language import TextAnalyzer
 
-# A sentence ends at . ! ? … (optionally followed by a closing quote or bracket) before a space,
-# or at a line break; abbreviations such as "e.g." may split a sentence, which costs little here.
-_SENTENCE_END = re.compile(r"(?<=[.!?…])[\"'»)\]]*\s+|\n+")
+# A sentence ends at . ! ? … (optionally followed by closing quotes or brackets, and by citation markers such as
+# Wikipedia's "[49]" or "[a]") before a space, or at a line break; abbreviations such as "e.g." may split a
+# sentence, which costs little here.
+_SENTENCE_END = re.compile(r"(?<=[.!?…])(?:[\"'»)\]]|\[[^\[\]\n]{1,24}\])*\s+|\n+")
 _MAX_HIGHLIGHT_CHARS = 600
 # What an answer's reader (the pages, an API client) takes for a citation: "[2]", "[2, 3]", "[2-4]".
 _MARKER_LIKE = re.compile(r"\[(\s*\d+(?:\s*[,;\-–]\s*\d+)*\s*)\]")

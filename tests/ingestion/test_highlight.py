@@ -25,6 +25,15 @@ def test_without_shared_words_the_first_sentence_after_the_title_is_given() -> N
     assert found.text.startswith("Nicolas Berggruen est un investisseur") and found.coverage == 0.0
 
 
+def test_a_sentence_ends_before_the_citation_markers_that_follow_it() -> None:
+    text = "Norwich finished in the relegation zone.[49] The 2001–02 season began well.[50][a] It ended in May."
+    assert [text[a:b] for a, b in split_sentences(text)] == [
+        "Norwich finished in the relegation zone.",
+        "The 2001–02 season began well.",
+        "It ended in May.",
+    ]
+
+
 def test_heading_lines_are_titles_above_prose_not_table_rows_or_list_items() -> None:
     text = "Guide\nInstallation\nRun the installer. Then restart.\n\nName | Age\nBob | 42\nAlice | 37"
     spans = split_sentences(text)
