@@ -21,6 +21,11 @@ from ingestion.language import TextAnalyzer
 # sentence, which costs little here.
 _SENTENCE_END = re.compile(r"(?<=[.!?…])(?:[\"'»)\]]|\[[^\[\]\n]{1,24}\])*\s+|\n+")
 _MAX_HIGHLIGHT_CHARS = 600
+# A line of a reference list: numbered ("55. ...") or Wikipedia's "^ ...", pointing somewhere (a URL, a DOI,
+# "Retrieved ..."). It names a source; it never answers a question.
+_REFERENCE_LINE = re.compile(
+    r"^[ \t]*(?:\^|\d{1,4}[.)][ \t]).*?(?:https?://|www\.|\bdoi:|\bRetrieved\b).*$", re.MULTILINE | re.IGNORECASE
+)
 # What an answer's reader (the pages, an API client) takes for a citation: "[2]", "[2, 3]", "[2-4]".
 _MARKER_LIKE = re.compile(r"\[(\s*\d+(?:\s*[,;\-–]\s*\d+)*\s*)\]")
 
@@ -90,7 +95,8 @@ def highlight(question: str, passage: str, *, max_sentences: int = 2) -> Highlig
 
     Rare terms weigh more than common ones (an idf over the passage's sentences); with no shared
     term at all the passage's first sentence is returned with coverage 0. Heading lines (the title a
-    chunk opens with, see :func:`heading_lines`) are not quoted unless the passage is nothing else, and
+    chunk opens with, see :func:`heading_lines`) and the lines of a reference list ("55. ... (https://...)")
+    are not quoted unless the passage is nothing else, and
     several sentences are quoted only when they fit the highlight's length limit together.
     """
     analyzer = _analyzer()
@@ -104,7 +110,12 @@ def highlight(question: str, passage: str, *, max_sentences: int = 2) -> Highlig
     n = len(spans)
     # a heading line (a document's title above its text) names the topic, so it shares the question's
     # words, but it never holds the answer: it is not quoted, unless the passage is nothing else
-    quotable = [not heading for heading in heading_lines(passage, spans)]
+    # nor does a line of a reference list
+    references = [(m.start(), m.end()) for m in _REFERENCE_LINE.finditer(passage)]
+    quotable = [
+        not heading and not any(a <= start and end <= b for a, b in references)
+        for heading, (start, end) in zip(heading_lines(passage, spans), spans, strict=True)
+    ]
     if not any(quotable):
         quotable = [True] * n
     # idf over sentences: a term found in every sentence tells little about where the answer is

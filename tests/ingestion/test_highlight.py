@@ -34,6 +34,19 @@ def test_a_sentence_ends_before_the_citation_markers_that_follow_it() -> None:
     ]
 
 
+def test_a_reference_list_line_is_not_quoted_as_an_answer() -> None:
+    passage = (
+        "Norwich City played 46 games in the 2004–05 Premier League season and was relegated.\n"
+        '55. "Games played by Norwich City in 2004/2005". Soccerbase. (https://www.soccerbase.com/teams/team.sd)\n'
+        "^ Games played by Norwich City in the league. Retrieved 3 May 2012."
+    )
+    found = highlight("How many games did Norwich City play in 2004/2005?", passage)
+    assert found.text.startswith("Norwich City played 46 games") and found.coverage > 0
+    # a passage that is nothing else is still quoted
+    only = highlight("games played", passage.split("\n", 1)[1])
+    assert "Games played" in only.text
+
+
 def test_heading_lines_are_titles_above_prose_not_table_rows_or_list_items() -> None:
     text = "Guide\nInstallation\nRun the installer. Then restart.\n\nName | Age\nBob | 42\nAlice | 37"
     spans = split_sentences(text)
