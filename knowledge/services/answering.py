@@ -13,7 +13,7 @@ from knowledge.limits import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TO
 from knowledge.models import Chunk, Document
 from knowledge.observability import instrumentation as observe
 from knowledge.services import engines
-from llm.types import FINISH_STOP
+from llm.types import FINISH_STOP, GenerationParams
 
 if TYPE_CHECKING:
     from ingestion.highlight import Highlight
@@ -226,17 +226,9 @@ def _rag_messages(
     return messages, [sources[i] for i in used]
 
 
-@dataclass(frozen=True)
-class _Sampling:
-    temperature: float
-    top_p: float
-    max_tokens: int
-    stop: tuple[str, ...]
-
-
 def _generated(
     messages: list[dict[str, str]],
-    sampling: _Sampling,
+    sampling: GenerationParams,
     *,
     sources: list[Source],
     started: float,
@@ -311,7 +303,7 @@ def answer_question_stream(
         yield from _written(_extractive(question, sources, started, retrieve_s), stop)
         return
     messages, used = _rag_messages(question, sources, history, max_tokens)
-    sampling = _Sampling(temperature, top_p, max_tokens, tuple(stop))
+    sampling = GenerationParams(temperature, top_p, max_tokens, tuple(stop))
     yield from _generated(messages, sampling, sources=used, started=started, retrieve_s=retrieve_s)
 
 
@@ -352,7 +344,7 @@ def text_generate_stream(
 
     started = time.perf_counter()
     messages = build_generate_messages(prompt)
-    sampling = _Sampling(temperature, top_p, max_tokens, tuple(stop))
+    sampling = GenerationParams(temperature, top_p, max_tokens, tuple(stop))
     yield from _generated(messages, sampling, sources=[], started=started, retrieve_s=None)
 
 

@@ -150,8 +150,9 @@ def corpus(
     return docs
 
 
-def load(store: SearchStore, docs: Sequence[Doc]) -> None:
-    with writing(store) as writer:
+def load(store: SearchStore, docs: Sequence[Doc], *, reset: bool = False) -> None:
+    """Add ``docs``, as the services do (``reset``: as a rebuild, in one writer block of its own)."""
+    with store.writer(reset=True) if reset else writing(store) as writer:
         for doc in docs:
             writer.add(
                 doc.chunk_ids,

@@ -269,15 +269,7 @@ def test_a_commit_past_the_threshold_merges_in_the_background(postgres_db: None)
     s.wait_for_merge(30)
     assert rows("search_posting_recent") == 0 and rows("search_posting") > 0
     # a rebuild writes its postings straight into the big table
-    with s.writer(reset=True) as writer:
-        for doc in docs:
-            writer.add(
-                doc.chunk_ids,
-                doc.embeddings,
-                document_id=doc.document_id,
-                collection_id=doc.collection_id,
-                texts=doc.texts,
-            )
+    load(s, docs, reset=True)
     assert rows("search_posting_recent") == 0
     statistics()
 
