@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from knowledge.web import chat, documents
+from knowledge.web import chat, documents, originals
 
 urlpatterns = [
     path("", chat.home, name="home"),
@@ -18,4 +18,10 @@ urlpatterns = [
     path("documents/<int:document_id>/", documents.document_detail, name="document-detail"),
     path("documents/<int:document_id>/reingest/", documents.document_reingest, name="document-reingest"),
     path("documents/<int:document_id>/delete/", documents.document_delete, name="document-delete"),
+    path("documents/<int:document_id>/original/", originals.document_original, name="document-original"),
+    path(
+        "documents/<int:document_id>/original/page/<int:page>.png",
+        originals.document_original_page,
+        name="document-original-page",
+    ),
 ]
