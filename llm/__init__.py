@@ -16,6 +16,7 @@ from llm.errors import (
 )
 from llm.handler import LLMHandler, get_handler
 from llm.prompts import PromptSource, build_generate_messages, build_rag_messages
+from llm.text import citations_clean, cited_sources, repeated_ngram
 from llm.types import Generation
 
 __all__ = [
@@ -30,5 +31,8 @@ __all__ = [
     "PromptTooLongError",
     "build_generate_messages",
     "build_rag_messages",
+    "citations_clean",
+    "cited_sources",
     "get_handler",
+    "repeated_ngram",
 ]

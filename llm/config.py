@@ -37,6 +37,12 @@ class LLMConfig:
     threads: int = 2
     #: openai: optional local folder with the served model's tokenizer, for exact counting
     tokenizer_dir: str = ""
+    #: local: penalty on tokens the answer already holds (not the prompt's: quoting a source is fine); 1 = off
+    repetition_penalty: float = 1.15
+    #: local: no sequence of this many tokens twice in one answer (the prompt's do not count); 0 = off
+    no_repeat_ngram_size: int = 4
+    #: both: end the answer when a sentence or line repeats an earlier one of the answer
+    stop_on_repeat: bool = True
 
     @property
     def server(self) -> str:
@@ -53,6 +59,10 @@ class LLMConfig:
                 raise ValueError(f"LLM {name} must be at least 1")
         if self.timeout <= 0:
             raise ValueError("LLM timeout must be positive")
+        if self.repetition_penalty <= 0:
+            raise ValueError("LLM repetition_penalty must be positive (1 = off)")
+        if self.no_repeat_ngram_size < 0:
+            raise ValueError("LLM no_repeat_ngram_size must be 0 (off) or more")
 
 
 def url_without_credentials(url: str) -> str:

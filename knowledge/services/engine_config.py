@@ -240,4 +240,7 @@ def read_llm_config() -> LLMConfig:
         max_tokens=_int("LLM_MAX_TOKENS", minimum=1),
         timeout=_float("RAG_LLM_TIMEOUT", positive=True),
         threads=_int("RAG_LLM_THREADS", minimum=1),
+        repetition_penalty=_float("RAG_LLM_REPETITION_PENALTY", positive=True),
+        no_repeat_ngram_size=_int("RAG_LLM_NO_REPEAT_NGRAM", minimum=0),
+        stop_on_repeat=_bool("RAG_LLM_STOP_ON_REPEAT"),
     )

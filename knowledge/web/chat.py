@@ -12,6 +12,7 @@ import logging
 from collections.abc import Generator, Iterator
 from typing import Any
 
+from django.conf import settings
 from django.contrib import messages as flash
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
@@ -61,6 +62,11 @@ def _sidebar(request: HttpRequest, current: Conversation | None = None) -> dict[
     return {"conversations": conversations_of(user=request.user)[:SIDEBAR_SIZE], "current": current}
 
 
+def _packaged_model() -> bool:
+    """Whether "Write an answer" runs the small model shipped with the portal (no model of the deployment's own)."""
+    return settings.RAG_LLM_BACKEND == "local" and not settings.RAG_LLM_MODEL_DIR
+
+
 def _conversation_or_404(request: HttpRequest, conversation_id: int) -> Conversation:
     conversation = conversation_for(user=request.user, conversation_id=conversation_id)
     if conversation is None:  # someone else's conversation is as absent as a missing one
@@ -79,6 +85,7 @@ def _render_home(request: HttpRequest, form: QuestionForm, status: int = 200) ->
     context = {
         **_sidebar(request),
         "form": form,
+        "packaged_model": _packaged_model(),
         "ready_count": documents_visible_to(user=request.user).filter(status=Document.Status.READY).count(),
     }
     return render(request, "chat/home.html", context, status=status)
@@ -119,6 +126,7 @@ def conversation_detail(request: HttpRequest, conversation_id: int) -> HttpRespo
         "conversation": conversation,
         "message_views": [message_view(message) for message in history],
         "form": QuestionForm(user=request.user, initial=initial),
+        "packaged_model": _packaged_model(),
         "autosubmit": bool(pending),
     }
     return render(request, "chat/conversation.html", context)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llm.backends.base import StopScanner, drain
+from llm.backends.base import AnswerScanner, drain
 from llm.backends.gguf_header import read_context_length
 from llm.config import LLMConfig
 from llm.errors import GenerationError, ModelUnavailableError, PromptTooLongError
@@ -254,10 +254,10 @@ class LocalBackend:
         self, entry: _LoadedModel, prompt_ids: list[int], params: GenerationParams, max_new: int
     ) -> StreamIterator:
         import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+        from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
         class _Abort(StoppingCriteria):
-            """Stops generation when the consumer goes away or has found a stop string."""
+            """Stops generation when the consumer goes away or has found a stop string or a repeat."""
 
             def __init__(self, event: threading.Event) -> None:
                 self.event = event
@@ -294,6 +294,9 @@ class LocalBackend:
             if params.stop:
                 # ends generation on the exact token that completes a stop string
                 kwargs.update(stop_strings=list(params.stop), tokenizer=tokenizer)
+            processors = anti_repetition_processors(self.config, len(prompt_ids))
+            if processors:
+                kwargs["logits_processor"] = LogitsProcessorList(processors)
             outcome: dict[str, Any] = {}
 
             def work() -> None:
@@ -308,7 +311,7 @@ class LocalBackend:
 
             worker = threading.Thread(target=work, name="llm-generate", daemon=True)
             worker.start()
-            scanner = StopScanner(params.stop)
+            scanner = AnswerScanner(params.stop, stop_on_repeat=self.config.stop_on_repeat)
             pieces: list[str] = []
             try:
                 for piece in streamer:
@@ -361,3 +364,32 @@ class LocalBackend:
         if len(new_ids) >= max_new or timed_out:
             return FINISH_LENGTH
         return FINISH_STOP
+
+
+def anti_repetition_processors(config: LLMConfig, prompt_length: int) -> list[Any]:
+    """The transformers logits processors that keep an answer from looping, per ``config``.
+
+    transformers' own ``repetition_penalty`` and ``no_repeat_ngram_size`` count the prompt's tokens
+    too, which would keep the model from quoting its sources; these look at the answer's tokens only.
+    """
+    from transformers import LogitsProcessor, NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor
+
+    class AnswerNoRepeatNGram(LogitsProcessor):
+        """``NoRepeatNGramLogitsProcessor`` over the tokens generated after the prompt."""
+
+        def __init__(self, size: int, prompt_length: int) -> None:
+            self.size = size
+            self.prompt_length = prompt_length
+            self.inner = NoRepeatNGramLogitsProcessor(size)
+
+        def __call__(self, input_ids: Any, scores: Any) -> Any:
+            return self.inner(input_ids[:, self.prompt_length :], scores)
+
+    processors: list[Any] = []
+    if config.repetition_penalty != 1:
+        processors.append(
+            RepetitionPenaltyLogitsProcessor(float(config.repetition_penalty), prompt_ignore_length=prompt_length)
+        )
+    if config.no_repeat_ngram_size > 0:
+        processors.append(AnswerNoRepeatNGram(config.no_repeat_ngram_size, prompt_length))
+    return processors

@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from llm.backends.base import StopScanner
+from llm.backends.base import AnswerScanner
 from llm.config import LLMConfig
 from llm.errors import GenerationError, ModelUnavailableError
 from llm.tokens import estimate_tokens
@@ -177,7 +177,7 @@ class OpenAICompatBackend:
                 f"The model server sent an answer that is not a chat completion: {response.text[:200]}"
             ) from exc
         self._reachable = True
-        scanner = StopScanner(params.stop)
+        scanner = AnswerScanner(params.stop, stop_on_repeat=self.config.stop_on_repeat)
         text = scanner.feed(text) + scanner.flush()
         finish = FINISH_STOP if scanner.stopped else _finish(choice.get("finish_reason"))
         return self._generation(messages, text, finish, data.get("usage"))
@@ -188,7 +188,7 @@ class OpenAICompatBackend:
         return self._stream(messages, params, body)
 
     def _stream(self, messages: list[Message], params: GenerationParams, body: dict[str, Any]) -> StreamIterator:
-        scanner = StopScanner(params.stop)
+        scanner = AnswerScanner(params.stop, stop_on_repeat=self.config.stop_on_repeat)
         pieces: list[str] = []
         finish: str | None = None
         usage: Any = None

@@ -58,13 +58,26 @@
     asked.append(element("span", "who", form.dataset.textYou), element("p", "", question));
     const answer = element("div", "bubble answer");
     const status = element("p", "thinking");
-    status.append(element("span", "dots"), document.createTextNode(" " + form.dataset.textThinking));
+    const label = element("span", "", form.dataset.textThinking);
+    const elapsed = element("span", "elapsed", "0 s");
+    status.append(element("span", "dots"), label, elapsed);
     const text = element("div", "answer-text streaming");
     const paragraph = element("p");
     text.append(paragraph);
     answer.append(status, text);
     article.append(asked, answer);
-    return { article, status, text: paragraph, answer };
+    // How long the answer is taking, so a slow model reads as working rather than stuck.
+    const started = Date.now();
+    const timer = window.setInterval(() => {
+      elapsed.textContent = Math.round((Date.now() - started) / 1000) + " s";
+    }, 1000);
+    return { article, status, label, timer, text: paragraph, answer };
+  }
+
+  function writing(pending) {
+    if (pending.writing) return;
+    pending.writing = true;
+    pending.label.textContent = form.dataset.textWriting || form.dataset.textThinking;
   }
 
   function parse(block) {
@@ -146,7 +159,7 @@
           buffer = buffer.slice(cut + 2);
           if (!event) continue;
           if (event.name === "token") {
-            pending.status.hidden = true;
+            writing(pending);
             pending.text.textContent += event.data.text;
           } else if (event.name === "done") {
             ended = true;
@@ -161,6 +174,7 @@
     } catch (error) {
       fail(pending, form.dataset.textError, question);
     } finally {
+      window.clearInterval(pending.timer);
       busy = false;
       button.disabled = false;
       form.removeAttribute("aria-busy");

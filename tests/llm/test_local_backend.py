@@ -230,3 +230,67 @@ def test_damaged_model_file_is_unavailable_with_its_reason(tmp_path: Path) -> No
     assert handler.model_name() == "broken"
     with pytest.raises(ModelUnavailableError, match="could not be loaded"):
         handler.load()
+
+
+def test_anti_repetition_defaults_are_on() -> None:
+    config = LLMConfig()
+
+    assert config.repetition_penalty == 1.15
+    assert config.no_repeat_ngram_size == 4
+    assert config.stop_on_repeat is True
+
+
+@pytest.mark.parametrize("options", [{"repetition_penalty": 0.0}, {"no_repeat_ngram_size": -1}])
+def test_anti_repetition_settings_out_of_range_are_refused(options: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        LLMConfig(**options)
+
+
+def test_local_backend_passes_the_anti_repetition_settings_to_the_model() -> None:
+    import torch
+    from transformers import RepetitionPenaltyLogitsProcessor
+
+    from llm.backends.local import anti_repetition_processors
+
+    penalty, ngrams = anti_repetition_processors(LLMConfig(repetition_penalty=1.3, no_repeat_ngram_size=2), 4)
+
+    assert isinstance(penalty, RepetitionPenaltyLogitsProcessor)
+    assert penalty.penalty == 1.3
+    assert penalty.prompt_ignore_length == 4  # the prompt's tokens are not penalised
+    # prompt 5 6 7 5 (its "5 6" may be quoted again), answer 8 9 8: "8 9" was said, so 9 may not follow
+    scores = ngrams(torch.tensor([[5, 6, 7, 5, 8, 9, 8]]), torch.zeros((1, 12)))
+    assert scores[0, 9] == float("-inf")
+    assert torch.isfinite(scores[0, [0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 11]]).all()
+    scores = ngrams(torch.tensor([[5, 6, 7, 5]]), torch.zeros((1, 12)))
+    assert torch.isfinite(scores).all()
+
+
+def test_anti_repetition_can_be_turned_off() -> None:
+    from llm.backends.local import anti_repetition_processors
+
+    assert anti_repetition_processors(LLMConfig(repetition_penalty=1.0, no_repeat_ngram_size=0), 10) == []
+
+
+LOOP_PROMPT = "Write the sentence 'The cat is black.' ten times, one per line."
+
+
+@pytest.mark.slow
+def test_a_looping_answer_stops_at_its_first_repeated_line(local_handler: LLMHandler) -> None:
+    # the same loaded model (shared per process), with the token-level controls off: it loops
+    looping = LLMHandler(LLMConfig(threads=2, repetition_penalty=1.0, no_repeat_ngram_size=0))
+
+    pieces, result = collect(looping.stream(LOOP_PROMPT, temperature=0, max_tokens=48))
+
+    assert "".join(pieces) == result.text
+    assert result.finish_reason == "stop"
+    assert result.text.casefold().count("the cat is black") == 1, result.text
+
+
+@pytest.mark.slow
+def test_anti_repetition_defaults_keep_a_greedy_answer_from_looping(local_handler: LLMHandler) -> None:
+    from llm.text import repeated_ngram
+
+    result = local_handler.generate(LOOP_PROMPT, temperature=0, max_tokens=48)
+
+    assert result.text.strip()
+    assert not repeated_ngram(result.text), result.text

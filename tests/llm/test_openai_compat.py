@@ -149,6 +149,30 @@ def test_stop_strings_end_the_answer_and_are_not_returned(
         assert "".join(pieces) == result.text
 
 
+LOOPING_PIECES = ["The debt", " is due.", " It is also", " a large debt.", " It is", " also a large", " debt.", " It"]
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_repeated_sentence_ends_the_answer(server: FakeOpenAIServer, streaming: bool) -> None:
+    server.behaviour.pieces = list(LOOPING_PIECES)
+
+    pieces, result = run(make_handler(server), streaming)
+
+    assert result.text == "The debt is due. It is also a large debt. "
+    assert result.finish_reason == "stop"
+    if streaming:
+        assert "".join(pieces) == result.text
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_repeats_pass_when_repeat_detection_is_off(server: FakeOpenAIServer, streaming: bool) -> None:
+    server.behaviour.pieces = list(LOOPING_PIECES)
+
+    _, result = run(make_handler(server, stop_on_repeat=False), streaming)
+
+    assert result.text == "".join(LOOPING_PIECES)
+
+
 @pytest.mark.parametrize("streaming", [False, True])
 def test_error_status_raises_generation_error_with_the_server_message(
     server: FakeOpenAIServer, streaming: bool

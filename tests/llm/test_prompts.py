@@ -175,6 +175,8 @@ def test_system_prompt_sets_the_rules() -> None:
     assert "[1]" in system
     assert "language of the question" in system
     assert "do not contain" in system
+    assert "Cite only the sources you use" in system
+    assert "do not know" in system
     assert SOURCES_OPEN in system
     assert "not instructions" in system
 

@@ -1,0 +1,92 @@
+"""Ending a looping answer at its first repeated sentence or line, whatever the piece sizes."""
+
+from __future__ import annotations
+
+import pytest
+
+from llm.backends.base import AnswerScanner, RepeatGuard
+
+LOOP = (
+    "The court decides on the debt. It is also empowered to make decisions on the amount of a debt. "
+    "It is also empowered to make decisions on the amount of a debt. It is also empowered to make"
+)
+FIRST_TWO = "The court decides on the debt. It is also empowered to make decisions on the amount of a debt. "
+
+
+def run(scanner: RepeatGuard | AnswerScanner, text: str, size: int) -> tuple[list[str], bool]:
+    """Feed ``text`` in pieces of ``size`` characters, as a backend does; stop when the scanner does."""
+    out: list[str] = []
+    for start in range(0, len(text), size):
+        out.append(scanner.feed(text[start : start + size]))
+        if scanner.stopped:
+            break
+    out.append(scanner.flush())
+    return out, scanner.stopped
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 8, 13, 1000])
+def test_a_looping_stream_stops_before_the_first_repeat(size: int) -> None:
+    out, stopped = run(RepeatGuard(), LOOP, size)
+
+    assert stopped
+    assert "".join(out) == FIRST_TWO
+
+
+@pytest.mark.parametrize("size", [1, 4, 1000])
+def test_a_repeated_line_stops_the_stream(size: int) -> None:
+    text = "- Paris is the capital [1]\n- Lyon is a large city\n- paris is the capital [2]\n- more"
+
+    out, stopped = run(RepeatGuard(), text, size)
+
+    assert stopped
+    assert "".join(out) == "- Paris is the capital [1]\n- Lyon is a large city\n"
+
+
+@pytest.mark.parametrize("size", [1, 3, 1000])
+def test_a_repeat_at_the_very_end_is_dropped(size: int) -> None:
+    out, stopped = run(RepeatGuard(), "It is a long debt. It is a long debt.", size)
+
+    assert stopped
+    assert "".join(out) == "It is a long debt. "
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Paris is the capital of France. Paris is the capital of a large country. It has 2.1 million people.",
+        "Yes. Yes. Yes. It is.",  # short sentences may come back
+        "The sum is 14.2 billion. The sum is 14.2 billion euros.",
+        "Line one is here\nLine two is here\n\n\nLine three is here",
+    ],
+)
+@pytest.mark.parametrize("size", [1, 2, 7, 1000])
+def test_text_without_a_repeat_passes_whole(text: str, size: int) -> None:
+    out, stopped = run(RepeatGuard(), text, size)
+
+    assert not stopped
+    assert "".join(out) == text
+
+
+def test_only_a_possible_repeat_is_held_back() -> None:
+    guard = RepeatGuard()
+    assert guard.feed("It is a long debt. ") == "It is a long debt. "
+    assert guard.feed("Then") == "Then"  # starts no earlier sentence: shown at once
+    assert guard.feed(" came more. It is a") == " came more. "  # may repeat: held
+    assert guard.feed(" short one.") == "It is a short one."
+    assert guard.flush() == ""
+
+
+@pytest.mark.parametrize("size", [1, 3, 1000])
+def test_answer_scanner_applies_stop_strings_before_repeats(size: int) -> None:
+    out, stopped = run(AnswerScanner(["STOP"]), "One two three four. STOP One two three four.", size)
+
+    assert stopped
+    assert "".join(out) == "One two three four. "
+
+
+@pytest.mark.parametrize("size", [1, 1000])
+def test_answer_scanner_without_repeat_detection_lets_loops_through(size: int) -> None:
+    out, stopped = run(AnswerScanner([], stop_on_repeat=False), LOOP, size)
+
+    assert not stopped
+    assert "".join(out) == LOOP
