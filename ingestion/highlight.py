@@ -16,11 +16,114 @@ from functools import lru_cache
 
 from ingestion.language import TextAnalyzer
 
-# A sentence ends at . ! ? … (optionally followed by closing quotes or brackets, and by citation markers such as
-# Wikipedia's "[49]" or "[a]") before a space, or at a line break; abbreviations such as "e.g." may split a
-# sentence, which costs little here.
-_SENTENCE_END = re.compile(r"(?<=[.!?…])(?:[\"'»)\]]|\[[^\[\]\n]{1,24}\])*\s+|\n+")
+# A sentence may end at . ! ? … (optionally followed by closing quotes or brackets, and by citation markers such as
+# Wikipedia's "[49]" or "[a]") before a space, and always ends at a line break. A full stop ends no sentence after an
+# abbreviation ("M.", "Dr.", "av. J.-C.", "e.g.", "etc." before a lowercase word), after an initial ("J. K. Rowling"),
+# or before a word in lowercase: French and English sentences begin with a capital.
+_SENTENCE_END = re.compile(r"(?<=[.!?…])(?:[\"'»)\]]|\[[^\[\]\n]{1,24}\])*[ \t\u00a0]+|[ \t]*\n+")
+# the abbreviations after which a full stop does not end a sentence, casefolded, without their final "."
+_ABBREVIATIONS = frozenset(
+    [
+        "m",
+        "mm",
+        "mme",
+        "mmes",
+        "mlle",
+        "mlles",
+        "mgr",
+        "me",
+        "dr",
+        "drs",
+        "pr",
+        "prof",
+        "st",
+        "ste",
+        "sts",
+        "mr",
+        "mrs",
+        "ms",
+        "messrs",
+        "jr",
+        "sr",
+        "gen",
+        "gén",
+        "col",
+        "cpt",
+        "capt",
+        "lt",
+        "sgt",
+        "av",
+        "apr",
+        "env",
+        "cf",
+        "vol",
+        "p",
+        "pp",
+        "n",
+        "no",
+        "nos",
+        "art",
+        "al",
+        "éd",
+        "ed",
+        "eds",
+        "coll",
+        "op",
+        "cit",
+        "ibid",
+        "id",
+        "chap",
+        "ch",
+        "fig",
+        "fr",
+        "éd",
+        "réimpr",
+        "trad",
+        "dir",
+        "e.g",
+        "i.e",
+        "vs",
+        "viz",
+        "ca",
+        "approx",
+        "ex",
+        "etc",
+        "hab",
+        "inc",
+        "ltd",
+        "co",
+        "corp",
+        "cie",
+        "dept",
+        "univ",
+        "janv",
+        "févr",
+        "fév",
+        "avr",
+        "juil",
+        "sept",
+        "oct",
+        "nov",
+        "déc",
+        "jan",
+        "feb",
+        "mar",
+        "apr",
+        "jun",
+        "jul",
+        "aug",
+        "sep",
+        "dec",
+    ]
+)
+_LAST_WORD = re.compile(r"(\w[\w.\-]*)\.[\"'»)\]]*$")
+_NEXT_WORD = re.compile(r"[\s\"'«“(\[]*(\S?)")
+_WORD_AFTER_ABBREVIATION = re.compile(r"[\s«“\"']*[A-ZÀ-Ý]")
 _MAX_HIGHLIGHT_CHARS = 600
+# how many of a passage's best sentences a highlight keeps for the extractive answer to choose from
+_KEPT_SENTENCES = 3
+# an extractive answer quotes a second sentence only when both together stay within this many words
+_MAX_ANSWER_WORDS = 120
 # A line of a reference list: numbered ("55. ...") or Wikipedia's "^ ...", pointing somewhere (a URL, a DOI,
 # "Retrieved ..."). It names a source; it never answers a question.
 _REFERENCE_LINE = re.compile(
@@ -37,6 +140,11 @@ class Highlight:
     coverage: float
     start: int
     end: int
+    #: the question terms (analysed) the highlight contains
+    terms: frozenset[str] = frozenset()
+    #: the passage's best single sentences that share terms with the question, best first, each with those terms:
+    #: what an extractive answer quotes (see :func:`extractive_answer`)
+    sentences: tuple[tuple[str, frozenset[str]], ...] = ()
 
 
 @lru_cache(maxsize=1)
@@ -44,11 +152,38 @@ def _analyzer() -> TextAnalyzer:
     return TextAnalyzer()
 
 
+def _ends_sentence(text: str, end: int, following: int) -> bool:
+    """Whether the punctuation before ``end`` in ``text`` (a boundary candidate up to ``following``) ends a sentence."""
+    if "\n" in text[end:following]:
+        return True
+    head = text[max(0, end - 40) : end]
+    word = _LAST_WORD.search(head)
+    if word is None:  # "!", "?", "…", or a full stop after a bracket, a quote, a symbol
+        nxt = _NEXT_WORD.match(text, following)
+        return not (nxt and nxt.group(1)[:1].islower())
+    token = word.group(1)
+    nxt = _NEXT_WORD.match(text, following)
+    first = nxt.group(1)[:1] if nxt else ""
+    if first.islower():
+        return False
+    folded = token.casefold()
+    if folded == "j.-c" or folded.endswith(".-c"):  # "av. J.-C." ends a sentence only before a capital
+        return True
+    if folded in _ABBREVIATIONS and folded not in {"etc", "al"}:
+        return False
+    # an initial ("J. K. Rowling", "U.S."), but not a sentence's last word of one letter in lowercase
+    if len(token) == 1 and token.isupper():
+        return False
+    return not ("." in token and token[:1].isupper() and all(len(part) <= 2 for part in token.split(".")))
+
+
 def split_sentences(text: str) -> list[tuple[int, int]]:
     """Character spans of the sentences of ``text`` (whitespace-only spans dropped)."""
     spans: list[tuple[int, int]] = []
     start = 0
     for match in _SENTENCE_END.finditer(text):
+        if not _ends_sentence(text, match.start(), match.end()):
+            continue
         if text[start : match.start()].strip():
             spans.append((start, match.start()))
         start = match.end()
@@ -88,6 +223,12 @@ def _terms(analyzer: TextAnalyzer, text: str, language: str | None) -> set[str]:
     words = analyzer.words(text)
     lang = language or analyzer.detect(words) or analyzer.languages[0]
     return set(analyzer.tokens(words, lang))
+
+
+def _clipped(text: str) -> str:
+    if len(text) > _MAX_HIGHLIGHT_CHARS:
+        return text[: _MAX_HIGHLIGHT_CHARS - 1].rsplit(" ", 1)[0] + "…"
+    return text
 
 
 def highlight(question: str, passage: str, *, max_sentences: int = 2) -> Highlight:
@@ -146,11 +287,17 @@ def highlight(question: str, passage: str, *, max_sentences: int = 2) -> Highlig
     value, i, width = best
     start, end = spans[i][0], spans[i + width - 1][1]
     text = passage[start:end].strip()
-    if len(text) > _MAX_HIGHLIGHT_CHARS:
-        text = text[: _MAX_HIGHLIGHT_CHARS - 1].rsplit(" ", 1)[0] + "…"
+    text = _clipped(text)
     matched = set().union(*sentence_terms[i : i + width]) if value > 0 else set()
     coverage = len(matched) / len(query_terms) if query_terms else 0.0
-    return Highlight(text=text, coverage=coverage, start=start, end=end)
+    singles = sorted(
+        (i for i in range(n) if quotable[i] and sentence_terms[i]), key=lambda i: (-score(sentence_terms[i]), i)
+    )
+    sentences = tuple(
+        (_clipped(passage[spans[i][0] : spans[i][1]].strip()), frozenset(sentence_terms[i]))
+        for i in singles[:_KEPT_SENTENCES]
+    )
+    return Highlight(text=text, coverage=coverage, start=start, end=end, terms=frozenset(matched), sentences=sentences)
 
 
 def without_citation_markers(text: str) -> str:
@@ -163,28 +310,69 @@ def without_citation_markers(text: str) -> str:
 
 
 def extractive_answer(highlights: Sequence[Highlight], *, max_sources: int = 3) -> str:
-    """An answer made of the best highlights, each followed by its source number: "… [1] … [2]".
+    """A short answer: the one or two sentences that best answer, each followed by its source numbers: "… [1] … [2]".
 
-    ``highlights[i]`` belongs to source number i + 1. Sources whose highlight shares no term with
-    the question are left out, unless none does (then the first one is quoted). A sentence is
-    quoted once: when overlapping chunks give the same highlight (or one inside another), the
-    longer one is quoted with every source that holds it, as in "… [1][2]". Only those markers are
-    citations: bracketed numbers of the quoted text are kept in full-width brackets.
+    ``highlights[i]`` belongs to source number i + 1. The answer opens with the best sentence of the best-ranked
+    source whose highlight shares a term with the question (the first source when none does). A second sentence
+    follows when both fit in ``_MAX_ANSWER_WORDS``: among the rest of that source and the best sentences of the
+    next sources, up to ``max_sources`` sources in all, the one adding the most question terms the first lacks
+    (else the one sharing the most), the better-ranked on ties (bench/README.md, "Answers", has the measures).
+    A sentence is quoted once: when overlapping chunks hold the same sentence (or one inside another), the longer
+    one is quoted with every source that holds it, as in "… [1][2]".
+    Only those markers are citations: bracketed numbers of the quoted text are kept in full-width brackets.
     """
     ranked = [(i, h) for i, h in enumerate(highlights) if h.coverage > 0]
-    if not ranked and highlights:
-        ranked = [(0, highlights[0])]
+    if not ranked:
+        return f"{without_citation_markers(highlights[0].text)} [1]" if highlights else ""
+    ranked = ranked[: max(1, max_sources)]
+    # (text, terms, source number) of each sentence a source offers, best first; a highlight made without its
+    # terms (by hand) counts as adding terms of its own
+    offered = [
+        [(text, terms, i + 1) for text, terms in h.sentences] or [(h.text, h.terms or frozenset({f"\0{i}"}), i + 1)]
+        for i, h in ranked
+    ]
+    first_text, first_terms, first_number = offered[0][0]
+    chosen = [(first_text, first_number)]
+    candidates = offered[0][1:] + [sentences[0] for sentences in offered[1:]]
+    adding = [
+        c
+        for c in candidates
+        if c[1] - first_terms
+        and _comparable(c[0]) not in _comparable(first_text)
+        and len(first_text.split()) + len(c[0].split()) <= _MAX_ANSWER_WORDS
+    ]
+    if not adding:
+        # no sentence adds a term: the next best one that shares any still often holds the answer
+        adding = [
+            c
+            for c in candidates
+            if c[1]
+            and _comparable(c[0]) not in _comparable(first_text)
+            and len(first_text.split()) + len(c[0].split()) <= _MAX_ANSWER_WORDS
+        ]
+    if adding:
+        text, _, number = max(adding, key=lambda c: (len(c[1] - first_terms), len(c[1]), -c[2]))
+        chosen.append((text, number))
     quoted: list[tuple[str, str, list[int]]] = []  # (text, comparable text, source numbers)
-    for i, h in ranked:
-        key = " ".join(h.text.casefold().split())
-        for position, (text, seen, numbers) in enumerate(quoted):
+    for text, number in chosen:
+        key = _comparable(text)
+        for position, (kept, seen, numbers) in enumerate(quoted):
             if key in seen or seen in key:
-                quoted[position] = (h.text, key, numbers) if len(key) > len(seen) else (text, seen, numbers)
-                numbers.append(i + 1)
+                quoted[position] = (text, key, numbers) if len(key) > len(seen) else (kept, seen, numbers)
+                if number not in numbers:
+                    numbers.append(number)
                 break
         else:
-            if len(quoted) < max_sources:
-                quoted.append((h.text, key, [i + 1]))
+            quoted.append((text, key, [number]))
+    # the sources that hold a quoted sentence too (overlapping chunks) are cited with it
+    for i, h in enumerate(highlights):
+        for _, seen, numbers in quoted:
+            if i + 1 not in numbers and any(seen in _comparable(t) for t, _ in h.sentences or ((h.text, h.terms),)):
+                numbers.append(i + 1)
     return " ".join(
-        f"{without_citation_markers(text)} " + "".join(f"[{n}]" for n in numbers) for text, _, numbers in quoted
+        f"{without_citation_markers(text)} " + "".join(f"[{n}]" for n in sorted(numbers)) for text, _, numbers in quoted
     )
+
+
+def _comparable(text: str) -> str:
+    return " ".join(text.casefold().split())

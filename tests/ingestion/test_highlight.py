@@ -93,4 +93,48 @@ def test_a_sentence_found_in_overlapping_chunks_is_quoted_once_with_both_citatio
     other = highlight(question, "Exports are kept for thirty days after the nightly run.")
     answer = extractive_answer([first, overlap, other])
     assert answer.count("Zorbulat export starts at two") == 1
-    assert "[1][2]" in answer and "[3]" in answer
+    # the third source adds no question term, but shares one: it follows as the second sentence
+    assert answer == f"{sentence} [1][2] Exports are kept for thirty days after the nightly run. [3]"
+
+
+def test_abbreviations_initials_and_numbers_do_not_end_a_sentence() -> None:
+    text = (
+        "M. Dupont est né en 52 av. J.-C. Il fonda la ville. "
+        "J. K. Rowling vit près d'Édimbourg, etc. et ailleurs. Dr. Who mesure 3.5 m, e.g. beaucoup. "
+        "Il compte 1 000 habitants. Fin."
+    )
+    assert [text[a:b] for a, b in split_sentences(text)] == [
+        "M. Dupont est né en 52 av. J.-C.",
+        "Il fonda la ville.",
+        "J. K. Rowling vit près d'Édimbourg, etc. et ailleurs.",
+        "Dr. Who mesure 3.5 m, e.g. beaucoup.",
+        "Il compte 1 000 habitants.",
+        "Fin.",
+    ]
+
+
+def test_the_extractive_answer_opens_with_the_best_sentence_and_quotes_two_at_most() -> None:
+    question = "Which river runs through Zorbville and how long is it?"
+    first = highlight(
+        question,
+        "Zorbville is a small town. The Quarn river runs through Zorbville. Its mayor is elected. Tourism grows.",
+    )
+    second = highlight(question, "The Quarn is 120 km long. It is fished.")
+    third = highlight(question, "The river floods Zorbville every spring.")
+    answer = extractive_answer([first, second, third])
+
+    assert answer.startswith("The Quarn river runs through Zorbville. [1]")
+    # a second sentence adds "long"; nothing more is quoted
+    assert answer.count("[") == 2 and "long" in answer
+
+
+def test_a_second_sentence_adds_question_terms_if_one_can_else_shares_them() -> None:
+    question = "When does the nightly Zorbulat export start?"
+    text = "The nightly Zorbulat export starts at two. It is big. The nightly Zorbulat export is big."
+    only = highlight(question, text)
+    assert (
+        extractive_answer([only])
+        == "The nightly Zorbulat export starts at two. [1] The nightly Zorbulat export is big. [1]"
+    )
+    unrelated = highlight(question, "The nightly Zorbulat export starts at two. The canteen opens at noon.")
+    assert extractive_answer([unrelated]) == "The nightly Zorbulat export starts at two. [1]"
