@@ -172,7 +172,7 @@ class HybridSearcher:
         # the query vector is needed even without the dense side: every hit carries its cosine
         vector = self.embedder.embed_query(query)
         config = self.config
-        corpus = self._corpus_languages(query, view) if config.retrievers != "dense" else frozenset[str]()
+        corpus = self.corpus_languages(query, view) if config.retrievers != "dense" else frozenset[str]()
         dense: list[tuple[int, float]] = []
         lexical: list[tuple[int, float]] = []
         if config.retrievers != "bm25":
@@ -193,9 +193,9 @@ class HybridSearcher:
     ) -> list[tuple[int, float]]:
         """BM25 alone: the ``k`` best allowed chunks as (chunk id, BM25 score), best first."""
         view = view or self.store.view()
-        return self._lexical(query, k, view, self._corpus_languages(query, view), collections, documents)
+        return self._lexical(query, k, view, self.corpus_languages(query, view), collections, documents)
 
-    def _corpus_languages(self, query: str, view: StoreView) -> frozenset[str]:
+    def corpus_languages(self, query: str, view: StoreView) -> frozenset[str]:
         """The languages of the stored chunks when ``query``'s stop words do not tell its own (the only case
         where they are needed: a store may have to count them), else none."""
         return frozenset() if self.analyzer.languages_of(query) else view.languages()

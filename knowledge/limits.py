@@ -7,6 +7,8 @@ from __future__ import annotations
 
 #: the longest question (or ``prompt``), in characters
 QUESTION_MAX_CHARS = 8000
+#: the most messages a question's ``history`` may hold (older turns matter little to a follow-up)
+HISTORY_MAX_MESSAGES = 100
 #: the longest end-user id a caller may attach for quotas (``UsageRecord.end_user_id``)
 END_USER_ID_MAX_CHARS = 200
 #: the longest collection slug a request may name (``Collection.slug``)

@@ -331,6 +331,12 @@ RAG_LLM_THREADS = _positive_int("RAG_LLM_THREADS", RAG_EMBED_THREADS)
 RAG_LLM_CONTEXT_WINDOW = _positive_int("RAG_LLM_CONTEXT_WINDOW", 2048, minimum=256)
 RAG_LLM_TIMEOUT = _float("RAG_LLM_TIMEOUT", 120.0)
 LLM_MAX_TOKENS = _positive_int("LLM_MAX_TOKENS", 512)
+# Against answers that loop: the local model's penalty on tokens its answer already holds (1 = off) and its ban on
+# repeating a sequence of this many tokens (0 = off), neither counting the prompt's; and, with either backend, the
+# end of an answer at the first sentence or line that repeats an earlier one.
+RAG_LLM_REPETITION_PENALTY = _float("RAG_LLM_REPETITION_PENALTY", 1.15)
+RAG_LLM_NO_REPEAT_NGRAM = _int("RAG_LLM_NO_REPEAT_NGRAM", 4)
+RAG_LLM_STOP_ON_REPEAT = _bool("RAG_LLM_STOP_ON_REPEAT", True)
 if RAG_LLM_BACKEND == "openai" and not RAG_LLM_BASE_URL:
     raise ImproperlyConfigured("RAG_LLM_BACKEND=openai needs RAG_LLM_BASE_URL (e.g. http://vllm:8000/v1)")
 RAG_ANSWER_MODE = _choice(
@@ -345,6 +351,16 @@ RAG_TOP_K = _positive_int("RAG_TOP_K", 5)
 RAG_RERANKER_MODEL = env.str("RAG_RERANKER_MODEL", default="")
 RAG_RERANK_CANDIDATES = _positive_int("RAG_RERANK_CANDIDATES", 30)
 RAG_SCORE_THRESHOLD = _float("RAG_SCORE_THRESHOLD", 0.0)
+# How sure the portal must be that the passages found answer a question before it answers from them (0..1); under
+# it, the answer says nothing was found and lists the closest passages apart. 0 answers every question that finds
+# a passage. 0.4 wrongly abstains on about 5% of answerable questions (bench/README.md, "Abstention").
+RAG_ANSWER_CONFIDENCE = _float("RAG_ANSWER_CONFIDENCE", 0.4)
+if not 0.0 <= RAG_ANSWER_CONFIDENCE < 1.0:
+    raise ImproperlyConfigured(f"RAG_ANSWER_CONFIDENCE must be at least 0 and under 1; got {RAG_ANSWER_CONFIDENCE}")
+# What a follow-up question ("and in 2020?") is searched with: "terms" adds the salient terms of the previous
+# turns, "model" asks the configured model for a standalone question, "auto" is "model" with a remote model
+# (RAG_LLM_BACKEND=openai) and "terms" with the small packaged one, "off" searches the question as it is.
+RAG_QUERY_REWRITE = _choice("RAG_QUERY_REWRITE", "auto", ("auto", "terms", "model", "off"))
 # How the search sides' rankings are fused: "convex" (min-max normalised scores, weighted; about 0.02 nDCG@10
 # better on both dev sets) or "rrf" (reciprocal rank fusion, k=60).
 RAG_FUSION = _choice("RAG_FUSION", "convex", ("convex", "rrf"))

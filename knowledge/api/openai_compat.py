@@ -36,7 +36,7 @@ from knowledge.api.openai_serializers import (
 )
 from knowledge.api.openai_serializers import conversation_split as conversation_split  # re-exported
 from knowledge.api.parsers import SafeJSONParser
-from knowledge.api.serializers import ServerSentEventSerializer, sources_body
+from knowledge.api.serializers import ServerSentEventSerializer, related_body, sources_body
 from knowledge.models import ApiKey
 from knowledge.services import answering
 from knowledge.services import requests as question_services
@@ -78,8 +78,13 @@ def completion_body(answer: answering.Answer, *, model: str) -> dict[str, Any]:
             }
         ],
         "usage": _usage(answer),
-        "sources": sources_body(answer),
+        **_grounding(answer),
     }
+
+
+def _grounding(answer: answering.Answer) -> dict[str, Any]:
+    """The extension fields of a completion: its sources, whether they answer, and the closest passages if not."""
+    return {"sources": sources_body(answer), "answered": answer.answered, "related": related_body(answer)}
 
 
 def completion_chunks(
@@ -100,10 +105,10 @@ def completion_chunks(
     try:
         for item in items:
             if isinstance(item, answering.Answer):
-                sources = sources_body(item)
-                yield chunk({}, item.finish_reason, sources=sources)
+                grounding = _grounding(item)
+                yield chunk({}, item.finish_reason, **grounding)
                 if include_usage:
-                    yield _event({**head, "choices": [], "usage": _usage(item), "sources": sources})
+                    yield _event({**head, "choices": [], "usage": _usage(item), **grounding})
             else:
                 yield chunk({"content": item.text})
     except Exception as exc:

@@ -13,7 +13,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from knowledge import limits
-from knowledge.api.serializers import SourceSerializer, StrictSerializer
+from knowledge.api.serializers import SourceSerializer, StrictSerializer, history_pairs
 from knowledge.services import answering
 
 DEFAULT_MODEL = "knowledge-portal"
@@ -240,16 +240,13 @@ def conversation_split(messages: list[dict[str, str]]) -> tuple[str, list[tuple[
     turns = [m for m in messages if m["role"] in {"user", "assistant"}]
     if not turns or messages[-1]["role"] != "user":
         raise serializers.ValidationError({"messages": ["The last message must be the user's question."]})
-    history: list[tuple[str, str]] = []
-    asked: list[str] = []
-    for message in turns[:-1]:
-        content = message["content"] or ""
-        if message["role"] == "user":
-            asked.append(content)
-        elif asked:
-            history.append(("\n".join(asked), content))
-            asked = []
+    history = history_pairs(turns[:-1])
     # user messages left without an answer belong to the question
+    asked = []
+    for message in reversed(turns[:-1]):
+        if message["role"] != "user":
+            break
+        asked.insert(0, message["content"] or "")
     question = "\n".join([*asked, turns[-1]["content"] or ""])
     return question, history
 
@@ -283,6 +280,12 @@ class ChatCompletionSerializer(serializers.Serializer):
     choices = ChoiceSerializer(many=True)
     usage = UsageSerializer()
     sources = SourceSerializer(many=True, help_text="Extension: the passages the answer was given, cited as [n]")
+    answered = serializers.BooleanField(
+        help_text="Extension: false when no passage answers the question (the message says so; sources is empty)"
+    )
+    related = SourceSerializer(
+        many=True, help_text="Extension: when answered is false, the closest passages, which are not an answer"
+    )
 
 
 class ModelSerializer(serializers.Serializer):

@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from django.urls import reverse as django_reverse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from knowledge import limits
 from knowledge.models import Document
-from knowledge.services.answering import MODES, Answer
+from knowledge.services.answering import MODES, Answer, Source
 
 
 class StrictSerializer(serializers.Serializer):
@@ -71,17 +72,48 @@ class GenerateRequestSerializer(StrictSerializer):
         return attrs
 
 
+class HistoryMessageSerializer(StrictSerializer):
+    role = serializers.ChoiceField(choices=["user", "assistant"])
+    content = serializers.CharField(max_length=limits.QUESTION_MAX_CHARS, allow_blank=True, trim_whitespace=False)
+
+
+def history_pairs(messages: list[dict[str, str]]) -> list[tuple[str, str]]:
+    """The (question, answer) turns of a conversation's user and assistant messages, oldest first.
+
+    Consecutive user messages are read as one question; an assistant message that answers no question
+    (a greeting) is left out, and so is a last question without its answer.
+    """
+    pairs: list[tuple[str, str]] = []
+    asked: list[str] = []
+    for message in messages:
+        content = message.get("content") or ""
+        if message["role"] == "user":
+            asked.append(content)
+        elif asked:
+            pairs.append(("\n".join(asked), content))
+            asked = []
+    return pairs
+
+
 class RagRequestSerializer(GenerateRequestSerializer):
     top_k = serializers.IntegerField(min_value=1, max_value=50, default=None)
     collection = serializers.SlugField(
         max_length=limits.COLLECTION_SLUG_MAX_CHARS, required=False, help_text="Slug of one collection to search."
     )
     mode = serializers.ChoiceField(choices=MODES, required=False, help_text="Default: RAG_ANSWER_MODE.")
+    history = HistoryMessageSerializer(
+        many=True,
+        required=False,
+        max_length=limits.HISTORY_MAX_MESSAGES,
+        help_text="The conversation so far, oldest first: user and assistant messages. A follow-up question "
+        '("and in 2020?") is searched with what it refers to.',
+    )
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         attrs = super().validate(attrs)
         attrs["top_k"] = attrs.get("top_k") or settings.RAG_TOP_K
         attrs["mode"] = attrs.get("mode") or settings.RAG_ANSWER_MODE
+        attrs["history"] = history_pairs(attrs.get("history") or [])
         return attrs
 
 
@@ -93,6 +125,13 @@ class SourceSerializer(serializers.Serializer):
     score = serializers.FloatField(help_text="Cosine similarity of the passage to the question")
     text = serializers.CharField()
     highlight = serializers.CharField(help_text="The sentences of the passage that best answer the question")
+    url = serializers.SerializerMethodField(
+        help_text="The passage in its original (for a PDF, the page with the passage marked), relative to the portal"
+    )
+
+    @extend_schema_field(OpenApiTypes.STR)
+    def get_url(self, source: Source) -> str:
+        return source_url(source)
 
 
 class MetaSerializer(serializers.Serializer):
@@ -120,7 +159,13 @@ class RagResponseSerializer(serializers.Serializer):
     """The body of /rag/ (and the done event of its stream); reads an ``Answer``."""
 
     output = serializers.CharField()
+    answered = serializers.BooleanField(
+        help_text="false when no passage answers the question: the output says so and sources is empty"
+    )
     sources = SourceSerializer(many=True)
+    related = SourceSerializer(
+        many=True, help_text="When answered is false: the closest passages, which do not answer the question"
+    )
     meta = MetaSerializer(source="*")
 
 
@@ -133,6 +178,17 @@ def answer_body(answer: Answer, *, with_sources: bool) -> dict[str, Any]:
 def sources_body(answer: Answer) -> list[dict[str, Any]]:
     """The answer's sources as every body shows them."""
     return [dict(source) for source in SourceSerializer(answer.sources, many=True).data]
+
+
+def related_body(answer: Answer) -> list[dict[str, Any]]:
+    """The passages closest to a question no passage answers, as every body shows them."""
+    return [dict(source) for source in SourceSerializer(answer.related, many=True).data]
+
+
+def source_url(source: Source) -> str:
+    """Where a reader opens a source in its original: the cited page with the passage marked."""
+    query = f"page={source.page}&chunk={source.id}" if source.page else f"chunk={source.id}"
+    return f"{django_reverse('document-original', args=[source.document_id])}?{query}"
 
 
 class AsyncAcceptedSerializer(serializers.Serializer):

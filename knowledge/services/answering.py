@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import math
 import time
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -12,7 +14,7 @@ from django.conf import settings
 from knowledge.limits import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P
 from knowledge.models import Chunk, Document
 from knowledge.observability import instrumentation as observe
-from knowledge.services import engines
+from knowledge.services import abstention, engines
 from llm.types import FINISH_STOP, GenerationParams
 
 if TYPE_CHECKING:
@@ -21,6 +23,11 @@ if TYPE_CHECKING:
 EXTRACTIVE = "extractive"
 GENERATIVE = "generative"
 MODES = (EXTRACTIVE, GENERATIVE)
+
+logger = logging.getLogger(__name__)
+
+#: the longest standalone question a model may write for a follow-up
+_REWRITE_MAX_TOKENS = 96
 
 _NOTHING_FOUND = {
     "en": "No relevant document was found to answer this question.",
@@ -67,6 +74,10 @@ class Answer:
     #: as the model reported it: FINISH_STOP (the answer ended, or a stop string came) or FINISH_LENGTH
     #: (``max_tokens`` reached); an answer no model wrote ends with FINISH_STOP
     finish_reason: str = FINISH_STOP
+    #: False when no passage answers the question: the output says so, ``sources`` is empty and
+    #: ``related`` holds the closest passages, which are not an answer
+    answered: bool = True
+    related: list[Source] = field(default_factory=list)
 
     @property
     def tokens_used(self) -> int:
@@ -76,12 +87,14 @@ class Answer:
         """The answer as plain JSON values (for a task's result); :meth:`from_record` reads it back."""
         record = {name: getattr(self, name) for name in self.__dataclass_fields__}
         record["sources"] = [source.as_dict() for source in self.sources]
+        record["related"] = [source.as_dict() for source in self.related]
         return record
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> Answer:
         fields = {k: v for k, v in record.items() if k in cls.__dataclass_fields__}
         fields["sources"] = [Source(**source) for source in record.get("sources", ())]
+        fields["related"] = [Source(**source) for source in record.get("related", ())]
         return cls(**fields)
 
 
@@ -122,13 +135,24 @@ def nothing_found_message(question: str) -> str:
 
 
 @observe.observe_retrieval
-def sources_retrieve(*, question: str, collection_ids: Sequence[int], top_k: int) -> list[Source]:
+def sources_retrieve(
+    *,
+    question: str,
+    collection_ids: Sequence[int],
+    top_k: int,
+    min_score: float | None = None,
+    asked: str | None = None,
+) -> list[Source]:
     """The ``top_k`` best passages for ``question`` among the given collections, best first.
 
     The collection filter is applied inside the search, before ranking. Passages scoring under
-    ``RAG_SCORE_THRESHOLD`` (cosine) are dropped.
+    ``min_score`` (cosine; None: ``RAG_SCORE_THRESHOLD``) are dropped. Each passage's highlight
+    answers ``asked`` (None: ``question``): a follow-up is searched with what it refers to, but
+    its own words say which sentence answers it.
     """
     from ingestion.highlight import highlight
+
+    threshold = settings.RAG_SCORE_THRESHOLD if min_score is None else min_score
 
     if not collection_ids:
         return []
@@ -147,9 +171,9 @@ def sources_retrieve(*, question: str, collection_ids: Sequence[int], top_k: int
         if chunk is None:  # deleted since the index was saved
             continue
         score = hit.dense_score if hit.dense_score is not None else 0.0
-        if score < settings.RAG_SCORE_THRESHOLD:
+        if score < threshold:
             continue
-        match = highlight(question, chunk.text)
+        match = highlight(asked or question, chunk.text)
         sources.append(
             Source(
                 id=chunk.pk,
@@ -166,7 +190,35 @@ def sources_retrieve(*, question: str, collection_ids: Sequence[int], top_k: int
     return sources
 
 
-def _nothing_found(question: str, mode: str, started: float, model: str) -> Answer:
+def search_text(question: str, history: Sequence[tuple[str, str]]) -> str:
+    """What to search with: ``question``, or, for a follow-up that leans on the conversation ``history``
+    ("and when was it founded?"), the question with what it refers to.
+
+    ``RAG_QUERY_REWRITE``: ``terms`` adds the salient terms of the previous turns
+    (:func:`ingestion.followup.contextual_query`, no model); ``model`` asks the configured model for a
+    standalone question (falling back to ``terms`` when it fails); ``auto`` is ``model`` with a remote
+    model (``RAG_LLM_BACKEND=openai``) and ``terms`` with the small packaged one; ``off`` searches the
+    question as it is.
+    """
+    from ingestion.followup import contextual_query, rewrite_messages, rewrite_parse
+    from llm.errors import LLMError
+
+    how = settings.RAG_QUERY_REWRITE
+    if not history or how == "off":
+        return question
+    if how == "model" or (how == "auto" and settings.RAG_LLM_BACKEND == "openai"):
+        try:
+            reply = engines.get_llm().generate(
+                rewrite_messages(question, history), temperature=0.0, max_tokens=_REWRITE_MAX_TOKENS
+            )
+            return rewrite_parse(reply.text, question)
+        except LLMError as exc:
+            logger.warning("The follow-up could not be rewritten by the model (%s): searching with terms", exc)
+    return contextual_query(question, history)
+
+
+def _nothing_found(question: str, mode: str, started: float, model: str, related: list[Source]) -> Answer:
+    """The answer to a question no passage answers: it says so, and lists the closest passages apart."""
     return Answer(
         output=nothing_found_message(question),
         sources=[],
@@ -176,6 +228,8 @@ def _nothing_found(question: str, mode: str, started: float, model: str) -> Answ
         model=model,
         mode=mode,
         grounded=False,
+        answered=False,
+        related=related,
     )
 
 
@@ -239,6 +293,7 @@ def _generated(
     ``retrieve_s`` None: plain generation (no retrieval), whose text is kept as generated; a grounded
     answer is stripped of the whitespace around it. Closing the events stops the model.
     """
+    from llm.text import citations_clean
     from llm.types import Generation
 
     llm = engines.get_llm()
@@ -258,7 +313,8 @@ def _generated(
                 continue
             seconds = time.perf_counter() - started
             yield Answer(
-                output=item.text if retrieve_s is None else item.text.strip(),
+                # a grounded answer cites [n] only for sources it was given
+                output=item.text if retrieve_s is None else citations_clean(item.text.strip(), len(sources)),
                 sources=sources,
                 prompt_tokens=item.prompt_tokens,
                 completion_tokens=item.completion_tokens,
@@ -293,11 +349,15 @@ def answer_question_stream(
     the model.
     """
     started = time.perf_counter()
-    sources = sources_retrieve(question=question, collection_ids=collection_ids, top_k=top_k)
+    searched = search_text(question, history)
+    passages = sources_retrieve(
+        question=searched, collection_ids=collection_ids, top_k=top_k, min_score=-math.inf, asked=question
+    )
     retrieve_s = time.perf_counter() - started
-    if not sources:
+    sources = [passage for passage in passages if passage.score >= settings.RAG_SCORE_THRESHOLD]
+    if not abstention.passages_answer(question, sources, collection_ids):
         model = EXTRACTIVE if mode == EXTRACTIVE else engines.get_llm().model_name()
-        yield from _written(_nothing_found(question, mode, started, model), stop)
+        yield from _written(_nothing_found(question, mode, started, model, passages), stop)
         return
     if mode == EXTRACTIVE:
         yield from _written(_extractive(question, sources, started, retrieve_s), stop)

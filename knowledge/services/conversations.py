@@ -58,7 +58,10 @@ def message_create(
     *, conversation: Conversation, question: str, answer: answering.Answer, latency_ms: int | None = None
 ) -> Message:
     """Store one question and its answer, with the sources shown and the chunks the answer cites."""
-    sources = [source.as_dict() for source in answer.sources]
+    # the closest passages to a question none answers are kept apart, marked: they are not sources
+    sources = [source.as_dict() for source in answer.sources] + [
+        {**source.as_dict(), "related": True} for source in answer.related
+    ]
     cited = [answer.sources[n - 1].id for n in cited_numbers(answer.output, sources=len(answer.sources))]
     with transaction.atomic():
         message = Message.objects.create(

@@ -23,6 +23,13 @@ import numpy as np
 from django.conf import settings
 
 from knowledge.models import Collection, Document
+from knowledge.services.evaluation_answers import (
+    AnswerCounts,
+    abstention_measure,
+    answer_contains,
+    left_out_ids,
+    question_kinds,
+)
 
 __all__ = [
     "BeirData",
@@ -133,16 +140,6 @@ def mrr_at_k(ranked: Sequence[str], relevant: Mapping[str, int], k: int) -> floa
     return 0.0
 
 
-def _normalized(text: str) -> str:
-    return " ".join(text.casefold().split())
-
-
-def answer_contains(answer: str, golds: Iterable[str]) -> bool:
-    """Whether ``answer`` contains one of ``golds``, ignoring case and whitespace differences."""
-    text = _normalized(answer)
-    return any(gold and gold in text for gold in (_normalized(g) for g in golds))
-
-
 # ---- the run -----------------------------------------------------------------------------------
 
 
@@ -180,16 +177,20 @@ def _ranked_documents(
 
 
 def _ingest(
-    data: BeirData, collection: Collection, embed_cache_dir: str, bars: _Progress, say: Callable[[str], None]
+    corpus: Sequence[tuple[str, str, str]],
+    collection: Collection,
+    embed_cache_dir: str,
+    bars: _Progress,
+    say: Callable[[str], None],
 ) -> dict[int, list[str]]:
-    """Ingest the corpus into ``collection``; the corpus ids of each document (a duplicate text shares one)."""
+    """Ingest ``corpus`` into ``collection``; the corpus ids of each document (a duplicate text shares one)."""
     from knowledge.services.bulk import TextDocument, documents_ingest_texts
 
     cache = embed_cache_dir or "off"
-    say(f"Ingesting {len(data.corpus)} documents into the collection {collection.slug} (embedding cache: {cache})")
-    bar = bars.bar(len(data.corpus), "embedding", "doc")
+    say(f"Ingesting {len(corpus)} documents into the collection {collection.slug} (embedding cache: {cache})")
+    bar = bars.bar(len(corpus), "embedding", "doc")
     outcomes = documents_ingest_texts(
-        items=[TextDocument(title=title, text=text, name=f"{cid}.md") for cid, title, text in data.corpus],
+        items=[TextDocument(title=title, text=text, name=f"{cid}.md") for cid, title, text in corpus],
         collection=collection,
         embed_cache_dir=embed_cache_dir,
         progress=bar.update if bar is not None else None,
@@ -197,7 +198,7 @@ def _ingest(
     if bar is not None:
         bar.close()
     corpus_ids: dict[int, list[str]] = {}
-    for (cid, _, _), outcome in zip(data.corpus, outcomes, strict=True):
+    for (cid, _, _), outcome in zip(corpus, outcomes, strict=True):
         if outcome.document_id is not None:
             corpus_ids.setdefault(outcome.document_id, []).append(cid)
     return corpus_ids
@@ -223,6 +224,8 @@ def evaluation_run(
     search: Mapping[str, Any] | None = None,
     answer_mode: str = "extractive",
     answer_limit: int | None = None,
+    leave_out: float = 0.0,
+    seed: int = 0,
 ) -> dict[str, float | int | str]:
     """Ingest ``data_dir``'s corpus into a throw-away collection, run its queries, return the metrics.
 
@@ -235,6 +238,13 @@ def evaluation_run(
     many of them (None: all; generation takes seconds per question). The collection is deleted at
     the end, even on an error or an interrupt, unless ``keep``. ``reuse`` measures a collection kept
     by an earlier run (``collection_slug``) without ingesting anything, and keeps it.
+
+    ``leave_out`` (0 < share < 1) holds a ``seed``-ed share of the corpus's articles out of the collection
+    (see :func:`~knowledge.services.evaluation_answers.left_out_ids`; a reused collection holds out what
+    it lacks): retrieval and answers are measured on the questions whose documents are all in, and every
+    question with qrels is asked once more to count "not found": ``abstain_unanswerable`` (the share of
+    questions whose documents are all out that got it) and ``abstain_answerable`` (the share of the
+    others that wrongly did).
     """
     from ingestion.search import fuse
     from knowledge.services import answering, engines
@@ -245,11 +255,13 @@ def evaluation_run(
         raise EvaluationError(f"Unknown answer mode {answer_mode!r}: extractive or generative")
     if k < 1:
         raise EvaluationError("k must be at least 1")
+    if not 0.0 <= leave_out < 1.0:
+        raise EvaluationError("The share of articles left out must be at least 0 and under 1")
     data = beir_load(Path(data_dir))
-    queries = [(qid, text) for qid, text in data.queries.items() if qid in data.qrels and text.strip()]
+    asked = [(qid, text) for qid, text in data.queries.items() if qid in data.qrels and text.strip()]
     if limit_queries is not None:
-        queries = queries[: max(0, limit_queries)]
-    if not queries:
+        asked = asked[: max(0, limit_queries)]
+    if not asked:
         raise EvaluationError(f"No query of {data_dir} has qrels")
     if not data.corpus:
         raise EvaluationError(f"The corpus of {data_dir} is empty")
@@ -283,8 +295,18 @@ def evaluation_run(
         if reuse:
             say(f"Reusing the documents of the collection {slug} (kept by an earlier run of the same folder)")
             corpus_ids = _kept_corpus_ids(collection)
+            kept = {cid for cids in corpus_ids.values() for cid in cids}
+            left_out = {cid for cid, _, _ in data.corpus if cid not in kept} if leave_out else set()
         else:
-            corpus_ids = _ingest(data, collection, embed_cache_dir, bars, say)
+            left_out = left_out_ids(data.corpus, leave_out, seed)
+            corpus = [line for line in data.corpus if line[0] not in left_out]
+            if left_out:
+                say(f"Leaving {len(left_out)} of {len(data.corpus)} documents out ({leave_out:.0%} of the articles)")
+            corpus_ids = _ingest(corpus, collection, embed_cache_dir, bars, say)
+        answerable, unanswerable = question_kinds(data.qrels, left_out)
+        queries = [(qid, text) for qid, text in asked if qid in answerable]
+        if not queries:
+            raise EvaluationError("Every question's documents were left out: leave fewer out")
         ready = Document.objects.filter(collection=collection, status=Document.Status.READY)
         documents = ready.count()
         chunks = sum(ready.values_list("chunk_count", flat=True))
@@ -324,7 +346,7 @@ def evaluation_run(
         }
 
         if data.answers is not None:
-            chosen = {qid for qid, _ in queries} if limit_queries is not None else set(data.queries)
+            chosen = {qid for qid, _ in queries} if limit_queries is not None else answerable
             questions = [
                 (data.queries[qid], golds)
                 for qid, golds in data.answers.items()
@@ -333,7 +355,7 @@ def evaluation_run(
             if answer_limit is not None:
                 questions = questions[: max(0, answer_limit)]
             bar = bars.bar(len(questions), f"answers ({answer_mode})", "question")
-            hits = 0
+            counts = AnswerCounts(mode=answer_mode)
             for question, golds in questions:
                 answer = answering.answer_question(
                     question=question,
@@ -342,14 +364,26 @@ def evaluation_run(
                     mode=answer_mode,
                     temperature=0.0,
                 )
-                hits += answer_contains(answer.output, golds)
+                counts.add(answer.output, golds)
                 if bar is not None:
                     bar.update(1)
             if bar is not None:
                 bar.close()
-            result["answer_contains"] = round(hits / len(questions), 4) if questions else 0.0
-            result["answer_mode"] = answer_mode
-            result["answers"] = len(questions)
+            result.update(counts.metrics())
+
+        if left_out:
+            pairs = [(text, qid in answerable) for qid, text in asked if qid in answerable | unanswerable]
+            bar = bars.bar(len(pairs), "abstention", "question")
+
+            def answered(question: str) -> bool:
+                return answering.answer_question(
+                    question=question, collection_ids=[collection.pk], top_k=settings.RAG_TOP_K, mode="extractive"
+                ).answered
+
+            abstained = abstention_measure(pairs, answered, bar.update if bar is not None else None)
+            if bar is not None:
+                bar.close()
+            result.update(abstained.metrics())
         return result
     finally:
         searcher.config = default_config

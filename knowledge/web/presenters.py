@@ -25,6 +25,8 @@ class SourceView:
     number: int
     anchor: str
     document_id: int
+    #: the passage's chunk (0 when unknown), for the link to the original
+    chunk_id: int
     title: str
     page: int | None
     heading: str
@@ -40,6 +42,8 @@ class MessageView:
     anchor: str
     answer: SafeString
     sources: list[SourceView]
+    #: the closest passages to a question none of them answers (then ``sources`` is empty)
+    related: list[SourceView]
 
     @property
     def pk(self) -> int:
@@ -100,27 +104,33 @@ def passage_html(text: str, highlight: str) -> SafeString:
     return format_html("{}<mark>{}</mark>{}", text[:start], text[start:end], text[end:])
 
 
+def _source_view(anchor: str, number: int, source: dict[str, Any], cited: bool) -> SourceView:
+    return SourceView(
+        number=number,
+        anchor=source_anchor(anchor, number),
+        document_id=int(source.get("document_id") or 0),
+        chunk_id=int(source.get("id") or 0),
+        title=str(source.get("title", "")),
+        page=source.get("page"),
+        heading=str(source.get("heading", "")),
+        score=float(source.get("score") or 0.0),
+        highlight=str(source.get("highlight", "")),
+        passage=passage_html(str(source.get("text", "")), str(source.get("highlight", ""))),
+        cited=cited,
+    )
+
+
 def message_view(message: Message) -> MessageView:
     anchor = f"m{message.pk}"
-    sources = list(message.sources or [])
+    stored = list(message.sources or [])
+    # a question no passage answers keeps its closest passages, marked as such (see message_create)
+    sources = [source for source in stored if not source.get("related")]
+    related = [source for source in stored if source.get("related")]
     cited = {int(n) for n in _CITATION.findall(message.answer)}
     return MessageView(
         message=message,
         anchor=anchor,
         answer=answer_html(message.answer, sources=sources, anchor=anchor),
-        sources=[
-            SourceView(
-                number=number,
-                anchor=source_anchor(anchor, number),
-                document_id=int(source.get("document_id") or 0),
-                title=str(source.get("title", "")),
-                page=source.get("page"),
-                heading=str(source.get("heading", "")),
-                score=float(source.get("score") or 0.0),
-                highlight=str(source.get("highlight", "")),
-                passage=passage_html(str(source.get("text", "")), str(source.get("highlight", ""))),
-                cited=number in cited,
-            )
-            for number, source in enumerate(sources, start=1)
-        ],
+        sources=[_source_view(anchor, n, source, n in cited) for n, source in enumerate(sources, start=1)],
+        related=[_source_view(f"{anchor}-r", n, source, False) for n, source in enumerate(related, start=1)],
     )

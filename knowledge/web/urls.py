@@ -18,9 +18,9 @@ urlpatterns = [
     path("documents/<int:document_id>/", documents.document_detail, name="document-detail"),
     path("documents/<int:document_id>/reingest/", documents.document_reingest, name="document-reingest"),
     path("documents/<int:document_id>/delete/", documents.document_delete, name="document-delete"),
-    path("documents/<int:document_id>/original/", originals.document_original, name="document-original"),
+    path("documents/<int:document_id>/view/", originals.document_original, name="document-original"),
     path(
-        "documents/<int:document_id>/original/page/<int:page>.png",
+        "documents/<int:document_id>/view/page/<int:page>.png",
         originals.document_original_page,
         name="document-original-page",
     ),

@@ -17,7 +17,7 @@ from knowledge.services import documents as document_services
 
 pytestmark = pytest.mark.django_db
 
-SOURCE_FIELDS = {"id", "document_id", "title", "page", "score", "text", "highlight"}
+SOURCE_FIELDS = {"id", "document_id", "title", "page", "score", "text", "highlight", "url"}
 META_FIELDS = {"tokens_used", "prompt_tokens", "completion_tokens", "response_time", "model"}
 
 
@@ -49,6 +49,11 @@ def _client(user: User, **key_options: Any) -> APIClient:
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Token {raw}")
     return client
+
+
+def _found(body: dict[str, Any]) -> set[int]:
+    """The documents an answer drew on: its sources, or the closest passages of a question none answers."""
+    return {s["document_id"] for s in body["sources"] + body["related"]}
 
 
 @pytest.fixture
@@ -202,6 +207,11 @@ def test_status_counts_only_what_the_caller_may_read(api: APIClient, corpus_docs
         ({"prompt": "hi", "colection": "default"}, "colection"),
         ({"prompt": "hi", "user_id": "x" * 201}, "user_id"),
         ({"prompt": "hi", "stream": True, "async": True}, "stream"),
+        ({"prompt": "hi", "history": [{"role": "system", "content": "x"}]}, "history"),
+        ({"prompt": "hi", "history": [{"role": "user"}]}, "history"),
+        ({"prompt": "hi", "history": [{"role": "user", "content": "x", "name": "y"}]}, "history"),
+        ({"prompt": "hi", "history": [{"role": "user", "content": "x"}] * 101}, "history"),
+        ({"prompt": "hi", "history": "earlier"}, "history"),
     ],
 )
 def test_rag_refuses_invalid_input_with_field_errors(api: APIClient, payload: dict[str, Any], field: str) -> None:
@@ -239,12 +249,14 @@ def test_rag_answers_from_the_corpus_with_sources(api: APIClient, corpus_docs: d
     )
     assert response.status_code == 200
     body = response.json()
-    assert set(body) == {"output", "sources", "meta"}
+    assert set(body) == {"output", "answered", "sources", "related", "meta"}
+    assert body["answered"] is True and body["related"] == []
     assert set(body["meta"]) == META_FIELDS
     assert body["meta"]["response_time"].endswith("s")
     assert body["sources"]
     for source in body["sources"]:
         assert set(source) == SOURCE_FIELDS
+        assert source["url"] == f"/documents/{source['document_id']}/view/?chunk={source['id']}"  # no pages: text
     top = body["sources"][0]
     assert top["document_id"] == corpus_docs["fjord"].pk
     assert top["title"] == "norway.txt"
@@ -264,7 +276,7 @@ def test_the_aliases_answer_like_v1(api: APIClient, corpus_docs: Any) -> None:
 def test_a_user_never_retrieves_a_collection_they_may_not_read(api: APIClient, corpus_docs: Any) -> None:
     response = api.post("/api/v1/rag/", {"prompt": "salary bands for engineers", "top_k": 50}, format="json")
     assert response.status_code == 200
-    assert corpus_docs["salary"].pk not in {s["document_id"] for s in response.json()["sources"]}
+    assert corpus_docs["salary"].pk not in _found(response.json())
     assert "salary" not in response.json()["output"]
     # a collection one may not read is answered as one that does not exist
     forbidden = api.post("/api/v1/rag/", {"prompt": "salary bands", "collection": "hr"}, format="json")
@@ -282,7 +294,7 @@ def test_group_members_and_superusers_read_a_restricted_collection(user: User, s
     for client in (_client(user), _client(superuser)):
         response = client.post("/api/v1/rag/", {"prompt": "salary bands engineers", "collection": "hr"}, format="json")
         assert response.status_code == 200
-        assert {s["document_id"] for s in response.json()["sources"]} == {corpus_docs["salary"].pk}
+        assert _found(response.json()) == {corpus_docs["salary"].pk}
     # the staff flag and the document permissions open no collection
     refused = _client(staff).post("/api/v1/rag/", {"prompt": "salary", "collection": "hr"}, format="json")
     assert refused.status_code == 404
@@ -295,7 +307,7 @@ def test_a_key_limited_to_one_collection_sees_only_it(user: User, corpus_docs: A
     user.groups.add(group)
     client = _client(user, collections=[hr])
     response = client.post("/api/v1/rag/", {"prompt": "fjord waterfall bread salary", "top_k": 50}, format="json")
-    assert {s["document_id"] for s in response.json()["sources"]} == {corpus_docs["salary"].pk}
+    assert _found(response.json()) == {corpus_docs["salary"].pk}
     assert client.post("/api/v1/rag/", {"prompt": "x", "collection": "default"}, format="json").status_code == 404
     listed = client.get("/api/v1/documents/").json()
     assert {d["id"] for d in listed} == {corpus_docs["salary"].pk}
@@ -308,9 +320,38 @@ def test_nothing_relevant_says_so_without_calling_the_model(api: APIClient, sett
     )
     body = response.json()
     assert response.status_code == 200
-    assert body["sources"] == []
+    assert body["answered"] is False and body["sources"] == []
     assert body["output"].startswith("Aucun document pertinent")
     assert body["meta"]["tokens_used"] == 0
+    # the closest passages are listed apart, as not an answer
+    assert {s["document_id"] for s in body["related"]} == {corpus_docs["fjord"].pk, corpus_docs["bread"].pk}
+    assert all(set(source) == SOURCE_FIELDS for source in body["related"])
+
+
+def test_a_question_the_documents_do_not_answer_gets_not_found(api: APIClient, corpus_docs: Any) -> None:
+    for prompt, start in [
+        ("Who won the football world cup in 1998?", "No relevant document"),
+        ("Qui a gagné la coupe du monde de football en 1998 ?", "Aucun document pertinent"),
+    ]:
+        body = api.post("/api/v1/rag/", {"prompt": prompt, "mode": "generative"}, format="json").json()
+        assert body["answered"] is False and body["sources"] == [] and body["related"], prompt
+        assert body["output"].startswith(start) and body["meta"]["tokens_used"] == 0
+
+
+def test_a_confidence_of_zero_answers_whatever_is_found(api: APIClient, settings: Any, corpus_docs: Any) -> None:
+    settings.RAG_ANSWER_CONFIDENCE = 0.0
+    body = api.post("/api/v1/rag/", {"prompt": "Who won the football world cup in 1998?"}, format="json").json()
+    assert body["answered"] is True and body["sources"] and body["related"] == []
+
+
+def test_a_follow_up_is_searched_with_the_history(api: APIClient, corpus_docs: Any) -> None:
+    history = [
+        {"role": "user", "content": "Which waterfall faces the Suitor in the Geiranger fjord?"},
+        {"role": "assistant", "content": "The Seven Sisters [1]"},
+    ]
+    response = api.post("/api/v1/rag/", {"prompt": "Who visits it every summer?", "history": history}, format="json")
+    assert response.status_code == 200
+    assert response.json()["sources"][0]["document_id"] == corpus_docs["fjord"].pk
 
 
 @pytest.mark.slow
@@ -369,7 +410,7 @@ def test_streaming_sends_tokens_then_one_final_event(api: APIClient, corpus_docs
     assert [name for name, _ in events[:-1]] == ["token"] * (len(events) - 1)
     name, final = events[-1]
     assert name == "done"
-    assert set(final) == {"output", "sources", "meta"}
+    assert set(final) == {"output", "answered", "sources", "related", "meta"}
     assert "".join(data["text"] for _, data in events[:-1]).strip() == final["output"]
 
 
@@ -533,7 +574,7 @@ def test_staff_delete_a_document_and_its_vectors(staff_api: APIClient, corpus_do
     assert response.status_code == 204
     assert not Document.objects.filter(pk=bread.pk).exists()
     answer = staff_api.post("/api/v1/rag/", {"prompt": "sourdough starter flour", "top_k": 10}, format="json").json()
-    assert bread.pk not in {s["document_id"] for s in answer["sources"]}
+    assert bread.pk not in _found(answer)
     assert staff_api.delete(f"/api/v1/documents/{bread.pk}/").status_code == 404
 
 

@@ -41,7 +41,7 @@ def test_an_async_rag_request_completes_on_a_worker(celery_worker: Any, settings
 
     body = wait_for(finished, timeout=180)
     assert body["status"] == "succeeded", body
-    assert set(body["result"]) == {"output", "sources", "meta"}
+    assert set(body["result"]) == {"output", "answered", "sources", "related", "meta"}
     assert body["result"]["sources"][0]["document_id"] == document.pk
 
     other = User.objects.create_user(username="someone-else")

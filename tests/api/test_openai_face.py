@@ -78,7 +78,8 @@ def test_completion_cites_the_document_and_the_stream_says_the_same(portal: Port
     sources = completion.model_extra["sources"]
     assert sources and sources[0]["document_id"] == portal.document.pk
     assert sources[0]["title"] == "zephyr-lighthouse.txt"
-    assert set(sources[0]) == {"id", "document_id", "title", "page", "score", "text", "highlight"}
+    assert set(sources[0]) == {"id", "document_id", "title", "page", "score", "text", "highlight", "url"}
+    assert completion.model_extra["answered"] is True and completion.model_extra["related"] == []
     assert completion.usage.total_tokens == 0  # extractive: no model call
     record = UsageRecord.objects.get()
     assert (record.endpoint, record.end_user_id, record.api_key.user) == (CHAT, "end-user-7", portal.user)
@@ -95,7 +96,7 @@ def test_completion_cites_the_document_and_the_stream_says_the_same(portal: Port
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == content
     finish = [c for c in chunks if c.choices and c.choices[0].finish_reason]
     assert [c.choices[0].finish_reason for c in finish] == ["stop"]
-    assert finish[0].model_extra["sources"] == sources
+    assert finish[0].model_extra["sources"] == sources and finish[0].model_extra["answered"] is True
     last = chunks[-1]
     assert last.choices == [] and last.usage.total_tokens == 0 and last.model_extra["sources"] == sources
     assert len({c.id for c in chunks}) == 1

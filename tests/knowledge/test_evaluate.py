@@ -17,6 +17,13 @@ from knowledge.models import Chunk, Collection, Document
 from knowledge.services import answering, engines
 from knowledge.services.bulk import markdown_document
 from knowledge.services.evaluation import answer_contains, mrr_at_k, ndcg_at_k, recall_at_k
+from knowledge.services.evaluation_answers import (
+    answer_words,
+    first_sentence,
+    left_out_ids,
+    question_kinds,
+    repeated_ngram,
+)
 
 # on_commit callbacks (stored files removed after the delete commits) only run outside a test transaction
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -37,6 +44,7 @@ QUERIES = [
     ("q3", "Who replaces a lost badge?", {"d8": 1}),
 ]
 ANSWERS = [("q1", "d1", ["two in the morning", "Zorbulat"]), ("q3", "d8", ["reception desk"])]
+ANSWER_KEYS = {"answer_contains", "answer_contains_first", "answer_words_median", "answer_mode", "answers"}
 KEYS = {"ndcg@10", "recall@10", "recall@100", "mrr@10", "queries", "search_ms_p50", "search_ms_p95"}
 
 
@@ -79,7 +87,7 @@ def test_the_last_line_holds_the_metrics_and_the_collection_is_gone(
 ) -> None:
     metrics, output = _evaluate(_with_answers(beir), tmp_path / "cache")
 
-    assert set(metrics) == KEYS | {"answer_contains", "answer_mode", "answers"}
+    assert set(metrics) == KEYS | ANSWER_KEYS
     assert metrics["answer_mode"] == "extractive" and metrics["answers"] == len(ANSWERS)
     assert metrics["queries"] == 3
     # each query's words belong to its document alone
@@ -183,3 +191,35 @@ def test_metric_functions() -> None:
     assert mrr_at_k(["c", "d", "b"], relevant, 2) == 0.0
     assert answer_contains("It costs  Ten\nEuros [1]", ["ten euros"])
     assert not answer_contains("It costs ten", ["ten euros", ""])
+
+
+def test_answer_measures() -> None:
+    answer = "The job is called Zorbulat. It starts at two [1][2] The canteen is closed [3]"
+    assert first_sentence(answer) == "The job is called Zorbulat."
+    assert first_sentence("Ten euros [1]") == "Ten euros"
+    assert answer_words(answer) == 13
+    assert repeated_ngram("a debt of the bank and a debt of the bank")
+    assert not repeated_ngram("a debt of the bank and a debt to the state")
+
+
+def test_articles_are_left_out_whole_and_questions_sorted_by_what_is_left() -> None:
+    corpus = [("a-0", "Alpha", ""), ("a-1", "Alpha", ""), ("b-0", "Beta", ""), ("c-0", "", ""), ("d-0", "", "")]
+    for seed in range(20):
+        out = left_out_ids(corpus, 0.5, seed)
+        assert {"a-0", "a-1"} <= out or not {"a-0", "a-1"} & out  # an article goes out whole
+        assert len([key for key in ("a-0", "b-0", "c-0", "d-0") if key in out]) == 2  # 2 of 4 articles
+    assert left_out_ids(corpus, 0.5, 7) == left_out_ids(corpus, 0.5, 7)
+    assert left_out_ids(corpus, 0.0, 7) == set()
+    answerable, unanswerable = question_kinds({"q1": {"a-0": 1}, "q2": {"b-0": 1}, "q3": {"a-0": 1, "b-0": 1}}, {"a-0"})
+    assert (answerable, unanswerable) == ({"q2"}, {"q1"})  # q3, half out, is neither
+
+
+def test_leaving_articles_out_measures_abstention(beir: Path, tmp_path: Path, portal_dirs: dict[str, Path]) -> None:
+    # seed 0 leaves out d1 (Zorbulat) and d3 (électricité): q1 and q2 have no answer left in the collection
+    metrics, output = _evaluate(_with_answers(beir), tmp_path / "cache", "--leave-out", "0.25", "--seed", "0")
+
+    assert "Leaving 2 of 8 documents out" in output and "6 documents ready" in output
+    assert metrics["queries"] == 1 and metrics["answers"] == 1  # retrieval and answers: q3 alone
+    assert (metrics["questions_unanswerable"], metrics["questions_answerable"]) == (2, 1)
+    assert metrics["abstain_unanswerable"] == 1.0 and metrics["abstain_answerable"] == 0.0
+    _nothing_left(portal_dirs)

@@ -94,14 +94,14 @@ def _chunk_on(document: Document, page: int) -> Chunk:
 def test_a_reader_opens_the_cited_pdf_page_with_its_image(reader: Any, guide: Document) -> None:
     chunk = _chunk_on(guide, 2)
     url = reverse("document-original", args=[guide.pk]) + f"?chunk={chunk.pk}"
-    assert url == f"/documents/{guide.pk}/original/?chunk={chunk.pk}"
+    assert url == f"/documents/{guide.pk}/view/?chunk={chunk.pk}"
     response = _client_for(reader).get(url)
     assert response.status_code == 200
     page = response.content.decode()
     image_url = reverse("document-original-page", args=[guide.pk, 2]) + f"?chunk={chunk.pk}"
     assert f'src="{image_url}"' in page
     assert "guide.pdf" in page and "Page 2 of 2" in page
-    assert f"/documents/{guide.pk}/original/?chunk={chunk.pk}&amp;page=1" in page  # the previous page
+    assert f"/documents/{guide.pk}/view/?chunk={chunk.pk}&amp;page=1" in page  # the previous page
     assert f'href="{reverse("document-detail", args=[guide.pk])}"' not in page  # a reader has no document pages
 
 
@@ -271,7 +271,7 @@ def test_each_cited_source_links_to_its_original(reader: Any, guide: Document) -
     )
     page = _client_for(reader).get(reverse("conversation-detail", args=[conversation.pk])).content.decode()
     assert "Open the original" in page
-    assert f'href="{reverse("document-original", args=[guide.pk])}?chunk={chunk.pk}"' in page
+    assert f'href="{reverse("document-original", args=[guide.pk])}?page=2&amp;chunk={chunk.pk}"' in page
 
 
 # --- finding a passage on a page's text layer (no database) ----------------------------------------

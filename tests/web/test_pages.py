@@ -489,3 +489,42 @@ def test_answers_and_passages_are_escaped() -> None:
     assert "<script>" not in html and "&lt;script&gt;" in html
     assert 'href="#m1-s1"' in html and "[7]" in html and "#m1-s7" not in html
     assert passage_html("a <b> c", "<b>") == "a <mark>&lt;b&gt;</mark> c"
+
+
+def test_a_question_no_passage_answers_shows_the_closest_passages_apart(
+    reader: Any, chunk: Chunk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    closest = Source(
+        id=chunk.pk, document_id=chunk.document_id, title="guide.pdf", page=2, score=0.7, text=chunk.text, highlight=""
+    )
+
+    def stream(**kwargs: Any) -> Iterator[StreamPiece | Answer]:
+        output = "No relevant document was found to answer this question."
+        yield StreamPiece(output)
+        yield Answer(
+            output=output,
+            sources=[],
+            prompt_tokens=0,
+            completion_tokens=0,
+            seconds=0.1,
+            model="extractive",
+            mode="extractive",
+            grounded=False,
+            answered=False,
+            related=[closest],
+        )
+
+    monkeypatch.setattr(answering, "answer_question_stream", stream)
+    conversation = conversations.conversation_create(user=reader)
+    response = _client_for(reader).post(
+        f"/chat/{conversation.pk}/ask/",
+        {"question": "Who won the 1998 world cup?", "mode": "extractive", "collection": ""},
+        HTTP_ACCEPT="text/event-stream",
+    )
+    done = _events(response)[-1][1]
+    message = Message.objects.get(pk=done["message_id"])
+    assert message.sources == [{**closest.as_dict(), "related": True}]
+    assert not message.cited_chunks.exists()
+    html = done["html"]
+    assert "Closest passages (not an answer)" in html and ">Sources<" not in html
+    assert f"/documents/{chunk.document_id}/view/?page=2&amp;chunk={chunk.pk}" in html

@@ -1,7 +1,11 @@
 """Measure retrieval on a BEIR folder: ``manage.py evaluate --data DIR [--k 10]``.
 
 The last line of the output is one JSON object: ``ndcg@10``, ``recall@10``, ``recall@100``,
-``mrr@10``, ``queries``, and ``answer_contains`` when ``DIR/answers.jsonl`` exists.
+``mrr@10``, ``queries``; when ``DIR/answers.jsonl`` exists, ``answer_contains`` and the answers' median
+length in words (``answer_words_median``), with ``answer_contains_first`` (the first quoted sentence
+alone holds a gold answer) for extractive answers and ``answer_repeated_4gram`` (the share of answers
+repeating four words) for generated ones; with ``--leave-out``, ``abstain_unanswerable`` and
+``abstain_answerable``.
 """
 
 from __future__ import annotations
@@ -111,6 +115,15 @@ class Command(BaseCommand):
             metavar="N",
             help="answer only the first N questions of answers.jsonl (generation takes seconds per question)",
         )
+        parser.add_argument(
+            "--leave-out",
+            type=float,
+            default=0.0,
+            metavar="SHARE",
+            help="leave this share of the corpus's articles out of the collection (e.g. 0.2) and report how often "
+            'the questions about them get "not found" (abstain_unanswerable) and the others do (abstain_answerable)',
+        )
+        parser.add_argument("--seed", type=int, default=0, help="seed of the --leave-out choice (default 0)")
         parser.add_argument("--quiet", action="store_true", help="no progress bars and no messages, only the JSON line")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -137,6 +150,8 @@ class Command(BaseCommand):
                     search=search,
                     answer_mode=options["answer_mode"],
                     answer_limit=options["limit_answers"],
+                    leave_out=options["leave_out"],
+                    seed=options["seed"],
                 )
         except EvaluationError as exc:
             raise CommandError(str(exc)) from exc
