@@ -11,6 +11,7 @@ import llm.errors as le
 from knowledge import errors as ke
 from knowledge.errors import HttpError, http_error
 from knowledge.models import Document
+from knowledge.services.originals import OriginalUnavailableError
 
 #: class → (HTTP status, stable code): the API contract (ARCHITECTURE section 6), written out on purpose
 EXPECTED: dict[type[Exception], tuple[int, str]] = {
@@ -23,6 +24,7 @@ EXPECTED: dict[type[Exception], tuple[int, str]] = {
     ke.RateLimitedError: (429, "rate_limited"),
     ke.QuotaExceededError: (429, "quota_exceeded"),
     ke.ServiceUnavailableError: (503, "unavailable"),
+    OriginalUnavailableError: (404, "original_unavailable"),
     le.LLMError: (503, "llm_error"),
     le.ModelUnavailableError: (503, "model_unavailable"),
     le.GenerationError: (503, "generation_error"),
@@ -49,6 +51,8 @@ def make_error(cls: type[Exception], message: str = "What went wrong.") -> Excep
         return ke.DuplicateDocumentError(Document(pk=7, title="guide.pdf"))
     if cls is ke.UnsupportedUploadError:
         return ke.UnsupportedUploadError(message, accepted=["pdf", "txt"])
+    if cls is OriginalUnavailableError:
+        return OriginalUnavailableError(message, reason="damaged")
     if cls in (ke.RateLimitedError, ke.QuotaExceededError):
         return cls(message, retry_after=7)  # type: ignore[call-arg]
     return cls(message)
