@@ -19,7 +19,6 @@ from django.conf import settings
 from knowledge.services import engines
 
 if TYPE_CHECKING:
-    from ingestion.language import TextAnalyzer
     from knowledge.services.answering import Source
 
 __all__ = ["Evidence", "answer_confidence", "evidence_of", "passages_answer"]
@@ -53,13 +52,16 @@ class Evidence:
 
 def evidence_of(question: str, sources: Sequence[Source], collection_ids: Collection[int]) -> Evidence | None:
     """The evidence of the best of ``sources`` (best first) for ``question``; None when it has no terms."""
+    from ingestion.language import passage_terms
+
     searcher = engines.get_searcher()
     analyzer = searcher.analyzer
     view = searcher.store.view()
     terms = sorted(set(analyzer.query_tokens(question, searcher.corpus_languages(question, view))))
     if not terms or not sources:
         return None
-    held = [_terms_of(analyzer, source.text) for source in sources]
+    # each passage read as the index reads it
+    held = [set(passage.counts) for passage in passage_terms(analyzer, [source.text for source in sources])]
     # a term held by no passage found may still be in the collections: one BM25 lookup tells
     unseen = [term for term in terms if not any(term in passage for passage in held)]
     allowed = set(collection_ids)
@@ -73,12 +75,6 @@ def evidence_of(question: str, sources: Sequence[Source], collection_ids: Collec
         coverage=sum(term in held[0] for term in terms) / len(terms),
         absent=len(absent) / len(terms),
     )
-
-
-def _terms_of(analyzer: TextAnalyzer, text: str) -> set[str]:
-    words = analyzer.words(text)
-    language = analyzer.detect(words) or analyzer.languages[0]
-    return set(analyzer.tokens(words, language))
 
 
 def answer_confidence(evidence: Evidence, embedder_name: str) -> float:

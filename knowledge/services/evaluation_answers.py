@@ -12,7 +12,7 @@ import random
 import re
 import statistics
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from llm.text import repeated_ngram
@@ -24,7 +24,6 @@ __all__ = [
     "answer_words",
     "first_sentence",
     "left_out_ids",
-    "repeated_ngram",
 ]
 
 
@@ -85,14 +84,14 @@ class AnswerCounts:
     contains: int = 0
     contains_first: int = 0
     repeated: int = 0
-    words: list[int] | None = None
+    words: list[int] = field(default_factory=list)
 
     def add(self, output: str, golds: Sequence[str]) -> None:
         self.questions += 1
         self.contains += answer_contains(output, golds)
         self.contains_first += answer_contains(first_sentence(output), golds)
         self.repeated += repeated_ngram(output)
-        self.words = [*(self.words or []), answer_words(output)]
+        self.words.append(answer_words(output))
 
     def metrics(self) -> dict[str, Any]:
         n = max(1, self.questions)

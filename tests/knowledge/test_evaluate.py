@@ -22,8 +22,8 @@ from knowledge.services.evaluation_answers import (
     first_sentence,
     left_out_ids,
     question_kinds,
-    repeated_ngram,
 )
+from llm.text import repeated_ngram
 
 # on_commit callbacks (stored files removed after the delete commits) only run outside a test transaction
 pytestmark = pytest.mark.django_db(transaction=True)

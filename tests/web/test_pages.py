@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -491,40 +492,27 @@ def test_answers_and_passages_are_escaped() -> None:
     assert passage_html("a <b> c", "<b>") == "a <mark>&lt;b&gt;</mark> c"
 
 
-def test_a_question_no_passage_answers_shows_the_closest_passages_apart(
-    reader: Any, chunk: Chunk, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    closest = Source(
-        id=chunk.pk, document_id=chunk.document_id, title="guide.pdf", page=2, score=0.7, text=chunk.text, highlight=""
+def test_a_question_no_passage_answers_shows_the_closest_passages_apart(reader: Any, portal_dirs: Any) -> None:
+    from knowledge.services import documents as document_services
+
+    document = document_services.document_create(
+        file=io.BytesIO(b"Sourdough bread rises with a starter of wild yeast.\n\nBakers feed it every day."),
+        filename="baking.txt",
+        dispatch=False,
     )
-
-    def stream(**kwargs: Any) -> Iterator[StreamPiece | Answer]:
-        output = "No relevant document was found to answer this question."
-        yield StreamPiece(output)
-        yield Answer(
-            output=output,
-            sources=[],
-            prompt_tokens=0,
-            completion_tokens=0,
-            seconds=0.1,
-            model="extractive",
-            mode="extractive",
-            grounded=False,
-            answered=False,
-            related=[closest],
-        )
-
-    monkeypatch.setattr(answering, "answer_question_stream", stream)
+    document_services.document_process(document_id=document.pk)
+    chunk = Chunk.objects.get(document=document)
     conversation = conversations.conversation_create(user=reader)
     response = _client_for(reader).post(
         f"/chat/{conversation.pk}/ask/",
-        {"question": "Who won the 1998 world cup?", "mode": "extractive", "collection": ""},
+        {"question": "Who won the football world cup in 1998?", "mode": "extractive", "collection": ""},
         HTTP_ACCEPT="text/event-stream",
     )
     done = _events(response)[-1][1]
     message = Message.objects.get(pk=done["message_id"])
-    assert message.sources == [{**closest.as_dict(), "related": True}]
+    assert message.answer.startswith("No relevant document")
+    assert [(source["id"], source["related"]) for source in message.sources] == [(chunk.pk, True)]
     assert not message.cited_chunks.exists()
     html = done["html"]
     assert "Closest passages (not an answer)" in html and ">Sources<" not in html
-    assert f"/documents/{chunk.document_id}/view/?page=2&amp;chunk={chunk.pk}" in html
+    assert f"/documents/{document.pk}/view/?chunk={chunk.pk}" in html
