@@ -39,8 +39,10 @@ def _worker_init(sender: Any = None, **kwargs: Any) -> None:
 @signals.worker_process_init.connect
 def _worker_process_init(**kwargs: Any) -> None:
     from knowledge.observability import startup
+    from knowledge.services import warmup
 
     startup.worker_child_started()
+    warmup.start_in_background()  # the models of tasks and async questions, loaded in the background
 
 
 @signals.worker_process_shutdown.connect

@@ -345,6 +345,9 @@ RAG_ANSWER_MODE = _choice(
     "extractive" if RAG_LLM_BACKEND == "local" and not RAG_LLM_MODEL_DIR else "generative",
     ("extractive", "generative"),
 )
+# Load the models and run each answer path once when a web or worker process starts (/readyz says 503 until it is
+# done), so that no user waits for a cold start; off, they load on the first request that needs them.
+RAG_WARMUP = _bool("RAG_WARMUP", True)
 RAG_TOP_K = _positive_int("RAG_TOP_K", 5)
 # Optional cross-encoder reranking: a local sentence-transformers CrossEncoder folder ("" = off) and
 # how many of the best fused candidates it reorders.

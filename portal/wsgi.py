@@ -6,6 +6,7 @@ import django
 from django.core.wsgi import get_wsgi_application
 
 from knowledge.observability import startup
+from knowledge.services import warmup
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -14,3 +15,5 @@ django.setup(set_prefix=False)
 # Metrics files and tracing, before the handler builds its middleware (tracing adds one).
 startup.web_started()
 application = get_wsgi_application()
+# Models loaded and each answer path run once in the background; /readyz says 503 until done.
+warmup.start_in_background()

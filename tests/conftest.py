@@ -162,6 +162,8 @@ def celery_worker_factory(transactional_db: Any, portal_dirs: dict[str, Path], t
         "MEDIA_ROOT": str(portal_dirs["media"]),
         "INDEX_DIR": str(portal_dirs["index"]),
         "RAG_EMBED_THREADS": "1",
+        # no warm-up of the models in the pool processes: on a small machine it would slow the test that waits
+        "RAG_WARMUP": "false",
     }
     workers: list[WorkerProcess] = []
 

@@ -22,7 +22,7 @@ def test_a_worker_on_the_embedded_broker_ingests_a_file(tmp_path: Path) -> None:
         for key, value in os.environ.items()
         if not key.startswith(("DATABASE_", "CELERY_", "INDEX_", "MEDIA_", "STATIC_ROOT"))
     }
-    env.update({"VAR_DIR": str(tmp_path / "var"), "RAG_EMBED_THREADS": "1"})
+    env.update({"VAR_DIR": str(tmp_path / "var"), "RAG_EMBED_THREADS": "1", "RAG_WARMUP": "false"})
     manage = [sys.executable, "manage.py"]
     subprocess.run([*manage, "migrate", "--noinput", "-v0"], cwd=REPO, env=env, check=True, timeout=300)
     log = tmp_path / "worker.log"

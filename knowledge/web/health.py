@@ -23,7 +23,7 @@ def healthz(request: HttpRequest) -> JsonResponse:
 @never_cache
 @require_GET
 def readyz(request: HttpRequest) -> JsonResponse:
-    """Database, broker, index and model are usable: 200, else 503.
+    """Database, broker, index and model are usable and this process's warm-up is not running: 200, else 503.
 
     The status alone for anonymous callers; what each check found (and what is wrong) for staff
     sessions and the addresses of ``READYZ_DETAIL_IPS``. Each check catches its own errors, so an

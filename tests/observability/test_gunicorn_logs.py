@@ -43,6 +43,7 @@ def _run_gunicorn(tmp_path: Path, log_format: str) -> tuple[list[str], list[str]
             "VAR_DIR": str(tmp_path / "var"),
             "INDEX_DIR": str(tmp_path / "index"),
             "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+            "RAG_WARMUP": "false",  # no models needed here (tests/observability/test_warmup.py warms one up)
         }
     )
     out, err = tmp_path / f"{log_format}.out", tmp_path / f"{log_format}.err"

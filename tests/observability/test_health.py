@@ -156,7 +156,7 @@ def test_anonymous_callers_get_the_readiness_status_alone(client: Any, settings:
     assert outside.status_code == local.status_code == staff.status_code
     for detailed in (local, staff):
         checks = detailed.json()["checks"]
-        assert set(checks) == {"database", "broker", "index", "model"}
+        assert set(checks) == {"database", "broker", "index", "model", "warmup"}
         assert "@" not in checks["broker"].get("url", "")  # the broker's credentials are never shown
 
 
