@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 BACKENDS = ("local", "openai")
+#: where the local model runs: in one model process per machine (``llm.server``) or in each process that uses it
+PROCESSES = ("shared", "own")
+#: the settings of a configuration the model process must share with its callers (see ``server_fingerprint``)
+_SERVED_FIELDS = (
+    "model_dir",
+    "model_file",
+    "model",
+    "context_window",
+    "max_tokens",
+    "threads",
+    "repetition_penalty",
+    "no_repeat_ngram_size",
+    "stop_on_repeat",
+)
 
 
 @dataclass(frozen=True)
@@ -43,6 +59,18 @@ class LLMConfig:
     no_repeat_ngram_size: int = 4
     #: both: end the answer when a sentence or line repeats an earlier one of the answer
     stop_on_repeat: bool = True
+    #: local: "own" loads the model in this process; "shared" uses the one model process of the machine
+    #: (``llm.server`` at ``server_url``), started on first use when that URL is on this machine
+    process: str = "own"
+    #: local, shared: the model process's address, e.g. ``http://127.0.0.1:8011``
+    server_url: str = "http://127.0.0.1:8011"
+    #: local, shared: the folder of the model process's pid file, lock and log ("" = the temporary folder)
+    server_dir: str = ""
+
+    def server_fingerprint(self) -> str:
+        """What a model process must have been started with to serve this configuration (its model and limits)."""
+        served = {name: getattr(self, name) for name in _SERVED_FIELDS}
+        return hashlib.sha256(json.dumps(served, sort_keys=True).encode()).hexdigest()[:16]
 
     @property
     def server(self) -> str:
@@ -52,6 +80,10 @@ class LLMConfig:
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ValueError(f"LLM backend must be one of {', '.join(BACKENDS)}, not {self.backend!r}")
+        if self.process not in PROCESSES:
+            raise ValueError(f"LLM process must be one of {', '.join(PROCESSES)}, not {self.process!r}")
+        if self.backend == "local" and self.process == "shared" and "://" not in self.server_url:
+            raise ValueError(f"The shared model process needs a URL (http://127.0.0.1:8011), not {self.server_url!r}")
         if self.backend == "openai" and not self.base_url:
             raise ValueError("The openai LLM backend needs a base_url (e.g. http://127.0.0.1:8001/v1)")
         for name in ("context_window", "max_tokens", "threads"):

@@ -140,6 +140,10 @@ class LLMHandler:
 
 def _create_backend(config: LLMConfig) -> Backend:
     # imported here so that importing llm.handler pulls in neither torch nor httpx
+    if config.backend == "local" and config.process == "shared":
+        from llm.backends.shared import SharedBackend
+
+        return SharedBackend(config)
     if config.backend == "local":
         from llm.backends.local import LocalBackend
 

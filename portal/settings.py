@@ -337,6 +337,13 @@ LLM_MAX_TOKENS = _positive_int("LLM_MAX_TOKENS", 512)
 RAG_LLM_REPETITION_PENALTY = _float("RAG_LLM_REPETITION_PENALTY", 1.15)
 RAG_LLM_NO_REPEAT_NGRAM = _int("RAG_LLM_NO_REPEAT_NGRAM", 4)
 RAG_LLM_STOP_ON_REPEAT = _bool("RAG_LLM_STOP_ON_REPEAT", True)
+# Where the local model runs: "shared" = one model process per machine (python -m llm.server at RAG_LLM_SERVER),
+# which every web process and worker uses and the first of them starts when nothing answers there (its log and
+# pid file go to VAR_DIR/llm-server/); "own" = a copy of the model in each process that generates.
+RAG_LLM_PROCESS = _choice("RAG_LLM_PROCESS", "shared", ("shared", "own"))
+RAG_LLM_SERVER = env.str("RAG_LLM_SERVER", default="http://127.0.0.1:8011")
+if "://" not in RAG_LLM_SERVER:
+    raise ImproperlyConfigured(f"RAG_LLM_SERVER must be a URL like http://127.0.0.1:8011; got {RAG_LLM_SERVER!r}")
 if RAG_LLM_BACKEND == "openai" and not RAG_LLM_BASE_URL:
     raise ImproperlyConfigured("RAG_LLM_BACKEND=openai needs RAG_LLM_BASE_URL (e.g. http://vllm:8000/v1)")
 RAG_ANSWER_MODE = _choice(

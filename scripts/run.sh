@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 DJANGO_SETTINGS_MODULE=portal.settings
 PY=.venv/bin/python
 BIND=${PORTAL_BIND:-127.0.0.1:8000}
+LLM_PID_FILE=${VAR_DIR:-var}/llm-server/llm-server.pid
 
 $PY manage.py migrate --noinput
 $PY manage.py ensure_admin
@@ -16,6 +17,8 @@ stop() {
   echo "Stopping the web server and the worker..."
   kill -TERM "${pids[@]}" 2>/dev/null || true
   wait "${pids[@]}" 2>/dev/null || true
+  # the machine's model process (RAG_LLM_PROCESS=shared), started by the first process that needed the model
+  if [ -f "$LLM_PID_FILE" ]; then kill -TERM "$(cat "$LLM_PID_FILE")" 2>/dev/null || true; fi
 }
 trap stop INT TERM EXIT
 

@@ -47,6 +47,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("DJANGO_SECRET_KEY", "test-secret-key-not-for-production")
 os.environ["VAR_DIR"] = os.environ.get("TEST_VAR_DIR") or tempfile.mkdtemp(prefix="kp-test-")
+# the model in the test process itself (tests/llm/test_shared_server.py tests the shared model process)
+os.environ.setdefault("RAG_LLM_PROCESS", "own")
 
 
 def _start_pgserver() -> tuple[Any, str]:

@@ -19,7 +19,11 @@ def compose_config() -> str:
         if os.environ.get("CI"):
             pytest.fail("docker-compose (Debian package) is missing; .ci/run installs it")
         pytest.skip("docker-compose is not installed (apt-get install docker-compose)")
-    env = {**os.environ, "DJANGO_SECRET_KEY": "compose-validation-only"}
+    # what a user's compose gets: no RAG_* of the test run (RAG_LLM_PROCESS=own) interpolated into it
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("RAG_")},
+        "DJANGO_SECRET_KEY": "compose-validation-only",
+    }
     quiet = subprocess.run([binary, "config", "-q"], cwd=REPO, env=env, capture_output=True, text=True)
     assert quiet.returncode == 0, quiet.stderr
     full = subprocess.run([binary, "config"], cwd=REPO, env=env, capture_output=True, text=True, check=True)
@@ -27,8 +31,18 @@ def compose_config() -> str:
 
 
 def test_compose_file_validates(compose_config: str) -> None:
-    for service in ("postgres:", "redis:", "web:", "worker:", "beat:"):
+    for service in ("postgres:", "redis:", "llm:", "web:", "worker:", "beat:"):
         assert f"  {service}" in compose_config
+
+
+def test_web_and_worker_share_the_one_model_process(compose_config: str) -> None:
+    import yaml
+
+    services = yaml.safe_load(compose_config)["services"]
+    assert "llm_server" in services["llm"]["command"]
+    for name in ("web", "worker"):
+        environment = services[name]["environment"]
+        assert (environment["RAG_LLM_PROCESS"], environment["RAG_LLM_SERVER"]) == ("shared", "http://llm:8011")
 
 
 def test_compose_has_health_checks_and_named_volumes(compose_config: str) -> None:

@@ -62,6 +62,11 @@ LLM_SETTINGS = (
     "LLM_MAX_TOKENS",
     "RAG_LLM_TIMEOUT",
     "RAG_LLM_THREADS",
+    "RAG_LLM_REPETITION_PENALTY",
+    "RAG_LLM_NO_REPEAT_NGRAM",
+    "RAG_LLM_STOP_ON_REPEAT",
+    "RAG_LLM_PROCESS",
+    "RAG_LLM_SERVER",
 )
 #: every setting the engines are built from: a change of one of them resets the registry
 ENGINE_SETTINGS = frozenset(EMBEDDER_SETTINGS + SEARCH_SETTINGS + INGEST_SETTINGS + LLM_SETTINGS)
@@ -223,7 +228,7 @@ def read_ingest_config() -> IngestConfig:
 
 def read_llm_config() -> LLMConfig:
     """The LLM handler's configuration (``RAG_LLM_*``, ``LLM_MAX_TOKENS``)."""
-    from llm.config import BACKENDS, LLMConfig
+    from llm.config import BACKENDS, PROCESSES, LLMConfig
 
     backend = _choice("RAG_LLM_BACKEND", BACKENDS)
     base_url = _str("RAG_LLM_BASE_URL")
@@ -243,4 +248,7 @@ def read_llm_config() -> LLMConfig:
         repetition_penalty=_float("RAG_LLM_REPETITION_PENALTY", positive=True),
         no_repeat_ngram_size=_int("RAG_LLM_NO_REPEAT_NGRAM", minimum=0),
         stop_on_repeat=_bool("RAG_LLM_STOP_ON_REPEAT"),
+        process=_choice("RAG_LLM_PROCESS", PROCESSES),
+        server_url=_str("RAG_LLM_SERVER"),
+        server_dir=str(Path(settings.VAR_DIR) / "llm-server"),
     )
