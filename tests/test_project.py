@@ -62,7 +62,7 @@ def test_healthz_answers_without_a_database(client: Any) -> None:
 def test_readyz_reports_database_broker_and_index(client: Any, portal_dirs: Any) -> None:
     response = client.get("/readyz")
     body = response.json()
-    assert set(body["checks"]) == {"database", "broker", "index", "model"}
+    assert set(body["checks"]) == {"database", "broker", "index", "model", "warmup"}
     assert body["checks"]["database"]["ok"] is True
     assert response.status_code == (200 if all(c["ok"] for c in body["checks"].values()) else 503)
 
