@@ -8,13 +8,15 @@ The script starts the portal itself in a temporary VAR_DIR (SQLite, local index)
 then gunicorn as ``scripts/run.sh`` starts it (1 worker, 8 threads; no Celery worker: every request here
 is answered in the web process), with the rate limit and the token quota out of the way. Then:
 
-1. cold start: the first extractive and the first generative answer (they load the embedder, the index
-   and the model) against the next ones, and the web worker's RSS along the run: a process that loaded
-   the models or the index per request would show slow answers and a growing RSS throughout;
+1. start and cold start: seconds until /healthz and until /readyz (the warm-up, ``RAG_WARMUP``, loads the
+   embedder, the index and the model first), then, as a load balancer would, the first extractive and the
+   first generative answer against the next ones (goal: within 2x), and the RSS of the web worker and of the
+   machine's model process (``RAG_LLM_PROCESS=shared``, stopped at the end) along the run: a process that
+   loaded the models or the index per request would show slow answers and a growing RSS throughout;
 2. generation speed: ``--speed-requests`` generative questions one at a time (streamed, temperature 0):
    completion tokens / ``meta.response_time`` and the decoding rate after the first token, against the
-   raw model in this process (``llm.handler`` with the server's configuration, the same prompts rebuilt
-   from the returned sources, the server idle meanwhile);
+   raw model loaded in this process (``llm.handler`` with the server's configuration and
+   ``process="own"``, the same prompts rebuilt from the returned sources, the server idle meanwhile);
 3. two locust scenarios (headless, ``bench/locustfile_answers.py``), each user asking again as soon as it
    is answered: retrieval-heavy extractive answers, then generative answers of ``--max-tokens`` tokens.
    For each: requests, errors, requests/s, p50/p95/p99 latency; for generation also the completion
@@ -26,6 +28,7 @@ Every process started is stopped at the end, on an error and on Ctrl-C. The last
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -172,19 +175,29 @@ def post(url: str, body: dict[str, Any], key: str, timeout: float = 300) -> tupl
         return exc.code, {"error": exc.read().decode(errors="replace")[:300]}, time.perf_counter() - started
 
 
-def _wait_ready(base: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
+def _wait_ready(base: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 300) -> dict[str, float]:
+    """Wait as a load balancer does: until /readyz says ready (the warm-up is done). Seconds to /healthz and
+    to /readyz from now."""
+    started = time.monotonic()
+    deadline = started + timeout
+    seconds: dict[str, float] = {}
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise SystemExit(f"gunicorn exited ({process.returncode}):\n{log.read_text(errors='replace')[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{base}/healthz", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
+        for probe in ("healthz", "readyz"):
+            if probe in seconds or (probe == "readyz" and "healthz" not in seconds):
+                continue
+            try:
+                with urllib.request.urlopen(f"{base}/{probe}", timeout=5) as response:
+                    if response.status == 200:
+                        seconds[probe] = time.monotonic() - started
+            except OSError:
+                pass
+        if "readyz" in seconds:
+            return seconds
         time.sleep(0.5)
-    raise SystemExit(f"the server did not answer /healthz in {timeout:.0f} s")
+    tail = log.read_text(errors="replace")[-3000:]
+    raise SystemExit(f"the server was not ready (/readyz) in {timeout:.0f} s:\n{tail}")
 
 
 def worker_rss_mb(master: subprocess.Popen[bytes]) -> float:
@@ -196,6 +209,24 @@ def worker_rss_mb(master: subprocess.Popen[bytes]) -> float:
         return float(sum(child.memory_info().rss for child in children)) / 2**20
     except psutil.Error:
         return float("nan")
+
+
+def model_process_rss_mb(var_dir: Path) -> float:
+    """Resident memory of the machine's model process (RAG_LLM_PROCESS=shared: its gunicorn master and worker),
+    0 when there is none."""
+    import psutil
+
+    try:
+        master = psutil.Process(int((var_dir / "llm-server" / "llm-server.pid").read_text().strip()))
+        return float(sum(p.memory_info().rss for p in [master, *master.children()])) / 2**20
+    except (OSError, ValueError, psutil.Error):
+        return 0.0
+
+
+def stop_model_process(var_dir: Path) -> None:
+    """Stop the model process the portal started for this run (it outlives the web process by design)."""
+    with suppress(OSError, ValueError):
+        os.killpg(int((var_dir / "llm-server" / "llm-server.pid").read_text().strip()), signal.SIGTERM)
 
 
 def _seconds(meta: dict[str, Any]) -> float:
@@ -214,8 +245,8 @@ def percentiles(values: list[float]) -> dict[str, float]:
 
 
 def cold_start(base: str, key: str, master: subprocess.Popen[bytes], warm: int) -> dict[str, Any]:
-    """First answers (they load the engines) against the next ones, and the worker's RSS meanwhile."""
-    out: dict[str, Any] = {"rss_mb": {"started": worker_rss_mb(master)}}
+    """First answers after the server said ready against the next ones, and the worker's RSS meanwhile."""
+    out: dict[str, Any] = {"rss_mb": {"ready": worker_rss_mb(master)}}
     for mode, extra in (("extractive", {}), ("generative", {"max_tokens": 16, "temperature": 0})):
         times = []
         for number in range(warm + 1):
@@ -227,7 +258,8 @@ def cold_start(base: str, key: str, master: subprocess.Popen[bytes], warm: int) 
             if number == 0:
                 out["rss_mb"][f"after first {mode}"] = worker_rss_mb(master)
         out[mode] = {"first_s": times[0], "next_median_s": statistics.median(times[1:])}
-    out["rss_mb"]["after warm-up"] = worker_rss_mb(master)
+        out[mode]["first_over_next"] = out[mode]["first_s"] / out[mode]["next_median_s"]
+    out["rss_mb"]["after the first answers"] = worker_rss_mb(master)
     return out
 
 
@@ -323,7 +355,8 @@ def raw_model(env: dict[str, str], max_tokens: int) -> Callable[[str, list[dict[
     from llm.tokens import prompt_budget
     from llm.types import Generation
 
-    handler = get_handler(engines.llm_config())
+    # the model loaded here, in this process, whether the server uses its own copy or the shared model process
+    handler = get_handler(dataclasses.replace(engines.llm_config(), process="own"))
     handler.load()
     handler.generate("Hello", max_tokens=4, temperature=0)  # warm-up, as the server's was
 
@@ -492,7 +525,7 @@ def main() -> None:
             ]
             server_log = workdir / "gunicorn.log"
             master = processes.start(gunicorn, env=env, log=server_log)
-            _wait_ready(base, master, server_log)
+            results["ready_s"] = _wait_ready(base, master, server_log)
             print(
                 f"gunicorn on {base} ({args.workers} worker x {args.threads} threads), {chunks} chunks from "
                 f"{len(ingested)} files; cold start...",
@@ -503,6 +536,7 @@ def main() -> None:
             results["generation_speed"] = generation_speed(base, key, env, args.speed_requests, args.max_tokens)
             results["rss_mb"] = dict(results["cold_start"].pop("rss_mb"))
             results["rss_mb"]["after speed check"] = worker_rss_mb(master)
+            results["model_process_rss_mb"] = {"after speed check": model_process_rss_mb(workdir / "var")}
             for name in args.scenarios:
                 mode, users, seconds = (
                     ("extractive", args.users, args.time)
@@ -522,6 +556,7 @@ def main() -> None:
                     processes=processes,
                 )
                 results["rss_mb"][f"after {name}"] = worker_rss_mb(master)
+                results["model_process_rss_mb"][f"after {name}"] = model_process_rss_mb(workdir / "var")
             if master.poll() is not None:
                 raise SystemExit(f"gunicorn died during the run:\n{server_log.read_text(errors='replace')[-3000:]}")
             results["load_average_end"] = os.getloadavg()
@@ -530,6 +565,7 @@ def main() -> None:
         raise SystemExit(130) from None
     finally:
         processes.stop_all()
+        stop_model_process(workdir / "var")
         if args.keep:
             print(f"kept {workdir}", file=sys.stderr)
         else:
@@ -548,12 +584,23 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
         f"(load average {results['load_average_start'][0]:.1f} at the start)"
         + (f"; server settings {' '.join(args.server_env)}" if args.server_env else "")
     )
+    ready = results["ready_s"]
+    print(
+        f"  start: /healthz after {ready['healthz']:.1f} s, /readyz (warm-up done) after {ready['readyz']:.1f} s; "
+        "the answers below come after /readyz, as a load balancer sends them"
+    )
     for mode in ("extractive", "generative"):
         print(
-            f"  cold start, {mode}: first answer {cold[mode]['first_s']:.2f} s, "
-            f"the next {args.warm} median {cold[mode]['next_median_s']:.2f} s"
+            f"  first answer after a restart, {mode}: {cold[mode]['first_s']:.2f} s, "
+            f"the next {args.warm} median {cold[mode]['next_median_s']:.2f} s   "
+            f"ratio {cold[mode]['first_over_next']:.2f}"
         )
     print("  web worker RSS (MiB): " + ", ".join(f"{k} {v:.0f}" for k, v in results["rss_mb"].items()))
+    model_rss = results.get("model_process_rss_mb") or {}
+    if any(model_rss.values()):
+        print("  model process RSS (MiB): " + ", ".join(f"{k} {v:.0f}" for k, v in model_rss.items()))
+    else:
+        print("  model process: none (RAG_LLM_PROCESS=own: the model is in the web worker)")
     speed = results["generation_speed"]
     api, raw = speed["api"], speed["raw"]
     print(

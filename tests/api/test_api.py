@@ -593,3 +593,37 @@ def test_openapi_schema_and_viewers_are_served_without_a_cdn(client: Any) -> Non
         assert page.status_code == 200
         html = page.content.decode()
         assert "cdn." not in html and "unpkg" not in html and "jsdelivr" not in html
+
+
+@pytest.mark.slow
+def test_generative_answers_through_the_machines_model_process_match_the_own_model(
+    api: APIClient, corpus_docs: Any, settings: Any, tmp_path: Path
+) -> None:
+    import os
+    import signal
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    body = {"prompt": "Which waterfall faces the Suitor?", "mode": "generative", "max_tokens": 8, "temperature": 0}
+    own = api.post("/api/v1/rag/", body, format="json").json()
+
+    settings.VAR_DIR = tmp_path
+    settings.RAG_LLM_PROCESS = "shared"
+    settings.RAG_LLM_SERVER = f"http://127.0.0.1:{port}"
+    try:
+        shared = api.post("/api/v1/rag/", body, format="json")
+        assert shared.status_code == 200, shared.content
+        assert engines.get_llm().is_loaded()
+        assert (tmp_path / "llm-server" / "llm-server.pid").is_file()  # started by this (web) process
+        answer = shared.json()
+        assert answer["output"] == own["output"]
+        assert answer["meta"]["prompt_tokens"] == own["meta"]["prompt_tokens"]
+        assert answer["meta"]["completion_tokens"] == own["meta"]["completion_tokens"]
+        events = _events(api.post("/api/v1/rag/", {**body, "stream": True}, format="json"))
+        assert events[-1][0] == "done"
+        assert events[-1][1]["output"] == own["output"]
+    finally:
+        pid = int((tmp_path / "llm-server" / "llm-server.pid").read_text())
+        os.killpg(pid, signal.SIGTERM)
