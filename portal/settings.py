@@ -356,6 +356,9 @@ RAG_ANSWER_MODE = _choice(
 # done), so that no user waits for a cold start; off, they load on the first request that needs them.
 RAG_WARMUP = _bool("RAG_WARMUP", True)
 RAG_TOP_K = _positive_int("RAG_TOP_K", 5)
+# Tokens of each source a generative prompt shows: its best sentences and their neighbours (0 = whole chunks).
+# The model reads the whole prompt before its first word: shorter sources answer sooner (bench/README.md).
+RAG_PROMPT_SOURCE_TOKENS = _positive_int("RAG_PROMPT_SOURCE_TOKENS", 120, minimum=0)
 # Optional cross-encoder reranking: a local sentence-transformers CrossEncoder folder ("" = off) and
 # how many of the best fused candidates it reorders.
 RAG_RERANKER_MODEL = env.str("RAG_RERANKER_MODEL", default="")

@@ -263,13 +263,17 @@ def _written(answer: Answer, stop: Sequence[str]) -> AnswerEvents:
 def _rag_messages(
     question: str, sources: list[Source], history: Sequence[tuple[str, str]], max_tokens: int
 ) -> tuple[list[dict[str, str]], list[Source]]:
+    from ingestion.excerpt import excerpt
     from ingestion.highlight import without_citation_markers
     from llm.prompts import PromptSource, build_rag_messages
     from llm.tokens import prompt_budget
 
     llm = engines.get_llm()
+    # the model reads the whole prompt before it writes: each source shows what answers, not its whole chunk
+    per_source = settings.RAG_PROMPT_SOURCE_TOKENS
+    texts = [excerpt(question, s.text, budget_tokens=per_source, count_tokens=llm.count_tokens) for s in sources]
     # a source's own "[2]" would read to the model as source 2, and could be copied as a citation
-    shown = [without_citation_markers(s.text) for s in sources]
+    shown = [without_citation_markers(text) for text in texts]
     messages, used = build_rag_messages(
         question,
         [PromptSource(number=i + 1, title=s.title, page=s.page, text=shown[i]) for i, s in enumerate(sources)],

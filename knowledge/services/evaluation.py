@@ -357,14 +357,25 @@ def evaluation_run(
             bar = bars.bar(len(questions), f"answers ({answer_mode})", "question")
             counts = AnswerCounts(mode=answer_mode)
             for question, golds in questions:
-                answer = answering.answer_question(
+                asked_at = time.perf_counter()
+                first_piece: float | None = None
+                answer: answering.Answer | None = None
+                # streamed, to time the first piece: what a reader waits for, mostly the prompt's reading
+                for event in answering.answer_question_stream(
                     question=question,
                     collection_ids=[collection.pk],
                     top_k=settings.RAG_TOP_K,
                     mode=answer_mode,
                     temperature=0.0,
-                )
+                ):
+                    if isinstance(event, answering.Answer):
+                        answer = event
+                    elif first_piece is None:
+                        first_piece = time.perf_counter() - asked_at
+                if answer is None:
+                    raise EvaluationError(f"No answer came for {question!r}")
                 counts.add(answer.output, golds)
+                counts.add_cost(prompt_tokens=answer.prompt_tokens, first_piece_s=first_piece, seconds=answer.seconds)
                 if bar is not None:
                     bar.update(1)
             if bar is not None:

@@ -85,6 +85,19 @@ class AnswerCounts:
     contains_first: int = 0
     repeated: int = 0
     words: list[int] = field(default_factory=list)
+    #: of the answers a model wrote: prompt tokens, seconds to the first streamed piece, seconds in all
+    prompt_tokens: list[int] = field(default_factory=list)
+    first_piece_s: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+
+    def add_cost(self, *, prompt_tokens: int, first_piece_s: float | None, seconds: float) -> None:
+        """What one answer cost; answers no model wrote (extractive, "not found") are not counted."""
+        if prompt_tokens <= 0:
+            return
+        self.prompt_tokens.append(prompt_tokens)
+        self.seconds.append(seconds)
+        if first_piece_s is not None:
+            self.first_piece_s.append(first_piece_s)
 
     def add(self, output: str, golds: Sequence[str]) -> None:
         self.questions += 1
@@ -105,6 +118,11 @@ class AnswerCounts:
         else:
             result["answer_repeated_4gram"] = round(self.repeated / n, 4)
         result["answer_words_median"] = statistics.median(self.words) if self.words else 0
+        if self.prompt_tokens:
+            result["prompt_tokens_median"] = statistics.median(self.prompt_tokens)
+            result["answer_seconds_median"] = round(statistics.median(self.seconds), 2)
+        if self.first_piece_s:
+            result["first_token_seconds_median"] = round(statistics.median(self.first_piece_s), 2)
         return result
 
 

@@ -157,7 +157,7 @@ def test_an_error_midway_still_removes_the_collection(
     def broken(**kwargs: Any) -> Any:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(answering, "answer_question", broken)
+    monkeypatch.setattr(answering, "answer_question_stream", broken)
 
     with pytest.raises(KeyboardInterrupt):
         _evaluate(_with_answers(beir), tmp_path / "cache", "--quiet")

@@ -4,8 +4,9 @@ The last line of the output is one JSON object: ``ndcg@10``, ``recall@10``, ``re
 ``mrr@10``, ``queries``; when ``DIR/answers.jsonl`` exists, ``answer_contains`` and the answers' median
 length in words (``answer_words_median``), with ``answer_contains_first`` (the first quoted sentence
 alone holds a gold answer) for extractive answers and ``answer_repeated_4gram`` (the share of answers
-repeating four words) for generated ones; with ``--leave-out``, ``abstain_unanswerable`` and
-``abstain_answerable``.
+repeating four words) for generated ones, with their median prompt tokens (``prompt_tokens_median``),
+seconds to the first streamed piece (``first_token_seconds_median``) and in all (``answer_seconds_median``);
+with ``--leave-out``, ``abstain_unanswerable`` and ``abstain_answerable``.
 """
 
 from __future__ import annotations
