@@ -349,6 +349,10 @@ def raw_model(env: dict[str, str], max_tokens: int) -> Callable[[str, list[dict[
     import django
 
     django.setup()
+    from django.conf import settings
+
+    from ingestion.excerpt import excerpt
+    from ingestion.highlight import without_citation_markers
     from knowledge.services import engines
     from llm.handler import get_handler
     from llm.prompts import PromptSource, build_rag_messages
@@ -360,11 +364,18 @@ def raw_model(env: dict[str, str], max_tokens: int) -> Callable[[str, list[dict[
     handler.load()
     handler.generate("Hello", max_tokens=4, temperature=0)  # warm-up, as the server's was
 
+    count = handler.count_tokens
+
+    # a source as answering._rag_messages shows it to the model
+    def shown(question: str, text: str) -> str:
+        part = excerpt(question, text, budget_tokens=settings.RAG_PROMPT_SOURCE_TOKENS, count_tokens=count)
+        return without_citation_markers(part)
+
     def generate(question: str, sources: list[dict[str, Any]]) -> dict[str, Any]:
         messages, _ = build_rag_messages(
             question,
             [
-                PromptSource(number=i + 1, title=s["title"], page=s["page"], text=s["text"])
+                PromptSource(number=i + 1, title=s["title"], page=s["page"], text=shown(question, s["text"]))
                 for i, s in enumerate(sources)
             ],
             count_tokens=handler.count_tokens,
