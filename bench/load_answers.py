@@ -1,7 +1,7 @@
 """Answers under load: latency, throughput and generation speed of ``POST /api/v1/rag/`` on a real server.
 
     .venv/bin/python bench/load_answers.py [--users 4] [--time 60] [--gen-users 2] [--gen-time 120]
-                                           [--max-tokens 32] [--speed-requests 3]
+                                           [--max-tokens 32] [--speed-requests 5]
 
 The script starts the portal itself in a temporary VAR_DIR (SQLite, local index): ``manage.py migrate``,
 ``manage.py ingest --sync`` of a few files of ../shared/corpus (read in place), ``manage.py apikey create``,
@@ -14,7 +14,7 @@ is answered in the web process), with the rate limit and the token quota out of 
    machine's model process (``RAG_LLM_PROCESS=shared``, stopped at the end) along the run: a process that
    loaded the models or the index per request would show slow answers and a growing RSS throughout;
 2. generation speed: ``--speed-requests`` generative questions one at a time (streamed, temperature 0):
-   completion tokens / ``meta.response_time`` and the decoding rate after the first token, against the
+   completion tokens / ``meta.response_time`` and the decoding rate from the first token to the last, against the
    raw model loaded in this process (``llm.handler`` with the server's configuration and
    ``process="own"``, the same prompts rebuilt from the returned sources, the server idle meanwhile);
 3. two locust scenarios (headless, ``bench/locustfile_answers.py``), each user asking again as soon as it
@@ -98,6 +98,8 @@ def server_env(var_dir: Path, extra: list[str]) -> dict[str, str]:
         TOKEN_QUOTA_PER_DAY="0",
         RAG_OCR="false",
         LOG_FORMAT="json",
+        # a model process of this run's own, never one another portal of the machine left running
+        RAG_LLM_SERVER=f"http://127.0.0.1:{_free_port()}",
     )
     for item in extra:
         name, sep, value = item.partition("=")
@@ -223,6 +225,27 @@ def model_process_rss_mb(var_dir: Path) -> float:
         return 0.0
 
 
+def cpu_seconds(master: subprocess.Popen[bytes], var_dir: Path) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by gunicorn's workers and by the machine's model process."""
+    import psutil
+
+    def used(processes: list[psutil.Process]) -> float:
+        total = 0.0
+        for process in processes:
+            with suppress(psutil.Error):
+                times = process.cpu_times()
+                total += times.user + times.system
+        return total
+
+    out = {"web": float("nan"), "model": 0.0}
+    with suppress(psutil.Error):
+        out["web"] = used(psutil.Process(master.pid).children())
+    with suppress(OSError, ValueError, psutil.Error):
+        model = psutil.Process(int((var_dir / "llm-server" / "llm-server.pid").read_text().strip()))
+        out["model"] = used([model, *model.children()])
+    return out
+
+
 def stop_model_process(var_dir: Path) -> None:
     """Stop the model process the portal started for this run (it outlives the web process by design)."""
     with suppress(OSError, ValueError):
@@ -264,7 +287,8 @@ def cold_start(base: str, key: str, master: subprocess.Popen[bytes], warm: int) 
 
 
 def post_stream(url: str, body: dict[str, Any], key: str, timeout: float = 600) -> dict[str, Any]:
-    """POST with ``"stream": true``: seconds to the first token event and to the end, and the final body."""
+    """POST with ``"stream": true``: seconds to the first and the last token event and to the end, and the final
+    body."""
     request = urllib.request.Request(
         url,
         data=json.dumps({**body, "stream": True}).encode(),
@@ -273,6 +297,7 @@ def post_stream(url: str, body: dict[str, Any], key: str, timeout: float = 600) 
     )
     started = time.perf_counter()
     first: float | None = None
+    last: float | None = None
     event, done = "", None
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -280,8 +305,9 @@ def post_stream(url: str, body: dict[str, Any], key: str, timeout: float = 600) 
                 line = raw.decode("utf-8").rstrip("\n")
                 if line.startswith("event: "):
                     event = line[len("event: ") :]
-                    if event == "token" and first is None:
-                        first = time.perf_counter() - started
+                    if event == "token":
+                        last = time.perf_counter() - started
+                        first = last if first is None else first
                 elif line.startswith("data: ") and event == "done":
                     done = json.loads(line[len("data: ") :])
     except urllib.error.HTTPError as exc:
@@ -289,19 +315,25 @@ def post_stream(url: str, body: dict[str, Any], key: str, timeout: float = 600) 
     total = time.perf_counter() - started
     if done is None:
         raise SystemExit("the stream ended without its done event")
-    return {"first_token_s": first if first is not None else total, "total_s": total, "body": done}
+    first = total if first is None else first
+    return {"first_token_s": first, "last_token_s": total if last is None else last, "total_s": total, "body": done}
 
 
-def _decode_rate(completion_tokens: int, first_token_s: float, total_s: float) -> float:
-    """Tokens/s after the first token: the decoding speed, without the prompt's processing."""
-    return (completion_tokens - 1) / (total_s - first_token_s) if completion_tokens > 1 else float("nan")
+def _decode_rate(completion_tokens: int, first_token_s: float, last_token_s: float) -> float:
+    """Tokens/s from the first token to the last: the decoding speed, without the prompt's processing nor what
+    follows the last token."""
+    if completion_tokens <= 1 or last_token_s <= first_token_s:
+        return float("nan")
+    return (completion_tokens - 1) / (last_token_s - first_token_s)
 
 
-def generation_speed(base: str, key: str, env: dict[str, str], requests: int, max_tokens: int) -> dict[str, Any]:
+def generation_speed(
+    base: str, key: str, env: dict[str, str], requests: int, max_tokens: int, cpu: Callable[[], dict[str, float]]
+) -> dict[str, Any]:
     """Generation speed through the API (one streamed request at a time) and of the raw model, same prompts.
 
     Two measures of each: completion tokens / whole time (the API's ``meta.response_time``: retrieval,
-    prompt processing and decoding), and the decoding rate after the first token. Each API answer is
+    prompt processing and decoding), and the decoding rate from the first token to the last. Each API answer is
     followed by the raw model's on the same prompt, so that both see the same machine load.
     """
     raw_generate = raw_model(env, max_tokens)
@@ -310,7 +342,9 @@ def generation_speed(base: str, key: str, env: dict[str, str], requests: int, ma
     for number in range(requests):
         question = QUESTIONS[number % len(QUESTIONS)]
         body = {"prompt": question, "mode": "generative", "top_k": 5, "max_tokens": max_tokens, "temperature": 0}
+        before = cpu()
         streamed = post_stream(f"{base}/api/v1/rag/", body, key)
+        after = cpu()
         meta = streamed["body"]["meta"]
         api.append(
             {
@@ -319,8 +353,12 @@ def generation_speed(base: str, key: str, env: dict[str, str], requests: int, ma
                 "seconds": _seconds(meta),
                 "first_token_s": streamed["first_token_s"],
                 "decode_tokens_per_s": _decode_rate(
-                    meta["completion_tokens"], streamed["first_token_s"], streamed["total_s"]
+                    meta["completion_tokens"], streamed["first_token_s"], streamed["last_token_s"]
                 ),
+                "after_last_token_s": streamed["total_s"] - streamed["last_token_s"],
+                # the cores each process kept busy during the answer
+                "web_cores": (after["web"] - before["web"]) / streamed["total_s"],
+                "model_cores": (after["model"] - before["model"]) / streamed["total_s"],
             }
         )
         raw.append(raw_generate(question, streamed["body"]["sources"]))
@@ -333,7 +371,10 @@ def generation_speed(base: str, key: str, env: dict[str, str], requests: int, ma
             "first_token_s": statistics.median(r["first_token_s"] for r in records),
             "prompt_tokens": statistics.median(r["prompt_tokens"] for r in records),
             "completion_tokens": statistics.median(r["completion_tokens"] for r in records),
+            "after_last_token_s": statistics.median(r["after_last_token_s"] for r in records),
         }
+    for name in ("web_cores", "model_cores"):
+        out["api"][name] = statistics.median(r[name] for r in api)
     out["ratio"] = out["api"]["tokens_per_s"] / out["raw"]["tokens_per_s"]
     out["decode_ratio"] = out["api"]["decode_tokens_per_s"] / out["raw"]["decode_tokens_per_s"]
     return out
@@ -383,19 +424,23 @@ def raw_model(env: dict[str, str], max_tokens: int) -> Callable[[str, list[dict[
         )
         started = time.perf_counter()
         first: float | None = None
+        last: float | None = None
         generation: Generation | None = None
         for item in handler.stream(messages, temperature=0, max_tokens=max_tokens):
             if isinstance(item, Generation):
                 generation = item
-            elif item and first is None:
-                first = time.perf_counter() - started
+            elif item:
+                last = time.perf_counter() - started
+                first = last if first is None else first
         total = time.perf_counter() - started
         assert generation is not None
         first = total if first is None else first
+        last = total if last is None else last
         return {
             "seconds": total,
             "first_token_s": first,
-            "decode_tokens_per_s": _decode_rate(generation.completion_tokens, first, total),
+            "decode_tokens_per_s": _decode_rate(generation.completion_tokens, first, last),
+            "after_last_token_s": total - last,
             "prompt_tokens": generation.prompt_tokens,
             "completion_tokens": generation.completion_tokens,
         }
@@ -481,7 +526,7 @@ def main() -> None:
     parser.add_argument("--gen-users", type=int, default=2, help="users of the generative scenario")
     parser.add_argument("--gen-time", type=int, default=120, help="seconds of the generative scenario")
     parser.add_argument("--max-tokens", type=int, default=32, help="max_tokens of generative answers")
-    parser.add_argument("--speed-requests", type=int, default=3, help="sequential requests of the speed check")
+    parser.add_argument("--speed-requests", type=int, default=5, help="sequential requests of the speed check")
     parser.add_argument("--warm", type=int, default=3, help="answers after the first one in the cold-start check")
     parser.add_argument(
         "--scenarios", nargs="+", choices=["retrieval", "generation"], default=["retrieval", "generation"]
@@ -544,7 +589,9 @@ def main() -> None:
             )
             results["cold_start"] = cold_start(base, key, master, args.warm)
             print("generation speed: API, then the raw model in this process...", flush=True)
-            results["generation_speed"] = generation_speed(base, key, env, args.speed_requests, args.max_tokens)
+            results["generation_speed"] = generation_speed(
+                base, key, env, args.speed_requests, args.max_tokens, lambda: cpu_seconds(master, workdir / "var")
+            )
             results["rss_mb"] = dict(results["cold_start"].pop("rss_mb"))
             results["rss_mb"]["after speed check"] = worker_rss_mb(master)
             results["model_process_rss_mb"] = {"after speed check": model_process_rss_mb(workdir / "var")}
@@ -611,7 +658,7 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
     if any(model_rss.values()):
         print("  model process RSS (MiB): " + ", ".join(f"{k} {v:.0f}" for k, v in model_rss.items()))
     else:
-        print("  model process: none (RAG_LLM_PROCESS=own: the model is in the web worker)")
+        print("  model process: none found (RAG_LLM_PROCESS=own: the model is in the web worker)")
     speed = results["generation_speed"]
     api, raw = speed["api"], speed["raw"]
     print(
@@ -625,9 +672,17 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
         f"ratio {speed['ratio']:.2f}"
     )
     print(
-        f"    decoding after the first token: API {api['decode_tokens_per_s']:.1f}/s (first token at "
+        f"    decoding, first token to last: API {api['decode_tokens_per_s']:.1f}/s (first token at "
         f"{api['first_token_s']:.2f} s)   raw {raw['decode_tokens_per_s']:.1f}/s (first token at "
         f"{raw['first_token_s']:.2f} s)   ratio {speed['decode_ratio']:.2f}"
+    )
+    print(
+        f"    after the last token (citations, usage, the done event): API {api['after_last_token_s']:.2f} s   "
+        f"raw {raw['after_last_token_s']:.2f} s"
+    )
+    print(
+        f"    cores kept busy during an API answer: web worker {api['web_cores']:.2f}, model process "
+        f"{api['model_cores']:.2f}"
     )
     header = (
         f"  {'scenario':<11} {'users':>5} {'seconds':>7} {'requests':>8} {'errors':>6} {'req/s':>6} "
