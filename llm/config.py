@@ -66,6 +66,9 @@ class LLMConfig:
     server_url: str = "http://127.0.0.1:8011"
     #: local, shared: the folder of the model process's pid file, lock and log ("" = the temporary folder)
     server_dir: str = ""
+    #: local: a folder where a GGUF model is kept once converted to transformers' own files, so that the next
+    #: loads skip the conversion ("" = convert the GGUF file at every load)
+    cache_dir: str = ""
 
     def server_fingerprint(self) -> str:
         """What a model process must have been started with to serve this configuration (its model and limits)."""

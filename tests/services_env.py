@@ -49,6 +49,9 @@ os.environ.setdefault("DJANGO_SECRET_KEY", "test-secret-key-not-for-production")
 os.environ["VAR_DIR"] = os.environ.get("TEST_VAR_DIR") or tempfile.mkdtemp(prefix="kp-test-")
 # the model in the test process itself (tests/llm/test_shared_server.py tests the shared model process)
 os.environ.setdefault("RAG_LLM_PROCESS", "own")
+# the packaged model converted once for every run of the suite on this machine (and its portals, workers and model
+# processes), not once per process: about 45 s each
+os.environ.setdefault("RAG_LLM_CACHE_DIR", str(Path(tempfile.gettempdir()) / "kp-test-llm-cache"))
 
 
 def _start_pgserver() -> tuple[Any, str]:

@@ -67,6 +67,7 @@ LLM_SETTINGS = (
     "RAG_LLM_STOP_ON_REPEAT",
     "RAG_LLM_PROCESS",
     "RAG_LLM_SERVER",
+    "RAG_LLM_CACHE_DIR",
 )
 #: every setting the engines are built from: a change of one of them resets the registry
 ENGINE_SETTINGS = frozenset(EMBEDDER_SETTINGS + SEARCH_SETTINGS + INGEST_SETTINGS + LLM_SETTINGS)
@@ -251,4 +252,5 @@ def read_llm_config() -> LLMConfig:
         process=_choice("RAG_LLM_PROCESS", PROCESSES),
         server_url=_str("RAG_LLM_SERVER"),
         server_dir=str(Path(settings.VAR_DIR) / "llm-server"),
+        cache_dir=_str("RAG_LLM_CACHE_DIR"),
     )

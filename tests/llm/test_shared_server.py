@@ -43,6 +43,8 @@ def _shared(folder: Path, port: int, **changes: object) -> LLMConfig:
         "server_dir": str(folder),
         "threads": 2,
         "timeout": 240.0,
+        # the suite's conversion cache (tests/services_env.py): each model process reads the converted model
+        "cache_dir": os.environ.get("RAG_LLM_CACHE_DIR", ""),
         **changes,
     }
     return LLMConfig(**values)  # type: ignore[arg-type]
