@@ -6,7 +6,9 @@ cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 DJANGO_SETTINGS_MODULE=portal.settings
 PY=.venv/bin/python
 BIND=${PORTAL_BIND:-127.0.0.1:8000}
-LLM_PID_FILE=${VAR_DIR:-var}/llm-server/llm-server.pid
+VAR=${VAR_DIR:-var}
+LLM_PID_FILE=$VAR/llm-server/llm-server.pid
+mkdir -p "$VAR"
 
 $PY manage.py migrate --noinput
 $PY manage.py ensure_admin
@@ -24,7 +26,7 @@ trap stop INT TERM EXIT
 
 $PY -m celery -A portal worker --queues celery,ocr --loglevel INFO --without-gossip --without-mingle &
 pids+=($!)
-$PY -m celery -A portal --quiet beat --loglevel WARNING --schedule var/celerybeat-schedule &
+$PY -m celery -A portal --quiet beat --loglevel WARNING --schedule "$VAR/celerybeat-schedule" &
 pids+=($!)
 # deploy/gunicorn.conf.py: gunicorn's own lines and its access lines in the portal's log format
 .venv/bin/gunicorn -c deploy/gunicorn.conf.py portal.wsgi:application --bind "$BIND" --workers 1 --threads 8 \
