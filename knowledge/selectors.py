@@ -173,15 +173,12 @@ def _check_model_server(config: Any) -> dict[str, Any]:
 
 
 def readiness() -> dict[str, dict[str, Any]]:
-    """What the readiness probe reports: each dependency with ``ok`` and details, and this process's warm-up."""
-    from knowledge.services import warmup
-
+    """What the readiness probe reports of the dependencies: each with ``ok`` and details."""
     return {
         "database": _check_database(),
         "broker": _check_broker(),
         "index": _check_index(),
         "model": _check_model(),
-        "warmup": warmup.readiness_check(),
     }
 
 

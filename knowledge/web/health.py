@@ -11,6 +11,7 @@ from django.views.decorators.http import require_GET
 
 from knowledge.observability.networks import address_allowed
 from knowledge.selectors import readiness
+from knowledge.services import warmup
 
 
 @never_cache
@@ -30,7 +31,7 @@ def readyz(request: HttpRequest) -> JsonResponse:
     unreachable database is a 503 with the reason, not a 500. The model check never loads the model
     (see ``selectors._check_model``).
     """
-    checks = readiness()
+    checks = {**readiness(), "warmup": warmup.readiness_check()}
     ready = all(check["ok"] for check in checks.values())
     body: dict[str, Any] = {"status": "ready" if ready else "not ready"}
     if _may_see_details(request):
