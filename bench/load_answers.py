@@ -213,15 +213,30 @@ def worker_rss_mb(master: subprocess.Popen[bytes]) -> float:
         return float("nan")
 
 
+def _model_pid(var_dir: Path) -> int:
+    """The pid of the model process the portal started in ``var_dir`` (OSError or ValueError when there is none)."""
+    return int((var_dir / "llm-server" / "llm-server.pid").read_text().strip())
+
+
+def _model_processes(var_dir: Path) -> list[Any]:
+    """The model process's gunicorn master and worker ([] when there is none)."""
+    import psutil
+
+    try:
+        master = psutil.Process(_model_pid(var_dir))
+        return [master, *master.children()]
+    except (OSError, ValueError, psutil.Error):
+        return []
+
+
 def model_process_rss_mb(var_dir: Path) -> float:
     """Resident memory of the machine's model process (RAG_LLM_PROCESS=shared: its gunicorn master and worker),
     0 when there is none."""
     import psutil
 
     try:
-        master = psutil.Process(int((var_dir / "llm-server" / "llm-server.pid").read_text().strip()))
-        return float(sum(p.memory_info().rss for p in [master, *master.children()])) / 2**20
-    except (OSError, ValueError, psutil.Error):
+        return float(sum(p.memory_info().rss for p in _model_processes(var_dir))) / 2**20
+    except psutil.Error:
         return 0.0
 
 
@@ -237,19 +252,16 @@ def cpu_seconds(master: subprocess.Popen[bytes], var_dir: Path) -> dict[str, flo
                 total += times.user + times.system
         return total
 
-    out = {"web": float("nan"), "model": 0.0}
+    out = {"web": float("nan"), "model": used(_model_processes(var_dir))}
     with suppress(psutil.Error):
         out["web"] = used(psutil.Process(master.pid).children())
-    with suppress(OSError, ValueError, psutil.Error):
-        model = psutil.Process(int((var_dir / "llm-server" / "llm-server.pid").read_text().strip()))
-        out["model"] = used([model, *model.children()])
     return out
 
 
 def stop_model_process(var_dir: Path) -> None:
     """Stop the model process the portal started for this run (it outlives the web process by design)."""
     with suppress(OSError, ValueError):
-        os.killpg(int((var_dir / "llm-server" / "llm-server.pid").read_text().strip()), signal.SIGTERM)
+        os.killpg(_model_pid(var_dir), signal.SIGTERM)
 
 
 def _seconds(meta: dict[str, Any]) -> float:

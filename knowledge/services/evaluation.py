@@ -14,7 +14,7 @@ import json
 import math
 import secrets
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -157,6 +157,22 @@ class _Progress:
         from tqdm import tqdm
 
         return tqdm(total=total, desc=description, unit=unit, file=sys.stderr, dynamic_ncols=True)
+
+
+class _FirstPiece:
+    """Seconds from the start of an answer's events to its first text piece (None when it had none)."""
+
+    def __init__(self) -> None:
+        self.seconds: float | None = None
+
+    def watch(self, events: Iterator[Any]) -> Iterator[Any]:
+        from knowledge.services.answering import Answer
+
+        started = time.perf_counter()
+        for event in events:
+            if self.seconds is None and not isinstance(event, Answer):
+                self.seconds = time.perf_counter() - started
+            yield event
 
 
 def _ranked_documents(
@@ -357,25 +373,21 @@ def evaluation_run(
             bar = bars.bar(len(questions), f"answers ({answer_mode})", "question")
             counts = AnswerCounts(mode=answer_mode)
             for question, golds in questions:
-                asked_at = time.perf_counter()
-                first_piece: float | None = None
-                answer: answering.Answer | None = None
                 # streamed, to time the first piece: what a reader waits for, mostly the prompt's reading
-                for event in answering.answer_question_stream(
-                    question=question,
-                    collection_ids=[collection.pk],
-                    top_k=settings.RAG_TOP_K,
-                    mode=answer_mode,
-                    temperature=0.0,
-                ):
-                    if isinstance(event, answering.Answer):
-                        answer = event
-                    elif first_piece is None:
-                        first_piece = time.perf_counter() - asked_at
-                if answer is None:
-                    raise EvaluationError(f"No answer came for {question!r}")
+                timer = _FirstPiece()
+                answer = answering.answer_of(
+                    timer.watch(
+                        answering.answer_question_stream(
+                            question=question,
+                            collection_ids=[collection.pk],
+                            top_k=settings.RAG_TOP_K,
+                            mode=answer_mode,
+                            temperature=0.0,
+                        )
+                    )
+                )
                 counts.add(answer.output, golds)
-                counts.add_cost(prompt_tokens=answer.prompt_tokens, first_piece_s=first_piece, seconds=answer.seconds)
+                counts.add_cost(prompt_tokens=answer.prompt_tokens, first_piece_s=timer.seconds, seconds=answer.seconds)
                 if bar is not None:
                     bar.update(1)
             if bar is not None:
