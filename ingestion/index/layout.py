@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import re
 import secrets
@@ -170,15 +171,6 @@ def _remove(path: Path) -> None:
 
 def _save_dead(path: Path, positions: np.ndarray) -> None:
     """A tombstone file: the sorted positions of removed chunks, written atomically."""
-    temporary = path.parent / _temp_name(path.name)
-    try:
-        with open(temporary, "wb") as file:
-            np.save(file, np.asarray(positions, dtype=np.int64))
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            temporary.unlink()
-        raise
-    _fsync_path(path.parent)
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(positions, dtype=np.int64))
+    _replace_file(path, buffer.getvalue())
