@@ -540,11 +540,12 @@ def _table(result: dict[str, Any], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-def _rounded(value: Any) -> Any:
+def rounded(value: Any) -> Any:
+    """``value`` with its floats rounded to 4 places, in nested dicts and lists too (for the JSON summary)."""
     if isinstance(value, dict):
-        return {key: _rounded(item) for key, item in value.items()}
+        return {key: rounded(item) for key, item in value.items()}
     if isinstance(value, list):
-        return [_rounded(item) for item in value]
+        return [rounded(item) for item in value]
     if isinstance(value, float):
         return round(value, 4)
     return value
@@ -618,7 +619,7 @@ def main() -> None:
         },
         "results": results,
     }
-    print(json.dumps(_rounded(summary)))
+    print(json.dumps(rounded(summary)))
 
 
 if __name__ == "__main__":

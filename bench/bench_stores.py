@@ -60,7 +60,7 @@ for _path in (str(REPO), str(BENCH)):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
-from bench_index import CHUNKS_PER_DOCUMENT, COLLECTION_SHARES, DIMENSION, synthetic_corpus  # noqa: E402
+from bench_index import CHUNKS_PER_DOCUMENT, COLLECTION_SHARES, DIMENSION, rounded, synthetic_corpus  # noqa: E402
 
 EVAL = REPO.parent / "shared" / "eval"
 EMBEDDER = "synthetic-384"
@@ -981,16 +981,6 @@ def _pair(latency: dict[str, float]) -> str:
     return f"{latency['p50_ms']:.2f} / {latency['p95_ms']:.2f}"
 
 
-def _rounded(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {key: _rounded(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_rounded(item) for item in value]
-    if isinstance(value, float):
-        return round(value, 4)
-    return value
-
-
 def _code_versions() -> dict[str, str]:
     """A short hash of each store's source, to tell which version of the code gave the figures."""
     import hashlib
@@ -1071,7 +1061,7 @@ def main() -> None:
                     print(f"  {kind}: FAILED: {exc}", flush=True)
                     result[kind] = {"error": str(exc)[-2000:]}
                 # each store's figures as soon as they are known (a long run may be stopped later)
-                print(f"  {kind}: " + json.dumps(_rounded(result[kind])), flush=True)
+                print(f"  {kind}: " + json.dumps(rounded(result[kind])), flush=True)
             results.append(result)
             print(table(result, args.stores), flush=True)
             if not args.keep:
@@ -1100,7 +1090,7 @@ def main() -> None:
         },
         "results": results,
     }
-    print(json.dumps(_rounded(summary)))
+    print(json.dumps(rounded(summary)))
 
 
 if __name__ == "__main__":
