@@ -36,7 +36,7 @@ from knowledge.api.openai_serializers import (
 )
 from knowledge.api.openai_serializers import conversation_split as conversation_split  # re-exported
 from knowledge.api.parsers import SafeJSONParser
-from knowledge.api.serializers import ServerSentEventSerializer, related_body, sources_body
+from knowledge.api.serializers import SOURCE_EXAMPLE, ServerSentEventSerializer, related_body, sources_body
 from knowledge.models import ApiKey
 from knowledge.services import answering
 from knowledge.services import requests as question_services
@@ -211,15 +211,6 @@ _ERRORS = {
     429: OpenApiResponse(OpenAIErrorSerializer, description="Rate limited or token quota spent (Retry-After)"),
     503: OpenApiResponse(OpenAIErrorSerializer, description="Model or index unavailable"),
 }
-_SOURCE_EXAMPLE = {
-    "id": 12,
-    "document_id": 3,
-    "title": "guide.pdf",
-    "page": 4,
-    "score": 0.71,
-    "text": "the chunk text",
-    "highlight": "the sentence that answers",
-}
 _CHAT_EXAMPLES = [
     OpenApiExample(
         "Question with history",
@@ -253,7 +244,7 @@ _CHAT_EXAMPLES = [
                 }
             ],
             "usage": {"prompt_tokens": 412, "completion_tokens": 11, "total_tokens": 423},
-            "sources": [_SOURCE_EXAMPLE],
+            "sources": [SOURCE_EXAMPLE],
         },
         response_only=True,
         status_codes=["200"],

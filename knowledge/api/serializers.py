@@ -134,6 +134,18 @@ class SourceSerializer(serializers.Serializer):
         return source_url(source)
 
 
+#: a source as the examples of the API's documentation show it (the REST answer, the OpenAI face's extension)
+SOURCE_EXAMPLE = {
+    "id": 12,
+    "document_id": 3,
+    "title": "guide.pdf",
+    "page": 4,
+    "score": 0.71,
+    "text": "the chunk text",
+    "highlight": "the sentence that answers",
+}
+
+
 class MetaSerializer(serializers.Serializer):
     """What an answer cost; reads an ``Answer``."""
 

@@ -14,6 +14,7 @@ from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.reverse import reverse
+from rest_framework.serializers import Serializer
 
 from knowledge.api import serializers as s
 from knowledge.api.limits import LimitedApiView
@@ -50,17 +51,7 @@ _RAG_RESPONSE_EXAMPLE = OpenApiExample(
     "Answer",
     value={
         "output": "Les classes Python permettent de regrouper des données et des méthodes [1].",
-        "sources": [
-            {
-                "id": 12,
-                "document_id": 3,
-                "title": "guide.pdf",
-                "page": 4,
-                "score": 0.71,
-                "text": "the chunk text",
-                "highlight": "the sentence that answers",
-            }
-        ],
+        "sources": [s.SOURCE_EXAMPLE],
         "meta": {
             "tokens_used": 180,
             "prompt_tokens": 150,
@@ -91,6 +82,30 @@ def _sse(events: answering.AnswerEvents, *, with_sources: bool) -> Iterator[str]
             yield f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
     finally:
         events.close()  # a client that went away: the answer is charged and the model stops now
+
+
+def _question_schema(
+    request: type[s.GenerateRequestSerializer],
+    response: type[Serializer],
+    *,
+    examples: list[OpenApiExample],
+    description: str | None = None,
+    not_found: bool = False,
+) -> Any:
+    """The schema of a question endpoint: its body as JSON or as server-sent events, 202 when asked
+    ``async``, and the errors every endpoint answers (and 404, for one that names a collection)."""
+    return extend_schema(
+        request=request,
+        responses={
+            (200, "application/json"): response,
+            (200, "text/event-stream"): s.ServerSentEventSerializer,
+            202: s.AsyncAcceptedSerializer,
+            **({404: s.ErrorSerializer} if not_found else {}),
+            **_ERRORS,
+        },
+        examples=examples,
+        description=description,
+    )
 
 
 class _HasPermission(permissions.IsAuthenticated):
@@ -139,18 +154,13 @@ class RagApi(_QuestionApi):
     endpoint = question_services.RAG
     serializer_class = s.RagRequestSerializer
 
-    @extend_schema(
-        request=s.RagRequestSerializer,
-        responses={
-            (200, "application/json"): s.RagResponseSerializer,
-            (200, "text/event-stream"): s.ServerSentEventSerializer,
-            202: s.AsyncAcceptedSerializer,
-            404: s.ErrorSerializer,
-            **_ERRORS,
-        },
+    @_question_schema(
+        s.RagRequestSerializer,
+        s.RagResponseSerializer,
         examples=[_RAG_EXAMPLE, _RAG_RESPONSE_EXAMPLE],
         description="`stream: true` answers as text/event-stream (`token` events, then one `done` event with the "
         "body below); `async: true` answers 202 and the result is read from the task's status URL.",
+        not_found=True,
     )
     def post(self, request: Request) -> Any:
         return super().post(request)
@@ -162,14 +172,9 @@ class GenerateApi(_QuestionApi):
     endpoint = question_services.GENERATE
     serializer_class = s.GenerateRequestSerializer
 
-    @extend_schema(
-        request=s.GenerateRequestSerializer,
-        responses={
-            (200, "application/json"): s.GenerateResponseSerializer,
-            (200, "text/event-stream"): s.ServerSentEventSerializer,
-            202: s.AsyncAcceptedSerializer,
-            **_ERRORS,
-        },
+    @_question_schema(
+        s.GenerateRequestSerializer,
+        s.GenerateResponseSerializer,
         examples=[
             OpenApiExample(
                 "Prompt", value={"prompt": "Write a haiku about documents", "max_tokens": 40}, request_only=True
