@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec
 
 from django.conf import settings
 
@@ -25,6 +25,8 @@ GENERATIVE = "generative"
 MODES = (EXTRACTIVE, GENERATIVE)
 
 logger = logging.getLogger(__name__)
+
+P = ParamSpec("P")
 
 #: the longest standalone question a model may write for a follow-up
 _REWRITE_MAX_TOKENS = 96
@@ -121,6 +123,15 @@ def answer_of(events: Iterator[StreamPiece | Answer]) -> Answer:
     if answer is None:
         raise RuntimeError("the answer stream ended without an Answer")
     return answer
+
+
+def _drained(stream: Callable[P, AnswerEvents]) -> Callable[P, Answer]:
+    """The plain call of an answer path: the stream's own arguments, its events run to their end."""
+
+    def drained(*args: P.args, **kwargs: P.kwargs) -> Answer:
+        return answer_of(stream(*args, **kwargs))
+
+    return drained
 
 
 def _language(text: str) -> str:
@@ -371,32 +382,8 @@ def answer_question_stream(
     yield from _generated(messages, sampling, sources=used, started=started, retrieve_s=retrieve_s)
 
 
-def answer_question(
-    *,
-    question: str,
-    collection_ids: Sequence[int],
-    top_k: int,
-    mode: str,
-    temperature: float = DEFAULT_TEMPERATURE,
-    top_p: float = DEFAULT_TOP_P,
-    max_tokens: int = DEFAULT_MAX_TOKENS,
-    history: Sequence[tuple[str, str]] = (),
-    stop: Sequence[str] = (),
-) -> Answer:
-    """:func:`answer_question_stream` run to its end: the :class:`Answer`."""
-    return answer_of(
-        answer_question_stream(
-            question=question,
-            collection_ids=collection_ids,
-            top_k=top_k,
-            mode=mode,
-            temperature=temperature,
-            top_p=top_p,
-            max_tokens=max_tokens,
-            history=history,
-            stop=stop,
-        )
-    )
+#: :func:`answer_question_stream` run to its end: the :class:`Answer`
+answer_question = _drained(answer_question_stream)
 
 
 @observe.observe_answers("generate", answer_type=Answer)
@@ -412,10 +399,5 @@ def text_generate_stream(
     yield from _generated(messages, sampling, sources=[], started=started, retrieve_s=None)
 
 
-def text_generate(
-    *, prompt: str, temperature: float, top_p: float, max_tokens: int, stop: Sequence[str] = ()
-) -> Answer:
-    """:func:`text_generate_stream` run to its end: the :class:`Answer`."""
-    return answer_of(
-        text_generate_stream(prompt=prompt, temperature=temperature, top_p=top_p, max_tokens=max_tokens, stop=stop)
-    )
+#: :func:`text_generate_stream` run to its end: the :class:`Answer`
+text_generate = _drained(text_generate_stream)
