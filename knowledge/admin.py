@@ -26,6 +26,21 @@ from knowledge.services import documents as document_services
 _ADMIN_CSS = {"all": ["portal/admin.css"]}
 
 
+class _RecordAdmin(admin.ModelAdmin):
+    """Rows the portal writes itself: shown, never added or changed here, nor deleted unless ``deletable``."""
+
+    deletable = False
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return self.deletable and super().has_delete_permission(request, obj)
+
+
 @admin.register(Collection)
 class CollectionAdmin(admin.ModelAdmin):
     list_display = ["name", "slug", "is_public", "document_count"]
@@ -183,7 +198,7 @@ class DocumentAdmin(admin.ModelAdmin):
 
 
 @admin.register(Chunk)
-class ChunkAdmin(admin.ModelAdmin):
+class ChunkAdmin(_RecordAdmin):
     list_display = ["id", "document", "ordinal", "page", "heading", "token_count"]
     list_filter = ["document__collection"]
     search_fields = ["text", "heading"]
@@ -192,15 +207,6 @@ class ChunkAdmin(admin.ModelAdmin):
     def get_queryset(self, request: HttpRequest) -> QuerySet[Chunk]:
         readable = collections_readable_by(user=request.user)
         return super().get_queryset(request).filter(document__collection__in=readable)
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 class MessageInline(admin.StackedInline):
@@ -335,7 +341,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
 
 @admin.register(UsageRecord)
-class UsageRecordAdmin(admin.ModelAdmin):
+class UsageRecordAdmin(_RecordAdmin):
     """Read-only: what each request spent, with the totals per user per day of the filtered records."""
 
     class Media:
@@ -366,15 +372,6 @@ class UsageRecordAdmin(admin.ModelAdmin):
     def total_tokens(self, obj: UsageRecord) -> int:
         return obj.tokens
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
     def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
         response = super().changelist_view(request, extra_context)
         context = getattr(response, "context_data", None)
@@ -384,8 +381,10 @@ class UsageRecordAdmin(admin.ModelAdmin):
 
 
 @admin.register(SearchRebuild)
-class SearchRebuildAdmin(admin.ModelAdmin):
+class SearchRebuildAdmin(_RecordAdmin):
     """Rebuilds of the search store (``manage.py rebuild_index``, the documents' action): how far each one is."""
+
+    deletable = True
 
     list_display = ("started_at", "status", "progress", "backend", "embedder", "previous_embedder", "finished_at")
     list_filter = ("status", "backend")
@@ -394,9 +393,3 @@ class SearchRebuildAdmin(admin.ModelAdmin):
     @admin.display(description=_("progress"))
     def progress(self, run: SearchRebuild) -> str:
         return f"{run.done:,} / {run.total:,} ({run.percent:.0f}%)"
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
