@@ -13,7 +13,7 @@ from ingestion.chunking import ChunkingConfig, chunk_blocks, embedding_text
 from ingestion.errors import EmptyDocumentError
 from ingestion.language import PassageTerms, TextAnalyzer, passage_terms
 from ingestion.parsing import DEFAULT_MAX_PAGES, DEFAULT_MAX_UNPACKED_MB, parse_file
-from ingestion.sandbox import DEFAULT_MEMORY_MB, run_limited
+from ingestion.sandbox import DEFAULT_MEMORY_MB, Limited, start_limited
 from ingestion.types import ChunkDraft, ParsedDocument
 
 if TYPE_CHECKING:
@@ -74,28 +74,16 @@ def analyse_chunks(chunks: Sequence[ChunkDraft]) -> list[PassageTerms]:
     return passage_terms(_analyzer(), [chunk.text for chunk in chunks])
 
 
-def prepare_file(
-    path: Path,
-    *,
-    embedder: Embedder,
-    options: PipelineOptions,
-    filename: str | None = None,
-    mime_type: str | None = None,
-    progress: Callable[[str], None] | None = None,
-) -> PreparedDocument:
-    """Parse and chunk one file (chunks measured with ``embedder``'s tokenizer).
+def parse_ahead(
+    path: Path, *, options: PipelineOptions, filename: str | None = None, mime_type: str | None = None
+) -> Limited[ParsedDocument]:
+    """Start parsing ``path`` (``options.pages`` of it) in a memory-limited child and return at once.
 
-    Raises an ``IngestionError`` subclass on bad input, ``EmptyDocumentError`` when it has no text,
-    ``MemoryLimitError`` when parsing needed more than ``options.max_memory_mb``.
+    Parsing is where hostile files explode (zip and decompression bombs), hence the child under
+    ``options.max_memory_mb``; the embedder is used in this process only, which meanwhile may embed what
+    an earlier parse gave. Pass the result to :func:`prepare_file` (``parsing=``), or ``.cancel()`` it.
     """
-    notify = progress or (lambda stage: None)
-    timings: dict[str, float] = {}
-
-    notify("parsing")
-    started = time.perf_counter()
-    # Parsing is where hostile files explode (zip and decompression bombs): it runs in a child process
-    # under a memory limit. The embedder is used in this process only.
-    parsed = run_limited(
+    return start_limited(
         lambda: parse_file(
             path,
             filename=filename,
@@ -109,6 +97,32 @@ def prepare_file(
         ),
         memory_mb=options.max_memory_mb,
     )
+
+
+def prepare_file(
+    path: Path,
+    *,
+    embedder: Embedder,
+    options: PipelineOptions,
+    filename: str | None = None,
+    mime_type: str | None = None,
+    progress: Callable[[str], None] | None = None,
+    parsing: Limited[ParsedDocument] | None = None,
+) -> PreparedDocument:
+    """Parse and chunk one file (chunks measured with ``embedder``'s tokenizer).
+
+    ``parsing``: the file's parse, already started by :func:`parse_ahead`, to wait for instead of starting one.
+    Raises an ``IngestionError`` subclass on bad input, ``EmptyDocumentError`` when it has no text,
+    ``MemoryLimitError`` when parsing needed more than ``options.max_memory_mb``.
+    """
+    notify = progress or (lambda stage: None)
+    timings: dict[str, float] = {}
+
+    notify("parsing")
+    started = time.perf_counter()
+    if parsing is None:
+        parsing = parse_ahead(path, options=options, filename=filename, mime_type=mime_type)
+    parsed = parsing.result()
     timings["parse"] = time.perf_counter() - started
 
     notify("chunking")
@@ -146,11 +160,25 @@ def run_pipeline(
     filename: str | None = None,
     mime_type: str | None = None,
     progress: Callable[[str], None] | None = None,
+    parsing: Limited[ParsedDocument] | None = None,
+    before_embedding: Callable[[], None] | None = None,
 ) -> PipelineResult:
-    """Parse, chunk, analyse and embed one file. Raises an ``IngestionError`` subclass on bad input."""
+    """Parse, chunk, analyse and embed one file. Raises an ``IngestionError`` subclass on bad input.
+
+    ``parsing`` as for :func:`prepare_file`; ``before_embedding`` is called once the file is chunked, just
+    before its chunks are embedded (to start the parse of what comes next, see :func:`parse_ahead`).
+    """
     prepared = prepare_file(
-        path, embedder=embedder, options=options, filename=filename, mime_type=mime_type, progress=progress
+        path,
+        embedder=embedder,
+        options=options,
+        filename=filename,
+        mime_type=mime_type,
+        progress=progress,
+        parsing=parsing,
     )
+    if before_embedding:
+        before_embedding()
     if progress:
         progress("embedding")
     started = time.perf_counter()

@@ -32,11 +32,11 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from ingestion.errors import IngestionError, MemoryLimitError
 
-__all__ = ["DEFAULT_MEMORY_MB", "memory_limit_supported", "run_limited"]
+__all__ = ["DEFAULT_MEMORY_MB", "Limited", "memory_limit_supported", "run_limited", "start_limited"]
 
 _T = TypeVar("_T")
 
@@ -68,8 +68,51 @@ def run_limited(work: Callable[[], _T], *, memory_mb: int) -> _T:
     memory or was killed by a signal (the kernel's OOM killer sends SIGKILL). ``memory_mb`` 0 means no
     limit: ``work`` then runs in this process, as it does where forking is not supported.
     """
+    return start_limited(work, memory_mb=memory_mb).result()
+
+
+class Limited(Generic[_T]):
+    """Work started in a memory-limited child (:func:`start_limited`): this process goes on meanwhile.
+
+    :meth:`result` waits for it; :meth:`cancel` stops a child whose result is no longer wanted. Where
+    the work cannot run in a child, it runs in this process when :meth:`result` is called.
+    """
+
+    def __init__(self, work: Callable[[], _T], memory_mb: int, pid: int | None, read_fd: int | None) -> None:
+        self._work, self._memory_mb, self._pid, self._read_fd = work, memory_mb, pid, read_fd
+
+    def result(self) -> _T:
+        if self._pid is None or self._read_fd is None:
+            return self._work()
+        pid, read_fd = self._pid, self._read_fd
+        self._pid = self._read_fd = None
+        reaped = False
+        try:
+            payload, status = _collect(pid, read_fd)
+            reaped = True
+        finally:
+            os.close(read_fd)
+            if not reaped:  # interrupted (Celery's soft time limit, Ctrl-C): the child goes too
+                _kill(pid)
+        result: _T = _outcome(payload, status, self._memory_mb)
+        return result
+
+    def cancel(self) -> None:
+        """Stop the child (its result is dropped); nothing happens once :meth:`result` was called."""
+        if self._pid is not None and self._read_fd is not None:
+            os.close(self._read_fd)
+            _kill(self._pid)
+        self._pid = self._read_fd = None
+
+
+def start_limited(work: Callable[[], _T], *, memory_mb: int) -> Limited[_T]:
+    """Start ``work()`` in a child as :func:`run_limited` does, and return at once; ``.result()`` waits for it.
+
+    The child's payload waits in a pipe until the result is asked for; call ``.cancel()`` on work whose
+    result will not be asked for, or its child is left waiting.
+    """
     if memory_mb <= 0 or _in_child or not memory_limit_supported():
-        return work()
+        return Limited(work, memory_mb, None, None)
     for stream in (sys.stdout, sys.stderr):  # or the child inherits, and may repeat, unwritten output
         with contextlib.suppress(Exception):
             stream.flush()
@@ -88,19 +131,14 @@ def run_limited(work: Callable[[], _T], *, memory_mb: int) -> _T:
         finally:
             os._exit(70)  # _child exits itself; this is reached only if it failed to
     os.close(write_fd)
-    reaped = False
-    try:
-        payload, status = _collect(pid, read_fd)
-        reaped = True
-    finally:
-        os.close(read_fd)
-        if not reaped:  # interrupted (Celery's soft time limit, Ctrl-C): the child goes too
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, 0)
-    result: _T = _outcome(payload, status, memory_mb)
-    return result
+    return Limited(work, memory_mb, pid, read_fd)
+
+
+def _kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
 
 
 def _collect(pid: int, read_fd: int) -> tuple[bytes | None, int]:

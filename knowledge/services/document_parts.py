@@ -17,6 +17,7 @@ plan then do nothing.
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -40,6 +41,8 @@ from knowledge.services.document_runs import ProcessOutcome
 
 if TYPE_CHECKING:
     from ingestion.parsing import FileFacts
+    from ingestion.pipeline import PipelineOptions
+    from ingestion.sandbox import Limited
     from ingestion.store import PassageEmbeddings, StoreIdentity
 
 logger = logging.getLogger(__name__)
@@ -192,20 +195,70 @@ def document_part_process(
 
 
 def document_parts_process(
-    *, document_id: int, part_ids: Sequence[int], progress: Callable[[str], None] | None = None
+    *, document_id: int, part_ids: Sequence[int], ocr: bool = True, progress: Callable[[str], None] | None = None
 ) -> ProcessOutcome:
-    """Process the parts of a split document one after the other in this process (no worker)."""
+    """Process the parts of a split document one after the other in this process (no worker).
+
+    The next part's pages are parsed (in their memory-limited child) while this part's chunks are embedded,
+    and every part is read with OCR where a page needs it when ``ocr`` (the plan did not look for such pages).
+    """
     timings: dict[str, float] = {}
-    for part_id in part_ids:
-        outcome = _part_run(document_id=document_id, part_id=part_id, progress=progress)
-        for stage, seconds in outcome.timings.items():
-            timings[stage] = timings.get(stage, 0.0) + seconds
-        if outcome.status != Document.Status.PROCESSING:
-            break
+    ahead = _InProcess(part_ids, ocr=ocr)
+    try:
+        for part_id in part_ids:
+            outcome = _part_run(document_id=document_id, part_id=part_id, progress=progress, ahead=ahead)
+            for stage, seconds in outcome.timings.items():
+                timings[stage] = timings.get(stage, 0.0) + seconds
+            if outcome.status != Document.Status.PROCESSING:
+                break
+    finally:
+        ahead.close()
     return _outcome(document_id, timings)
 
 
-def _part_run(*, document_id: int, part_id: int, progress: Callable[[str], None] | None) -> ProcessOutcome:
+class _InProcess:
+    """The parts of one document run in sequence by this process: the parse of each next part is started
+    (:func:`ingestion.pipeline.parse_ahead`) when the part before it starts embedding."""
+
+    def __init__(self, part_ids: Sequence[int], *, ocr: bool) -> None:
+        self.ocr = ocr
+        self._following = dict(itertools.pairwise(part_ids))
+        self._started: dict[int, Limited[ParsedDocument]] = {}
+
+    def parsing(self, part_id: int) -> Limited[ParsedDocument] | None:
+        return self._started.pop(part_id, None)
+
+    def start_next(self, part_id: int) -> None:
+        from ingestion.pipeline import parse_ahead
+
+        following = self._following.get(part_id)
+        part = (
+            DocumentPart.objects.select_related("document")
+            .filter(pk=following, status=DocumentPart.Status.PENDING)
+            .first()
+        )
+        if part is not None:
+            document = part.document
+            self._started[part.pk] = parse_ahead(
+                Path(document.file.path),
+                options=_part_options(part, ocr=self.ocr),
+                filename=document.original_name,
+                mime_type=document.mime_type or None,
+            )
+
+    def close(self) -> None:
+        for parsing in self._started.values():  # the run stopped before these parts: their parse is not wanted
+            parsing.cancel()
+        self._started.clear()
+
+
+def _part_options(part: DocumentPart, *, ocr: bool) -> PipelineOptions:
+    return replace(engines.pipeline_options(ocr=ocr), pages=range(part.first_page, part.last_page + 1))
+
+
+def _part_run(
+    *, document_id: int, part_id: int, progress: Callable[[str], None] | None, ahead: _InProcess | None = None
+) -> ProcessOutcome:
     # The part's lease is held until the run ends, assembling the document included.
     with leases.leased(DocumentPart, part_id) as claim:
         if claim.gone:
@@ -214,10 +267,12 @@ def _part_run(*, document_id: int, part_id: int, progress: Callable[[str], None]
             return replace(_skipped(document_id), status=document_runs.BUSY, retry_in=claim.busy_for + 1)
         if claim.took_over and document_runs.document_count_lost_run(document_id=document_id):
             return _outcome(document_id, {})
-        return _part_run_leased(document_id=document_id, part_id=part_id, progress=progress)
+        return _part_run_leased(document_id=document_id, part_id=part_id, progress=progress, ahead=ahead)
 
 
-def _part_run_leased(*, document_id: int, part_id: int, progress: Callable[[str], None] | None) -> ProcessOutcome:
+def _part_run_leased(
+    *, document_id: int, part_id: int, progress: Callable[[str], None] | None, ahead: _InProcess | None
+) -> ProcessOutcome:
     part = DocumentPart.objects.select_related("document").filter(pk=part_id, document_id=document_id).first()
     if part is None or part.document.status != Document.Status.PROCESSING:
         return _skipped(document_id)
@@ -233,7 +288,7 @@ def _part_run_leased(*, document_id: int, part_id: int, progress: Callable[[str]
                 progress(stage)
 
         try:
-            timings = _part_prepare(part, notify)
+            timings = _part_prepare(part, notify, ahead)
         except IngestionError as exc:
             if exc.transient:
                 raise
@@ -243,19 +298,20 @@ def _part_run_leased(*, document_id: int, part_id: int, progress: Callable[[str]
     return _assemble_if_complete(document_id, part_id, timings, progress)
 
 
-def _part_prepare(part: DocumentPart, notify: Callable[[str], None]) -> dict[str, float]:
+def _part_prepare(part: DocumentPart, notify: Callable[[str], None], ahead: _InProcess | None) -> dict[str, float]:
     """Run the pipeline on the part's pages and keep its chunks and vectors in its row."""
     from ingestion.pipeline import run_pipeline
 
     document = part.document
-    options = replace(engines.pipeline_options(ocr=part.ocr), pages=range(part.first_page, part.last_page + 1))
     result = run_pipeline(
         Path(document.file.path),
         embedder=engines.get_embedder(),
-        options=options,
+        options=_part_options(part, ocr=part.ocr if ahead is None else ahead.ocr),
         filename=document.original_name,
         mime_type=document.mime_type or None,  # sniffed at upload
         progress=notify,
+        parsing=ahead.parsing(part.pk) if ahead else None,
+        before_embedding=functools.partial(ahead.start_next, part.pk) if ahead else None,
     )
     # Only a pending part is stored: a duplicate delivery that finished first, or a new plan, wins.
     DocumentPart.objects.filter(pk=part.pk, status=DocumentPart.Status.PENDING).update(

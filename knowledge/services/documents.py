@@ -262,9 +262,9 @@ def document_process(
 ) -> ProcessOutcome:
     """Parse, chunk, embed and index one document, replacing whatever it had before.
 
-    With ``split``, a text PDF over ``RAG_SPLIT_PAGES`` pages is processed as page ranges, one after
-    the other in this process (see ``knowledge.services.document_parts``; the workers run them side by
-    side instead).
+    With ``split``, a PDF over ``RAG_SPLIT_PAGES`` pages is processed as page ranges, one after the other
+    in this process, the parse of the next range overlapping the embedding of the previous one (see
+    ``knowledge.services.document_parts``; the workers run them side by side instead).
 
     Idempotent: running it again replaces the document's chunks and vectors. A permanent
     ingestion error marks the document failed with its reason and leaves no chunk or vector
@@ -287,9 +287,13 @@ def _document_process(
     if document.status == Document.Status.READY and not force:
         return _outcome(document, {})
     if split:
-        part_ids = document_parts.document_split(document_id=document_id, ocr=ocr, dispatch=False)
+        # In this process each part's parse reads a page with OCR where it needs it: the plan does not look
+        # through the pages for such pages first (a second reading of every page's text layer).
+        part_ids = document_parts.document_split(document_id=document_id, ocr=ocr, dispatch=False, scans=False)
         if part_ids:
-            return document_parts.document_parts_process(document_id=document_id, part_ids=part_ids, progress=progress)
+            return document_parts.document_parts_process(
+                document_id=document_id, part_ids=part_ids, ocr=ocr, progress=progress
+            )
 
     Document.objects.filter(pk=document_id).update(
         status=Document.Status.PROCESSING, stage="parsing", error="", attempts=document.attempts + 1

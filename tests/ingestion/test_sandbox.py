@@ -24,7 +24,7 @@ from ingestion.errors import (
 )
 from ingestion.parsing import parse_file
 from ingestion.pipeline import PipelineOptions, prepare_file
-from ingestion.sandbox import memory_limit_supported, run_limited
+from ingestion.sandbox import memory_limit_supported, run_limited, start_limited
 from tests.ingestion.fixtures_engine import e5
 
 pytestmark = pytest.mark.skipif(not memory_limit_supported(), reason="the memory limit needs Linux (fork, RLIMIT_AS)")
@@ -255,3 +255,32 @@ def test_an_interrupted_parent_takes_the_child_down(tmp_path: Path) -> None:
     child = int(pid_file.read_text())
     with pytest.raises(ProcessLookupError):  # killed and reaped, not left running or as a zombie
         os.kill(child, 0)
+
+
+def test_started_work_runs_while_this_process_goes_on() -> None:
+    started = time.perf_counter()
+    pending = start_limited(lambda: (time.sleep(0.5), os.getpid())[1], memory_mb=256)
+    assert time.perf_counter() - started < 0.4  # start_limited returned while the child sleeps
+    child = pending.result()
+    assert child != os.getpid()
+    assert time.perf_counter() - started >= 0.5
+
+
+def test_cancelled_work_leaves_no_child() -> None:
+    pending = start_limited(lambda: time.sleep(30), memory_mb=256)
+    pid = pending._pid
+    assert pid is not None
+    started = time.perf_counter()
+    pending.cancel()
+    assert time.perf_counter() - started < 5
+    with pytest.raises(ChildProcessError):  # killed and reaped
+        os.waitpid(pid, os.WNOHANG)
+    pending.cancel()  # twice is harmless
+
+
+def test_started_work_without_a_limit_runs_when_its_result_is_asked_for() -> None:
+    ran: list[int] = []
+    pending = start_limited(lambda: ran.append(os.getpid()) or "done", memory_mb=0)
+    assert ran == []
+    assert pending.result() == "done"
+    assert ran == [os.getpid()]

@@ -198,6 +198,86 @@ def test_the_stage_says_which_part_is_being_processed(tmp_path: Path) -> None:
     assert {"parsing (part 1 of 3)", "embedding (part 2 of 3)", "embedding (part 3 of 3)", "indexing"} <= set(seen)
 
 
+def test_in_process_the_next_part_is_parsed_while_this_one_is_embedded(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import ingestion.pipeline as pipeline
+
+    events: list[str] = []
+    parse_ahead, embed_chunks = pipeline.parse_ahead, pipeline.embed_chunks
+
+    def parse(path: Path, **kwargs: Any) -> Any:
+        events.append(f"parse {kwargs['options'].pages[0]}")
+        return parse_ahead(path, **kwargs)
+
+    def embed(chunks: Any, **kwargs: Any) -> Any:
+        events.append(f"embed {chunks[0].page}")
+        return embed_chunks(chunks, **kwargs)
+
+    monkeypatch.setattr(pipeline, "parse_ahead", parse)
+    monkeypatch.setattr(pipeline, "embed_chunks", embed)
+    document = _create(_text_pdf(tmp_path / "big.pdf", 12))
+    assert document_services.document_process(document_id=document.pk).status == "ready"
+    # each part's parse is started before the part ahead of it embeds, in its own child
+    assert events == ["parse 1", "parse 6", "embed 1", "parse 11", "embed 6", "embed 11"]
+    _assert_index_matches_chunks()
+
+
+def test_in_process_the_plan_does_not_read_the_pages_the_parse_reads(
+    settings: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    settings.RAG_OCR = True
+    inspections = _count_inspections(monkeypatch)
+    document = _create(_text_pdf(tmp_path / "big.pdf", 12))
+    assert document_services.document_process(document_id=document.pk).status == "ready"
+    assert inspections == [False]  # the page count only: each part's parse finds the pages that need OCR
+
+
+@pytest.mark.skipif(shutil.which("tesseract") is None, reason="Tesseract is not installed")
+def test_in_process_a_long_scan_is_read_with_ocr_part_by_part(
+    settings: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    settings.RAG_OCR = True
+    settings.RAG_SPLIT_PAGES = 2
+    inspections = _count_inspections(monkeypatch)
+    document = _create(_scan_pdf(tmp_path / "scan.pdf", 3))
+    outcome = document_services.document_process(document_id=document.pk)
+    assert outcome.status == "ready", outcome.error
+    assert inspections == [False]
+    document.refresh_from_db()
+    assert (document.page_count, document.ocr_pages) == (3, [1, 2, 3])
+    assert [page for _, page, _ in _chunks(document)] == [1, 2, 3]
+    assert not DocumentPart.objects.exists()
+
+
+def test_a_run_that_stops_early_leaves_no_parse_running(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import ingestion.pipeline as pipeline
+
+    started: list[Any] = []
+    parse_ahead, embed_chunks = pipeline.parse_ahead, pipeline.embed_chunks
+
+    def parse(path: Path, **kwargs: Any) -> Any:
+        started.append(parse_ahead(path, **kwargs))
+        return started[-1]
+
+    def embed(chunks: Any, **kwargs: Any) -> Any:
+        if chunks[0].page == 6:
+            raise RuntimeError("the embedder broke")
+        return embed_chunks(chunks, **kwargs)
+
+    monkeypatch.setattr(pipeline, "parse_ahead", parse)
+    monkeypatch.setattr(pipeline, "embed_chunks", embed)
+    document = _create(_text_pdf(tmp_path / "big.pdf", 12))
+    outcome = document_services.document_process(document_id=document.pk)
+    assert outcome.status == "failed"
+    assert "unexpected error" in outcome.error
+    assert len(started) == 3  # the third part's parse had started when the second part failed
+    for parsing in started:  # every child was collected or stopped: none is left behind
+        assert parsing._pid is None
+    assert not DocumentPart.objects.exists()
+    assert not Chunk.objects.filter(document=document).exists()
+
+
 def _count_inspections(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     """Record each inspection of a file by the services (whether it looked for pages that need OCR)."""
     from knowledge.services import document_runs
