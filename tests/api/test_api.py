@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 from typing import Any
 
@@ -14,21 +13,12 @@ from rest_framework.test import APIClient
 from knowledge.models import Collection, Document
 from knowledge.services import apikeys, engines
 from knowledge.services import documents as document_services
+from tests.support import sse_events
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("api_isolated")]
 
 SOURCE_FIELDS = {"id", "document_id", "title", "page", "score", "text", "highlight", "url"}
 META_FIELDS = {"tokens_used", "prompt_tokens", "completion_tokens", "response_time", "model"}
-
-
-@pytest.fixture(autouse=True)
-def _isolated(portal_dirs: dict[str, Path], settings: Any) -> None:
-    settings.API_RATE_LIMIT = "10000/m"
-
-
-@pytest.fixture
-def user(db: Any) -> User:
-    return User.objects.create_user(username="reader", password="pw-reader-123")
 
 
 @pytest.fixture
@@ -385,15 +375,6 @@ def test_generate_returns_text_without_sources(api: APIClient) -> None:
     assert alias.json()["output"] == body["output"]  # temperature 0 is greedy
 
 
-def _events(response: Any) -> list[tuple[str, dict[str, Any]]]:
-    text = b"".join(response.streaming_content).decode()
-    events = []
-    for block in text.strip().split("\n\n"):
-        lines = dict(line.split(": ", 1) for line in block.splitlines())
-        events.append((lines["event"], json.loads(lines["data"])))
-    return events
-
-
 @pytest.mark.slow
 def test_streaming_sends_tokens_then_one_final_event(api: APIClient, corpus_docs: Any) -> None:
     response = api.post(
@@ -409,7 +390,7 @@ def test_streaming_sends_tokens_then_one_final_event(api: APIClient, corpus_docs
     )
     assert response.status_code == 200
     assert response["Content-Type"].startswith("text/event-stream")
-    events = _events(response)
+    events = sse_events(response)
     assert [name for name, _ in events[:-1]] == ["token"] * (len(events) - 1)
     name, final = events[-1]
     assert name == "done"
@@ -432,7 +413,7 @@ def test_the_plain_answer_is_the_drained_stream_cut_by_max_tokens(
 
     ask = {**payload, "max_tokens": 3, "temperature": 0}
     plain = api.post(path, ask, format="json").json()
-    name, done = _events(api.post(path, {**ask, "stream": True}, format="json"))[-1]
+    name, done = sse_events(api.post(path, {**ask, "stream": True}, format="json"))[-1]
     assert name == "done"
     for body in (plain, done):
         del body["meta"]["response_time"]
@@ -451,7 +432,7 @@ def test_the_plain_answer_is_the_drained_stream_cut_by_max_tokens(
 
 def test_streaming_extractive_answers_and_errors_stay_json(api: APIClient, corpus_docs: Any) -> None:
     response = api.post("/api/v1/rag/", {"prompt": "sourdough starter", "stream": True}, format="json")
-    events = _events(response)
+    events = sse_events(response)
     assert events[-1][0] == "done" and events[-1][1]["sources"]
     forbidden = api.post("/api/v1/rag/", {"prompt": "x", "stream": True, "collection": "hr"}, format="json")
     assert forbidden.status_code == 404  # an unreadable collection is answered as an unknown one
@@ -621,7 +602,7 @@ def test_generative_answers_through_the_machines_model_process_match_the_own_mod
         assert answer["output"] == own["output"]
         assert answer["meta"]["prompt_tokens"] == own["meta"]["prompt_tokens"]
         assert answer["meta"]["completion_tokens"] == own["meta"]["completion_tokens"]
-        events = _events(api.post("/api/v1/rag/", {**body, "stream": True}, format="json"))
+        events = sse_events(api.post("/api/v1/rag/", {**body, "stream": True}, format="json"))
         assert events[-1][0] == "done"
         assert events[-1][1]["output"] == own["output"]
     finally:

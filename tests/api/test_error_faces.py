@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,19 +22,9 @@ from knowledge.web.documents import _upload_refusal
 from knowledge.web.forms import QuestionForm
 from tests.knowledge.test_errors import EXPECTED, make_error
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("api_isolated")]
 
 KNOWLEDGE_ERRORS = [cls for cls in EXPECTED if issubclass(cls, ke.KnowledgeError)]
-
-
-@pytest.fixture(autouse=True)
-def _isolated(portal_dirs: dict[str, Path], settings: Any) -> None:
-    settings.API_RATE_LIMIT = "10000/m"
-
-
-@pytest.fixture
-def reader(db: Any) -> User:
-    return User.objects.create_user(username="reader", password="pw-reader-123")
 
 
 @pytest.mark.parametrize("cls", KNOWLEDGE_ERRORS, ids=lambda cls: cls.__name__)
@@ -82,22 +71,22 @@ def _chat_body(question: str) -> dict[str, Any]:
     return {"model": "knowledge-portal", "messages": [{"role": "user", "content": question}]}
 
 
-def test_every_face_accepts_a_question_of_exactly_the_limit(reader: User) -> None:
+def test_every_face_accepts_a_question_of_exactly_the_limit(user: User) -> None:
     question = "x" * QUESTION_MAX_CHARS
 
     assert RagRequestSerializer(data={"prompt": question}).is_valid()
     assert ChatCompletionCreateSerializer(data=_chat_body(question)).is_valid()
-    assert _question_form(question, reader).is_valid()
+    assert _question_form(question, user).is_valid()
 
 
-def test_every_face_refuses_a_question_one_character_over_the_limit(reader: User) -> None:
+def test_every_face_refuses_a_question_one_character_over_the_limit(user: User) -> None:
     question = "x" * (QUESTION_MAX_CHARS + 1)
-    _, raw_key = apikeys.apikey_create(user=reader, all_collections=True)
+    _, raw_key = apikeys.apikey_create(user=user, all_collections=True)
     api = APIClient()
     api.credentials(HTTP_AUTHORIZATION=f"Token {raw_key}")
     page = Client()
-    page.force_login(reader)
-    conversation = conversations.conversation_create(user=reader)
+    page.force_login(user)
+    conversation = conversations.conversation_create(user=user)
 
     rag = api.post("/api/v1/rag/", {"prompt": question}, format="json")
     openai = api.post("/api/v1/openai/chat/completions", _chat_body(question), format="json")
@@ -114,4 +103,4 @@ def test_every_face_refuses_a_question_one_character_over_the_limit(reader: User
     assert (error["type"], error["param"]) == ("invalid_request_error", "messages")
     assert str(QUESTION_MAX_CHARS) in error["message"]
     assert str(QUESTION_MAX_CHARS) in asked.json()["error"]
-    assert Conversation.objects.filter(user=reader).count() == 1  # the refused question started none
+    assert Conversation.objects.filter(user=user).count() == 1  # the refused question started none

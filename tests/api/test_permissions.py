@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +14,7 @@ from knowledge.models import ApiKey, ApiTask, Collection, Document
 from knowledge.services import apikeys, requests
 from knowledge.services import documents as document_services
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("api_isolated")]
 
 # One document per collection, all about the same subject, so a question retrieves all of them
 # unless the permission filter removes some.
@@ -30,11 +29,6 @@ DOCUMENT_PERMISSIONS = ("view_document", "add_document", "change_document", "del
 def grant(user: User, *codenames: str) -> User:
     user.user_permissions.add(*Permission.objects.filter(content_type__app_label="knowledge", codename__in=codenames))
     return User.objects.get(pk=user.pk)  # a fresh object: permissions are cached per instance
-
-
-@pytest.fixture(autouse=True)
-def _isolated(portal_dirs: dict[str, Path], settings: Any) -> None:
-    settings.API_RATE_LIMIT = "10000/m"
 
 
 @pytest.fixture

@@ -30,8 +30,7 @@ LIGHTHOUSE = (
 
 
 @pytest.fixture(autouse=True)
-def _isolated(portal_dirs: dict[str, Path], settings: Any) -> None:
-    settings.API_RATE_LIMIT = "10000/m"
+def _isolated(api_isolated: None) -> None:
     cache.clear()
 
 

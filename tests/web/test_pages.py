@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -16,6 +15,7 @@ from knowledge.models import ApiKey, Chunk, Collection, Conversation, Document, 
 from knowledge.services import answering, conversations
 from knowledge.services.answering import Answer, Source, StreamPiece
 from knowledge.services.apikeys import apikey_authenticate
+from tests.support import sse_events
 from tests.web.support import PASSWORD
 
 pytestmark = pytest.mark.django_db
@@ -87,15 +87,6 @@ def fake_answers(monkeypatch: pytest.MonkeyPatch, chunk: Chunk) -> list[dict[str
 
     monkeypatch.setattr(answering, "answer_question_stream", stream)
     return calls
-
-
-def _events(response: Any) -> list[tuple[str, dict[str, Any]]]:
-    body = b"".join(response.streaming_content).decode()
-    events = []
-    for block in body.strip().split("\n\n"):
-        lines = dict(line.split(": ", 1) for line in block.splitlines())
-        events.append((lines["event"], json.loads(lines["data"])))
-    return events
 
 
 @pytest.mark.parametrize("path", ["/", "/chat/1/", "/documents/", "/documents/1/"])
@@ -239,7 +230,7 @@ def test_the_answer_streams_then_is_stored_with_its_sources(reader: Any, fake_an
         HTTP_ACCEPT="text/event-stream",
     )
     assert response["Content-Type"].startswith("text/event-stream")
-    events = _events(response)
+    events = sse_events(response)
     assert [name for name, _data in events] == ["token", "token", "done"]
     assert "".join(data["text"] for name, data in events if name == "token") == "Reliance is the largest company [1]."
     done = events[-1][1]
@@ -266,7 +257,7 @@ def test_a_follow_up_question_carries_the_conversation_history(reader: Any, fake
             {"question": question, "mode": "extractive", "collection": ""},
             HTTP_ACCEPT="text/event-stream",
         )
-        _events(response)
+        sse_events(response)
     assert fake_answers[0]["history"] == []
     assert fake_answers[1]["history"] == [("First question?", "Reliance is the largest company [1].")]
     assert fake_answers[1]["top_k"] == 5 and fake_answers[1]["mode"] == "extractive"
@@ -287,7 +278,7 @@ def test_feedback_is_stored_and_can_be_taken_back(
 ) -> None:
     client = _client_for(reader)
     conversation = conversations.conversation_create(user=reader)
-    _events(
+    sse_events(
         client.post(
             f"/chat/{conversation.pk}/ask/", {"question": "Q?", "mode": "extractive"}, HTTP_ACCEPT="text/event-stream"
         )
@@ -508,7 +499,7 @@ def test_a_question_no_passage_answers_shows_the_closest_passages_apart(reader: 
         {"question": "Who won the football world cup in 1998?", "mode": "extractive", "collection": ""},
         HTTP_ACCEPT="text/event-stream",
     )
-    done = _events(response)[-1][1]
+    done = sse_events(response)[-1][1]
     message = Message.objects.get(pk=done["message_id"])
     assert message.answer.startswith("No relevant document")
     assert [(source["id"], source["related"]) for source in message.sources] == [(chunk.pk, True)]
