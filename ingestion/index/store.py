@@ -20,6 +20,7 @@ import numpy as np
 from filelock import FileLock
 from filelock import Timeout as LockTimeout
 
+from ..background import BackgroundRun
 from ..errors import IndexBusyError, IndexCorruptError
 from ..store import ExportBatch, StoreIdentity
 from .check import verify_generation
@@ -75,9 +76,8 @@ class FaissStore:
         self._refresh_lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._merge_lock = threading.Lock()
-        self._threads_lock = threading.Lock()
-        self._refresher: threading.Thread | None = None
-        self._merger: threading.Thread | None = None
+        self._refresher = BackgroundRun("faiss-refresh")
+        self._merger = BackgroundRun("faiss-merge")
         #: the stat of CURRENT the snapshot reflects; a changed one starts a background refresh
         self._seen: tuple[int, int, int] | None = None
         self._failed: tuple[tuple[int, int, int] | None, float] | None = None
@@ -127,13 +127,11 @@ class FaissStore:
         failed = self._failed
         if failed is not None and failed[0] == token and time.monotonic() - failed[1] < 10.0:
             return
-        with self._threads_lock:
-            if self._refresher is not None and self._refresher.is_alive():
-                return  # a big load is in progress: the snapshot in memory answers until it ends
-            if self._new_chunks() > self.config.sync_refresh_chunks:
-                self._refresher = threading.Thread(target=self._refresh_quietly, name="faiss-refresh", daemon=True)
-                self._refresher.start()
-                return
+        if self._refresher.running():
+            return  # a big load is in progress: the snapshot in memory answers until it ends
+        if self._new_chunks() > self.config.sync_refresh_chunks:
+            self._refresher.start(self._refresh_quietly)
+            return
         self._refresh_quietly()  # a small change: loaded in this thread, before the question is answered
 
     def _new_chunks(self) -> int:
@@ -208,9 +206,8 @@ class FaissStore:
     def wait_for_background(self, timeout: float | None = None) -> None:
         """Wait for this instance's background refresh and merge, if any (tests, benchmarks, shutdown)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        for thread in (self._refresher, self._merger):
-            if thread is not None:
-                thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        for run in (self._refresher, self._merger):
+            run.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     # ---- writing ------------------------------------------------------------------------------------
     @contextmanager
@@ -376,11 +373,7 @@ class FaissStore:
     def _maybe_merge(self) -> None:
         if not self.config.background_merge or merge_plan(self._snapshot, self.config) is None:
             return
-        with self._threads_lock:
-            if self._merger is not None and self._merger.is_alive():
-                return
-            self._merger = threading.Thread(target=self._background_merge, name="faiss-merge", daemon=True)
-            self._merger.start()
+        self._merger.start(self._background_merge)
 
     def _background_merge(self) -> None:
         try:

@@ -37,7 +37,6 @@ in ``pg_writer``, what they share in ``pg_common``.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -47,6 +46,7 @@ import numpy as np
 import psycopg
 from django.db import connections, transaction
 
+from ingestion.background import BackgroundRun
 from ingestion.errors import IndexBusyError, IndexMismatchError
 from ingestion.language import PassageTerms
 from ingestion.store import ExportBatch, PassageEmbeddings, StoreIdentity
@@ -142,8 +142,7 @@ class PostgresStore:
         #: seconds a background merge leaves between two batches (a writer polling for the lock gets it then)
         self.merge_pause = merge_pause
         self._schema_ready = False
-        self._merging: threading.Thread | None = None
-        self._merging_lock = threading.Lock()
+        self._merging = BackgroundRun("search-merge")
 
     def __repr__(self) -> str:
         return f"PostgresStore({_describe(self.identity)}, using={self.using!r})"
@@ -346,11 +345,7 @@ class PostgresStore:
 
     def _merge_soon(self) -> None:
         """Start a merge in a thread of this process (one at a time), on a connection of its own."""
-        with self._merging_lock:
-            if self._merging is not None and self._merging.is_alive():
-                return
-            self._merging = threading.Thread(target=self._merge_in_background, name="search-merge", daemon=True)
-            self._merging.start()
+        self._merging.start(self._merge_in_background)
 
     def _merge_in_background(self) -> None:
         try:
@@ -363,9 +358,7 @@ class PostgresStore:
 
     def wait_for_merge(self, timeout: float | None = None) -> None:
         """Wait for a merge started in the background by this store object (tests, benchmarks)."""
-        thread = self._merging
-        if thread is not None:
-            thread.join(timeout)
+        self._merging.join(timeout)
 
     def ids(self) -> np.ndarray:
         """Every chunk id the store holds, ascending."""
