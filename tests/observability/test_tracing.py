@@ -34,11 +34,25 @@ def _api(username: str, **user: Any) -> APIClient:
     return client
 
 
+def _ingested() -> Document:
+    """The lighthouse document, ingested in this process."""
+    document = document_services.document_create(file=io.BytesIO(TEXT), filename="wonders.txt", dispatch=False)
+    document_services.document_process(document_id=document.pk)
+    return document
+
+
+@pytest.fixture
+def reader_api(spans: Any) -> APIClient:
+    """A reader's API client, the lighthouse document ingested and the spans of its ingestion cleared."""
+    _ingested()
+    api = _api("reader")
+    spans.clear()
+    return api
+
+
 @pytest.mark.django_db
 def test_ingestion_has_a_span_per_stage_under_the_ingest_span(spans: Any) -> None:
-    document = document_services.document_create(file=io.BytesIO(TEXT), filename="wonders.txt", dispatch=False)
-
-    document_services.document_process(document_id=document.pk)
+    document = _ingested()
 
     named = _by_name(spans.get_finished_spans())
     ingest = named["ingest"]
@@ -67,13 +81,10 @@ def test_a_failed_ingestion_marks_its_stage_and_the_ingest_span(spans: Any) -> N
 
 
 @pytest.mark.django_db
-def test_a_question_is_traced_from_the_request_to_retrieval_and_generation(spans: Any, fake_llm: Any) -> None:
-    document = document_services.document_create(file=io.BytesIO(TEXT), filename="wonders.txt", dispatch=False)
-    document_services.document_process(document_id=document.pk)
-    api = _api("tracer")
-    spans.clear()
-
-    response = api.post("/api/v1/rag/", {"prompt": "Which lighthouse?", "mode": "generative"}, format="json")
+def test_a_question_is_traced_from_the_request_to_retrieval_and_generation(
+    spans: Any, fake_llm: Any, reader_api: APIClient
+) -> None:
+    response = reader_api.post("/api/v1/rag/", {"prompt": "Which lighthouse?", "mode": "generative"}, format="json")
 
     assert response.status_code == 200, response.content
     finished = spans.get_finished_spans()
@@ -90,13 +101,8 @@ def test_a_question_is_traced_from_the_request_to_retrieval_and_generation(spans
 
 
 @pytest.mark.django_db
-def test_a_streamed_answer_keeps_its_spans_together(spans: Any, fake_llm: Any) -> None:
-    document = document_services.document_create(file=io.BytesIO(TEXT), filename="wonders.txt", dispatch=False)
-    document_services.document_process(document_id=document.pk)
-    api = _api("streamer")
-    spans.clear()
-
-    response = api.post(
+def test_a_streamed_answer_keeps_its_spans_together(spans: Any, fake_llm: Any, reader_api: APIClient) -> None:
+    response = reader_api.post(
         "/api/v1/rag/", {"prompt": "Which lighthouse?", "mode": "extractive", "stream": True}, format="json"
     )
     body = b"".join(response.streaming_content)
