@@ -8,7 +8,7 @@ from typing import Any
 
 from django.http import FileResponse, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import permissions, status
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
@@ -148,13 +148,8 @@ class _QuestionApi(LimitedApiView):
         return Response(s.answer_body(answer, with_sources=with_sources))
 
 
-class RagApi(_QuestionApi):
-    """Answer a question from the documents the caller may read, with the sources cited."""
-
-    endpoint = question_services.RAG
-    serializer_class = s.RagRequestSerializer
-
-    @_question_schema(
+@extend_schema_view(
+    post=_question_schema(
         s.RagRequestSerializer,
         s.RagResponseSerializer,
         examples=[_RAG_EXAMPLE, _RAG_RESPONSE_EXAMPLE],
@@ -162,17 +157,16 @@ class RagApi(_QuestionApi):
         "body below); `async: true` answers 202 and the result is read from the task's status URL.",
         not_found=True,
     )
-    def post(self, request: Request) -> Any:
-        return super().post(request)
+)
+class RagApi(_QuestionApi):
+    """Answer a question from the documents the caller may read, with the sources cited."""
+
+    endpoint = question_services.RAG
+    serializer_class = s.RagRequestSerializer
 
 
-class GenerateApi(_QuestionApi):
-    """Text from a prompt, without retrieval."""
-
-    endpoint = question_services.GENERATE
-    serializer_class = s.GenerateRequestSerializer
-
-    @_question_schema(
+@extend_schema_view(
+    post=_question_schema(
         s.GenerateRequestSerializer,
         s.GenerateResponseSerializer,
         examples=[
@@ -181,8 +175,12 @@ class GenerateApi(_QuestionApi):
             )
         ],
     )
-    def post(self, request: Request) -> Any:
-        return super().post(request)
+)
+class GenerateApi(_QuestionApi):
+    """Text from a prompt, without retrieval."""
+
+    endpoint = question_services.GENERATE
+    serializer_class = s.GenerateRequestSerializer
 
 
 class TaskDetailApi(LimitedApiView):
