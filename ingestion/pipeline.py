@@ -64,6 +64,10 @@ class PreparedDocument:
     timings: dict[str, float]
 
 
+#: the ``nice`` increment of a background parse: the lowest priority
+_BACKGROUND_NICENESS = 19
+
+
 @functools.cache
 def _analyzer() -> TextAnalyzer:
     return TextAnalyzer()
@@ -75,13 +79,21 @@ def analyse_chunks(chunks: Sequence[ChunkDraft]) -> list[PassageTerms]:
 
 
 def parse_ahead(
-    path: Path, *, options: PipelineOptions, filename: str | None = None, mime_type: str | None = None
+    path: Path,
+    *,
+    options: PipelineOptions,
+    filename: str | None = None,
+    mime_type: str | None = None,
+    background: bool = False,
 ) -> Limited[ParsedDocument]:
     """Start parsing ``path`` (``options.pages`` of it) in a memory-limited child and return at once.
 
     Parsing is where hostile files explode (zip and decompression bombs), hence the child under
     ``options.max_memory_mb``; the embedder is used in this process only, which meanwhile may embed what
     an earlier parse gave. Pass the result to :func:`prepare_file` (``parsing=``), or ``.cancel()`` it.
+    A ``background`` parse runs at the lowest CPU priority: it takes the CPU the embedder leaves idle and
+    never slows it down (on 2 cores, a parse at the same priority made the embedding slower by more than
+    the parse saved; ``bench/README.md``).
     """
     return start_limited(
         lambda: parse_file(
@@ -96,6 +108,7 @@ def parse_ahead(
             max_unpacked_mb=options.max_unpacked_mb,
         ),
         memory_mb=options.max_memory_mb,
+        niceness=_BACKGROUND_NICENESS if background else 0,
     )
 
 

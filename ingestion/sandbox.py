@@ -105,11 +105,13 @@ class Limited(Generic[_T]):
         self._pid = self._read_fd = None
 
 
-def start_limited(work: Callable[[], _T], *, memory_mb: int) -> Limited[_T]:
+def start_limited(work: Callable[[], _T], *, memory_mb: int, niceness: int = 0) -> Limited[_T]:
     """Start ``work()`` in a child as :func:`run_limited` does, and return at once; ``.result()`` waits for it.
 
     The child's payload waits in a pipe until the result is asked for; call ``.cancel()`` on work whose
-    result will not be asked for, or its child is left waiting.
+    result will not be asked for, or its child is left waiting. A positive ``niceness`` lowers the child's
+    CPU priority by that much (``nice``), so that it takes the CPU this process leaves idle rather than
+    slowing it down.
     """
     if memory_mb <= 0 or _in_child or not memory_limit_supported():
         return Limited(work, memory_mb, None, None)
@@ -127,6 +129,8 @@ def start_limited(work: Callable[[], _T], *, memory_mb: int) -> Limited[_T]:
     if pid == 0:  # the child never leaves this branch
         try:
             os.close(read_fd)
+            if niceness > 0:
+                os.nice(niceness)
             _child(work, write_fd, memory_mb, parent)
         finally:
             os._exit(70)  # _child exits itself; this is reached only if it failed to

@@ -244,6 +244,7 @@ class _InProcess:
                 options=_part_options(part, ocr=self.ocr),
                 filename=document.original_name,
                 mime_type=document.mime_type or None,
+                background=True,
             )
 
     def close(self) -> None:

@@ -284,3 +284,9 @@ def test_started_work_without_a_limit_runs_when_its_result_is_asked_for() -> Non
     assert ran == []
     assert pending.result() == "done"
     assert ran == [os.getpid()]
+
+
+def test_started_work_may_run_at_a_lower_priority() -> None:
+    own = os.nice(0)
+    assert start_limited(lambda: os.nice(0), memory_mb=256, niceness=19).result() == min(19, own + 19)
+    assert start_limited(lambda: os.nice(0), memory_mb=256).result() == own

@@ -6,6 +6,7 @@ import io
 import json
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -198,24 +199,37 @@ def test_the_stage_says_which_part_is_being_processed(tmp_path: Path) -> None:
     assert {"parsing (part 1 of 3)", "embedding (part 2 of 3)", "embedding (part 3 of 3)", "indexing"} <= set(seen)
 
 
-def test_in_process_the_next_part_is_parsed_while_this_one_is_embedded(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+def _watch_pipeline(
+    monkeypatch: pytest.MonkeyPatch, *, on_parse: Callable[[Any, Any], None], on_embed: Callable[[Any], None]
 ) -> None:
+    """Call ``on_parse(options, started parse)`` after each parse is started, ``on_embed(chunks)`` before each
+    embedding; the real parse and embedding run."""
     import ingestion.pipeline as pipeline
 
-    events: list[str] = []
     parse_ahead, embed_chunks = pipeline.parse_ahead, pipeline.embed_chunks
 
     def parse(path: Path, **kwargs: Any) -> Any:
-        events.append(f"parse {kwargs['options'].pages[0]}")
-        return parse_ahead(path, **kwargs)
+        parsing = parse_ahead(path, **kwargs)
+        on_parse(kwargs["options"], parsing)
+        return parsing
 
     def embed(chunks: Any, **kwargs: Any) -> Any:
-        events.append(f"embed {chunks[0].page}")
+        on_embed(chunks)
         return embed_chunks(chunks, **kwargs)
 
     monkeypatch.setattr(pipeline, "parse_ahead", parse)
     monkeypatch.setattr(pipeline, "embed_chunks", embed)
+
+
+def test_in_process_the_next_part_is_parsed_while_this_one_is_embedded(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    events: list[str] = []
+    _watch_pipeline(
+        monkeypatch,
+        on_parse=lambda options, _: events.append(f"parse {options.pages[0]}"),
+        on_embed=lambda chunks: events.append(f"embed {chunks[0].page}"),
+    )
     document = _create(_text_pdf(tmp_path / "big.pdf", 12))
     assert document_services.document_process(document_id=document.pk).status == "ready"
     # each part's parse is started before the part ahead of it embeds, in its own child
@@ -251,22 +265,13 @@ def test_in_process_a_long_scan_is_read_with_ocr_part_by_part(
 
 
 def test_a_run_that_stops_early_leaves_no_parse_running(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import ingestion.pipeline as pipeline
-
     started: list[Any] = []
-    parse_ahead, embed_chunks = pipeline.parse_ahead, pipeline.embed_chunks
 
-    def parse(path: Path, **kwargs: Any) -> Any:
-        started.append(parse_ahead(path, **kwargs))
-        return started[-1]
-
-    def embed(chunks: Any, **kwargs: Any) -> Any:
+    def embed(chunks: Any) -> None:
         if chunks[0].page == 6:
             raise RuntimeError("the embedder broke")
-        return embed_chunks(chunks, **kwargs)
 
-    monkeypatch.setattr(pipeline, "parse_ahead", parse)
-    monkeypatch.setattr(pipeline, "embed_chunks", embed)
+    _watch_pipeline(monkeypatch, on_parse=lambda _, parsing: started.append(parsing), on_embed=embed)
     document = _create(_text_pdf(tmp_path / "big.pdf", 12))
     outcome = document_services.document_process(document_id=document.pk)
     assert outcome.status == "failed"
