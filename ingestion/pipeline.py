@@ -165,33 +165,14 @@ def embed_chunks(chunks: Sequence[ChunkDraft], *, embedder: Embedder, options: P
     return embed_passages_cached(embedder, texts, cache)
 
 
-def run_pipeline(
-    path: Path,
+def embed_prepared(
+    prepared: PreparedDocument,
     *,
     embedder: Embedder,
     options: PipelineOptions,
-    filename: str | None = None,
-    mime_type: str | None = None,
     progress: Callable[[str], None] | None = None,
-    parsing: Limited[ParsedDocument] | None = None,
-    before_embedding: Callable[[], None] | None = None,
 ) -> PipelineResult:
-    """Parse, chunk, analyse and embed one file. Raises an ``IngestionError`` subclass on bad input.
-
-    ``parsing`` as for :func:`prepare_file`; ``before_embedding`` is called once the file is chunked, just
-    before its chunks are embedded (to start the parse of what comes next, see :func:`parse_ahead`).
-    """
-    prepared = prepare_file(
-        path,
-        embedder=embedder,
-        options=options,
-        filename=filename,
-        mime_type=mime_type,
-        progress=progress,
-        parsing=parsing,
-    )
-    if before_embedding:
-        before_embedding()
+    """Embed a prepared file's chunks: the last stage of one file's ingestion, after :func:`prepare_file`."""
     if progress:
         progress("embedding")
     started = time.perf_counter()

@@ -301,19 +301,23 @@ def _part_run_leased(
 
 def _part_prepare(part: DocumentPart, notify: Callable[[str], None], ahead: _InProcess | None) -> dict[str, float]:
     """Run the pipeline on the part's pages and keep its chunks and vectors in its row."""
-    from ingestion.pipeline import run_pipeline
+    from ingestion.pipeline import embed_prepared, prepare_file
 
     document = part.document
-    result = run_pipeline(
+    embedder = engines.get_embedder()
+    options = _part_options(part, ocr=part.ocr if ahead is None else ahead.ocr)
+    prepared = prepare_file(
         Path(document.file.path),
-        embedder=engines.get_embedder(),
-        options=_part_options(part, ocr=part.ocr if ahead is None else ahead.ocr),
+        embedder=embedder,
+        options=options,
         filename=document.original_name,
         mime_type=document.mime_type or None,  # sniffed at upload
         progress=notify,
         parsing=ahead.parsing(part.pk) if ahead else None,
-        before_embedding=functools.partial(ahead.start_next, part.pk) if ahead else None,
     )
+    if ahead:
+        ahead.start_next(part.pk)  # parsed while this part embeds
+    result = embed_prepared(prepared, embedder=embedder, options=options, progress=notify)
     # Only a pending part is stored: a duplicate delivery that finished first, or a new plan, wins.
     DocumentPart.objects.filter(pk=part.pk, status=DocumentPart.Status.PENDING).update(
         status=DocumentPart.Status.DONE,
@@ -479,16 +483,7 @@ def _set_stage(document_id: int, stage: str) -> None:
 
 def _outcome(document_id: int, timings: dict[str, float]) -> ProcessOutcome:
     document = Document.objects.filter(pk=document_id).first()
-    if document is None:
-        return ProcessOutcome(document_id, SKIPPED, "", 0, None, timings)
-    return ProcessOutcome(
-        document_id=document_id,
-        status=document.status,
-        error=document.error,
-        chunks=document.chunk_count,
-        pages=document.page_count,
-        timings=timings,
-    )
+    return _skipped(document_id, timings) if document is None else ProcessOutcome.of(document, timings)
 
 
 def _skipped(document_id: int, timings: dict[str, float] | None = None) -> ProcessOutcome:

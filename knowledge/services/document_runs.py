@@ -49,6 +49,11 @@ class ProcessOutcome:
     #: status "busy": seconds until the other run's lease runs out unless it renews it
     retry_in: float = 0.0
 
+    @classmethod
+    def of(cls, document: Document, timings: dict[str, float]) -> ProcessOutcome:
+        """Where ``document`` stands after a run that spent ``timings`` (seconds per stage)."""
+        return cls(document.pk, document.status, document.error, document.chunk_count, document.page_count, timings)
+
 
 def document_inspect(*, document: Document, scans: bool = False) -> FileFacts:
     """What the document's file is (type, PDF pages, with ``scans`` the pages that need OCR).

@@ -281,11 +281,11 @@ def document_process(
 def _document_process(
     *, document_id: int, ocr: bool, force: bool, split: bool, progress: Callable[[str], None] | None
 ) -> ProcessOutcome:
-    from ingestion.pipeline import run_pipeline
+    from ingestion.pipeline import embed_prepared, prepare_file
 
     document = Document.objects.select_related("collection").get(pk=document_id)
     if document.status == Document.Status.READY and not force:
-        return _outcome(document, {})
+        return ProcessOutcome.of(document, {})
     if split:
         # In this process each part's parse reads a page with OCR where it needs it: the plan does not look
         # through the pages for such pages first (a second reading of every page's text layer).
@@ -311,7 +311,7 @@ def _document_process(
     try:
         embedder = engines.get_embedder()
         options = engines.pipeline_options(ocr=ocr)
-        result = run_pipeline(
+        prepared = prepare_file(
             Path(document.file.path),
             embedder=embedder,
             options=options,
@@ -319,6 +319,7 @@ def _document_process(
             mime_type=document.mime_type or None,  # sniffed at upload
             progress=notify,
         )
+        result = embed_prepared(prepared, embedder=embedder, options=options, progress=notify)
         timings = dict(result.timings)
         notify("indexing")
         index_started = time.perf_counter()
@@ -356,7 +357,7 @@ def _document_process(
                 document_id, "An unexpected error stopped the ingestion of this document; see the worker log."
             )
     document.refresh_from_db()
-    return _outcome(document, timings)
+    return ProcessOutcome.of(document, timings)
 
 
 def document_ingest(*, document_id: int, ocr: bool, force: bool = False) -> ProcessOutcome:
@@ -372,7 +373,7 @@ def document_ingest(*, document_id: int, ocr: bool, force: bool = False) -> Proc
             return stopped
         document = Document.objects.get(pk=document_id)
         if document.status == Document.Status.READY and not force:
-            return _outcome(document, {})
+            return ProcessOutcome.of(document, {})
         facts = document_plan_facts(document=document, ocr=ocr)
         if not ocr and facts is not None and facts.scan_pages:
             Document.objects.filter(pk=document_id).update(stage="waiting for OCR")
@@ -399,7 +400,7 @@ def _document_run(document_id: int) -> Iterator[ProcessOutcome | None]:
         elif claim.lease is None:
             yield ProcessOutcome(document_id, BUSY, "", 0, None, {}, retry_in=claim.busy_for + 1)
         elif claim.took_over and document_count_lost_run(document_id=document_id):
-            yield _outcome(Document.objects.get(pk=document_id), {})
+            yield ProcessOutcome.of(Document.objects.get(pk=document_id), {})
         else:
             yield None
 
@@ -430,17 +431,6 @@ def documents_recover() -> int:
             _dispatch_on_commit(document_id)
         sent += 1
     return sent + document_parts.document_parts_recover(now=now) + documents_redispatch_stale()
-
-
-def _outcome(document: Document, timings: dict[str, float]) -> ProcessOutcome:
-    return ProcessOutcome(
-        document_id=document.pk,
-        status=document.status,
-        error=document.error,
-        chunks=document.chunk_count,
-        pages=document.page_count,
-        timings=timings,
-    )
 
 
 def documents_redispatch_stale(*, older_than_s: int | None = None) -> int:

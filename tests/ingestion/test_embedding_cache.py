@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ import pytest
 from ingestion.embedding import CompanionEmbedder, passage_embeddings
 from ingestion.embedding_cache import EmbeddingCache, embed_passages_cached, open_cache, text_digest
 from ingestion.language import TextAnalyzer, passage_terms
-from ingestion.pipeline import PipelineOptions, run_pipeline
+from ingestion.pipeline import PipelineOptions, embed_prepared, prepare_file
 
 
 class CountingEmbedder:
@@ -125,9 +126,9 @@ def test_the_pipeline_uses_the_cache_when_configured(tmp_path: Path) -> None:
     options = PipelineOptions(ocr=False, embed_cache_dir=str(tmp_path / "cache"))
     embedder = CountingEmbedder()
 
-    first = run_pipeline(document, embedder=embedder, options=options)
-    second = run_pipeline(document, embedder=embedder, options=options)
-    uncached = run_pipeline(document, embedder=embedder, options=PipelineOptions(ocr=False))
+    first = _ingested(document, embedder, options)
+    second = _ingested(document, embedder, options)
+    uncached = _ingested(document, embedder, PipelineOptions(ocr=False))
 
     assert len(embedder.calls) == 2  # the second run found everything in the cache; the third has none
     np.testing.assert_array_equal(first.embeddings.dense, second.embeddings.dense)
@@ -194,3 +195,8 @@ def test_the_companion_languages_decide_which_vectors_are_looked_up(tmp_path: Pa
 
     assert companion.embedded == [FRENCH]
     assert embeddings.companion is not None and np.linalg.norm(embeddings.companion[0]) == pytest.approx(1.0)
+
+
+def _ingested(path: Path, embedder: Any, options: PipelineOptions) -> Any:
+    prepared = prepare_file(path, embedder=embedder, options=options)
+    return embed_prepared(prepared, embedder=embedder, options=options)
