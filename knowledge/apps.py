@@ -13,6 +13,7 @@ class KnowledgeConfig(AppConfig):
         from django.core.signals import setting_changed
 
         from knowledge import tasks  # noqa: F401  (registers the Celery tasks, which services send by name)
+        from knowledge.checks import check_migration_history
         from knowledge.search.checks import check_search_store
         from knowledge.services import engine_config, engines
 
@@ -23,3 +24,4 @@ class KnowledgeConfig(AppConfig):
 
         # with the database tag: run by `migrate` and `check --database default`, never at import
         checks.register(check_search_store, checks.Tags.database)
+        checks.register(check_migration_history, checks.Tags.database)

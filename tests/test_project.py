@@ -25,6 +25,33 @@ def test_no_migration_is_missing() -> None:
 
 
 @pytest.mark.django_db
+def test_a_database_left_part_way_through_the_replaced_migrations_is_refused_with_what_to_do() -> None:
+    from django.db import connection
+
+    from knowledge.checks import REPLACED, check_migration_history
+
+    def record(names: tuple[str, ...]) -> None:
+        with connection.cursor() as cursor:
+            cursor.execute("DELETE FROM django_migrations WHERE app = 'knowledge'")
+            for name in names:
+                cursor.execute(
+                    "INSERT INTO django_migrations (app, name, applied) VALUES ('knowledge', %s, CURRENT_TIMESTAMP)",
+                    [name],
+                )
+
+    assert check_migration_history(databases=["default"]) == []  # migrated by this release
+    record(REPLACED[:5])  # an older release's database, stopped at 0005
+    [error] = check_migration_history(databases=["default"])
+    assert error.id == "knowledge.E002"
+    assert "0005_document_parts" in error.msg and "git checkout" in (error.hint or "")
+    record(REPLACED)  # every step of the older release: 0001_schema counts as applied, nothing to refuse
+    assert check_migration_history(databases=["default"]) == []
+    record(())  # nothing applied yet: a new database
+    assert check_migration_history(databases=["default"]) == []
+    assert check_migration_history(databases=None) == []  # read only when a database is named
+
+
+@pytest.mark.django_db
 def test_default_collection_exists_after_migrate() -> None:
     default = Collection.objects.get(slug="default")
     assert default.is_public
