@@ -7,6 +7,8 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.auth import get_user_model
+from django.contrib.auth.admin import UserAdmin
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.defaultfilters import truncatechars
@@ -15,7 +17,17 @@ from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 
 from knowledge.errors import KnowledgeError
-from knowledge.models import ApiKey, Chunk, Collection, Conversation, Document, Message, SearchRebuild, UsageRecord
+from knowledge.models import (
+    ApiKey,
+    Chunk,
+    Collection,
+    Conversation,
+    Document,
+    Message,
+    SearchRebuild,
+    UsageRecord,
+    UserLimits,
+)
 from knowledge.selectors import collections_readable_by, usage_daily_totals
 from knowledge.services import apikeys as apikey_services
 from knowledge.services import bulk as bulk_services
@@ -393,3 +405,21 @@ class SearchRebuildAdmin(_RecordAdmin):
     @admin.display(description=_("progress"))
     def progress(self, run: SearchRebuild) -> str:
         return f"{run.done:,} / {run.total:,} ({run.percent:.0f}%)"
+
+
+class UserLimitsInline(admin.StackedInline):
+    """A user's own daily token quota and request rate, above or below the defaults (blank: the default)."""
+
+    model = UserLimits
+    fields = ("token_quota_per_day", "rate_limit")
+    verbose_name_plural = _("Limits (blank: TOKEN_QUOTA_PER_DAY and API_RATE_LIMIT)")
+
+
+admin.site.unregister(get_user_model())
+
+
+@admin.register(get_user_model())
+class PortalUserAdmin(UserAdmin):  # type: ignore[type-arg]
+    """Django's user admin, with the user's own limits."""
+
+    inlines = (*UserAdmin.inlines, UserLimitsInline)

@@ -12,6 +12,7 @@ from pathlib import PurePath
 
 from django.conf import settings
 from django.contrib.auth.models import Group
+from django.core.validators import RegexValidator
 from django.db import models
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
@@ -253,6 +254,37 @@ class UsageRecord(models.Model):
     @property
     def tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+
+#: django-ratelimit's rates: N per second, minute, hour or day, or per several of them (10/15m)
+RATE_PATTERN = r"^\d+/\d*[smhd]\Z"
+
+
+class UserLimits(models.Model):
+    """One user's own limits, set in the admin above or below the defaults (``TOKEN_QUOTA_PER_DAY``,
+    ``API_RATE_LIMIT``); a blank field keeps the default."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="limits")
+    token_quota_per_day = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Tokens this user may spend a day (UTC), all keys and sessions together; 0 = unlimited; "
+        "blank = TOKEN_QUOTA_PER_DAY.",
+    )
+    rate_limit = models.CharField(
+        max_length=20,
+        blank=True,
+        validators=[RegexValidator(RATE_PATTERN, "Write a rate as 60/m, 1000/h or 10/15m.")],
+        help_text="Requests per key or session of this user, as 60/m, 1000/h or 10/15m; blank = API_RATE_LIMIT.",
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "limits"
+        verbose_name_plural = "limits"
+
+    def __str__(self) -> str:
+        return f"limits of {self.user}"
 
 
 class ApiTask(models.Model):

@@ -1,4 +1,4 @@
-"""Token accounting: what each request spent, and the daily quota."""
+"""Token accounting: what each request spent, the daily quota, and each user's own limits (``UserLimits``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from django.db.models import F, Sum
 from django.utils import timezone
 
 from knowledge.errors import QuotaExceededError
-from knowledge.models import UsageRecord
+from knowledge.models import UsageRecord, UserLimits
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
@@ -52,13 +52,26 @@ def tokens_used_today(*, user: AbstractBaseUser, end_user_id: str = "") -> int:
     return int(total or 0)
 
 
+def user_token_quota(user_id: int | None) -> int:
+    """Tokens a day the user may spend (0 = unlimited): their own quota set in the admin, else
+    ``TOKEN_QUOTA_PER_DAY``."""
+    own = UserLimits.objects.filter(user_id=user_id).values_list("token_quota_per_day", flat=True).first()
+    return settings.TOKEN_QUOTA_PER_DAY if own is None else own
+
+
+def user_rate_limit(user_id: int | None) -> str:
+    """The user's request rate (``60/m``): their own set in the admin, else ``API_RATE_LIMIT``."""
+    own = UserLimits.objects.filter(user_id=user_id).values_list("rate_limit", flat=True).first()
+    return own or settings.API_RATE_LIMIT
+
+
 def quota_check(*, user: AbstractBaseUser, end_user_id: str = "") -> None:
     """Raise ``QuotaExceededError`` (with the seconds until the quota resets) when today's tokens are spent.
 
-    ``TOKEN_QUOTA_PER_DAY`` bounds the owner as a whole, whatever key or ``user_id`` a request names;
-    ``TOKEN_QUOTA_PER_END_USER`` bounds each ``user_id`` of the owner on top.
+    The user's quota (:func:`user_token_quota`) bounds the owner as a whole, whatever key or ``user_id`` a
+    request names; ``TOKEN_QUOTA_PER_END_USER`` bounds each ``user_id`` of the owner on top.
     """
-    limits = [(settings.TOKEN_QUOTA_PER_DAY, "", "you")]
+    limits = [(user_token_quota(user.pk), "", "you")]
     if end_user_id:
         limits.append((settings.TOKEN_QUOTA_PER_END_USER, end_user_id, f"user_id {end_user_id}"))
     for quota, scope, who in limits:
