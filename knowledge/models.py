@@ -366,3 +366,50 @@ class SearchRebuild(models.Model):
     @property
     def percent(self) -> float:
         return 100.0 * self.done / self.total if self.total else 100.0
+
+
+class AuditEvent(models.Model):
+    """Who did what, when: a question, a document opened, downloaded, uploaded, replaced or deleted, a sign-in.
+
+    Names, ids and titles are copied, not only linked: the record outlives the user, key and document.
+    """
+
+    class Action(models.TextChoices):
+        QUESTION = "question", _("Question")
+        DOCUMENT_OPEN = "document_open", _("Document opened")
+        DOCUMENT_DOWNLOAD = "document_download", _("Document downloaded")
+        DOCUMENT_UPLOAD = "document_upload", _("Document uploaded")
+        DOCUMENT_REPLACE = "document_replace", _("Document replaced")
+        DOCUMENT_DELETE = "document_delete", _("Document deleted")
+        SIGN_IN = "sign_in", _("Signed in")
+        SIGN_IN_FAILED = "sign_in_failed", _("Sign-in failed")
+
+    class Via(models.TextChoices):
+        SESSION = "session", _("Session")
+        API_KEY = "api_key", _("API key")
+        SYSTEM = "system", _("System")
+
+    time = models.DateTimeField(default=timezone.now, db_index=True)
+    action = models.CharField(max_length=32, choices=Action.choices, db_index=True)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="audit_events"
+    )
+    username = models.CharField(max_length=150, blank=True, db_index=True)
+    via = models.CharField(max_length=16, choices=Via.choices, default=Via.SESSION)
+    api_key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="audit_events")
+    api_key_prefix = models.CharField(max_length=32, blank=True)
+    collections = models.CharField(max_length=500, blank=True, help_text=_("Collection slugs, comma-separated."))
+    document_id = models.BigIntegerField(null=True, blank=True, db_index=True)
+    document_title = models.CharField(max_length=300, blank=True)
+    #: [{"document_id", "title", "page"}] of the sources an answer came with
+    cited = models.JSONField(default=list, blank=True)
+    question = models.TextField(blank=True, help_text=_("Kept only when AUDIT_CONTENT is true."))
+    ip_address = models.GenericIPAddressField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-time", "-id"]
+        verbose_name = _("audit event")
+        verbose_name_plural = _("audit log")
+
+    def __str__(self) -> str:
+        return f"{self.time:%Y-%m-%d %H:%M:%S} {self.username or '-'} {self.action}"

@@ -14,7 +14,7 @@ from django.db import OperationalError
 
 from ingestion.errors import IndexBusyError, IngestionError
 from knowledge.errors import KnowledgeError
-from knowledge.services import document_parts, documents, index, requests
+from knowledge.services import audit, document_parts, documents, index, requests
 from knowledge.services.document_runs import BUSY, ProcessOutcome
 from llm.errors import LLMError
 
@@ -144,3 +144,9 @@ def _check_index_when_a_worker_starts(sender: object = None, **kwargs: object) -
         documents_redispatch_task.delay()
     except Exception:  # the broker just answered the worker; never block its start on this
         logger.exception("Could not queue the start-up index check")
+
+
+@shared_task(name="knowledge.audit_prune")
+def audit_prune_task() -> int:
+    """Delete the audit events older than ``AUDIT_RETENTION_DAYS`` (sent by beat)."""
+    return audit.audit_prune()

@@ -402,6 +402,11 @@ API_RATE_LIMIT = _rate("API_RATE_LIMIT", "60/m")
 LOGIN_RATE_LIMIT = _rate("LOGIN_RATE_LIMIT", "5/15m")
 LOGIN_RATE_LIMIT_IP = _rate("LOGIN_RATE_LIMIT_IP", "20/15m")
 
+# The audit log (knowledge.services.audit): names and ids always; the text of questions only when true.
+AUDIT_CONTENT = _bool("AUDIT_CONTENT", False)
+# Days an audit event is kept (pruned hourly by beat); 0 = forever.
+AUDIT_RETENTION_DAYS = _positive_int("AUDIT_RETENTION_DAYS", 365, minimum=0)
+
 
 def _cache(url: str) -> dict[str, Any]:
     # Rate limits and counters need a cache shared by every web process once there are several:
@@ -508,6 +513,8 @@ RAG_LEASE_S = _positive_int("RAG_LEASE_S", 60, minimum=4)
 # A document whose processing killed the worker this many times is failed instead of being read again.
 RAG_MAX_DELIVERIES = _positive_int("RAG_MAX_DELIVERIES", 3)
 CELERY_BEAT_SCHEDULE = {
+    # audit events older than AUDIT_RETENTION_DAYS (knowledge.services.audit.audit_prune)
+    "audit-prune": {"task": "knowledge.audit_prune", "schedule": 3600, "options": {"expires": 3600}},
     # expired leases, lost tasks and documents left queued (knowledge.services.documents.documents_recover)
     # one that waited behind a long document is dropped: the next one is already on its way
     "redispatch-stale-documents": {
