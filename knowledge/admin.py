@@ -19,6 +19,7 @@ from django.utils.translation import gettext_lazy as _
 from knowledge.errors import KnowledgeError
 from knowledge.models import (
     ApiKey,
+    AuditEvent,
     Chunk,
     Collection,
     Conversation,
@@ -30,6 +31,7 @@ from knowledge.models import (
 )
 from knowledge.selectors import collections_readable_by, usage_daily_totals
 from knowledge.services import apikeys as apikey_services
+from knowledge.services import audit as audit_services
 from knowledge.services import bulk as bulk_services
 from knowledge.services import documents as document_services
 
@@ -172,16 +174,21 @@ class DocumentAdmin(admin.ModelAdmin):
             collection=form.cleaned_data["collection"],
             title=form.cleaned_data.get("title") or "",
             uploaded_by=request.user,
+            ip_address=audit_services.client_ip(request),
         )
         obj.pk = created.pk
         obj.refresh_from_db()
 
     def delete_model(self, request: HttpRequest, obj: Document) -> None:
-        document_services.document_delete(document=obj)
+        document_services.document_delete(
+            document=obj, actor=request.user, ip_address=audit_services.client_ip(request)
+        )
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Document]) -> None:
         # one writer block for them all: one new faiss generation, not one per document
-        bulk_services.documents_delete_many(documents=queryset)
+        bulk_services.documents_delete_many(
+            documents=queryset, actor=request.user, ip_address=audit_services.client_ip(request)
+        )
 
     @admin.action(description=_("Re-ingest selected documents"))
     def reingest(self, request: HttpRequest, queryset: QuerySet[Document]) -> None:
@@ -350,6 +357,24 @@ class ApiKeyAdmin(admin.ModelAdmin):
         for key in keys:
             apikey_services.apikey_revoke(key=key)
         self.message_user(request, _("%(n)d API key(s) revoked.") % {"n": len(keys)})
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(_RecordAdmin):
+    """Read-only: the audit log; "Export as CSV" downloads the rows chosen (all of a filter with "select all")."""
+
+    list_display = ["time", "action", "username", "via", "collections", "document_title", "ip_address"]
+    list_filter = ["action", "time", "via"]
+    search_fields = ["username", "document_title"]
+    date_hierarchy = "time"
+    actions = ["export_csv"]
+
+    @admin.action(description=_("Export as CSV"))
+    def export_csv(self, request: HttpRequest, queryset: QuerySet[AuditEvent]) -> HttpResponse:
+        response = HttpResponse(content_type="text/csv; charset=utf-8")
+        response["Content-Disposition"] = 'attachment; filename="audit.csv"'
+        audit_services.audit_write_csv(response, audit_services.audit_rows(events=queryset.order_by("time", "id")))
+        return response
 
 
 @admin.register(UsageRecord)

@@ -38,7 +38,7 @@ from knowledge.api.openai_serializers import conversation_split as conversation_
 from knowledge.api.parsers import SafeJSONParser
 from knowledge.api.serializers import SOURCE_EXAMPLE, ServerSentEventSerializer, related_body, sources_body
 from knowledge.models import ApiKey
-from knowledge.services import answering
+from knowledge.services import answering, audit
 from knowledge.services import requests as question_services
 
 logger = logging.getLogger(__name__)
@@ -307,7 +307,9 @@ class OpenAIChatCreateApi(_OpenAIApi):
         question = question_services.QuestionRequest.from_validated(question_services.CHAT, data)
         api_key = request.auth if isinstance(request.auth, ApiKey) else None
         if data["stream"]:
-            items = question_services.question_stream(request=question, user=request.user, api_key=api_key)
+            items = question_services.question_stream(
+                request=question, user=request.user, api_key=api_key, ip_address=audit.client_ip(request)
+            )
             response = StreamingHttpResponse(
                 completion_chunks(items, model=data["model"], include_usage=data["include_usage"]),
                 content_type="text/event-stream",
@@ -315,7 +317,9 @@ class OpenAIChatCreateApi(_OpenAIApi):
             response["Cache-Control"] = "no-cache"
             response["X-Accel-Buffering"] = "no"
             return response
-        answer = question_services.question_answer(request=question, user=request.user, api_key=api_key)
+        answer = question_services.question_answer(
+            request=question, user=request.user, api_key=api_key, ip_address=audit.client_ip(request)
+        )
         return Response(completion_body(answer, model=data["model"]))
 
 

@@ -22,7 +22,7 @@ from knowledge.api.parsers import SafeJSONParser
 from knowledge.errors import NotFoundError
 from knowledge.models import ApiTask, Document
 from knowledge.selectors import collections_readable_by, documents_visible_to, service_status
-from knowledge.services import answering
+from knowledge.services import answering, audit
 from knowledge.services import documents as document_services
 from knowledge.services import requests as question_services
 
@@ -139,12 +139,16 @@ class _QuestionApi(LimitedApiView):
             )
         with_sources = self.endpoint in question_services.RETRIEVAL
         if data.get("stream"):
-            events = question_services.question_stream(request=question, user=request.user, api_key=api_key)
+            events = question_services.question_stream(
+                request=question, user=request.user, api_key=api_key, ip_address=audit.client_ip(request)
+            )
             response = StreamingHttpResponse(_sse(events, with_sources=with_sources), content_type="text/event-stream")
             response["Cache-Control"] = "no-cache"
             response["X-Accel-Buffering"] = "no"
             return response
-        answer = question_services.question_answer(request=question, user=request.user, api_key=api_key)
+        answer = question_services.question_answer(
+            request=question, user=request.user, api_key=api_key, ip_address=audit.client_ip(request)
+        )
         return Response(s.answer_body(answer, with_sources=with_sources))
 
 
@@ -277,6 +281,8 @@ class DocumentListApi(LimitedApiView):
             title=serializer.validated_data.get("title", ""),
             uploaded_by=request.user,
             check_type=True,
+            api_key=_api_key(request),
+            ip_address=audit.client_ip(request),
         )
         return Response(s.DocumentSerializer(document).data, status=status.HTTP_201_CREATED)
 
@@ -306,7 +312,12 @@ class DocumentDetailApi(LimitedApiView):
 
     @extend_schema(responses={204: OpenApiResponse(description="Deleted"), 404: s.ErrorSerializer})
     def delete(self, request: Request, document_id: int) -> Response:
-        document_services.document_delete(document=self._document(request, document_id))
+        document_services.document_delete(
+            document=self._document(request, document_id),
+            actor=request.user,
+            api_key=_api_key(request),
+            ip_address=audit.client_ip(request),
+        )
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -322,6 +333,13 @@ class DocumentFileApi(LimitedApiView):
             handle = document.file.open("rb")
         except FileNotFoundError as exc:
             raise NotFoundError("The document's file is missing from storage.") from exc
+        audit.audit_document_read(
+            action=audit.Action.DOCUMENT_DOWNLOAD,
+            document=document,
+            user=request.user,
+            api_key=_api_key(request),
+            ip_address=audit.client_ip(request),
+        )
         return FileResponse(
             handle,
             as_attachment=True,

@@ -15,6 +15,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from django.conf import settings
@@ -26,8 +27,11 @@ from ingestion.store import PassageEmbeddings
 from ingestion.types import ChunkDraft, ParsedDocument
 from knowledge.errors import DuplicateDocumentError
 from knowledge.models import Chunk, Collection, Document
-from knowledge.services import document_runs, engines
+from knowledge.services import audit, document_runs, engines
 from knowledge.services.documents import chunk_row, document_chunks_write, document_create
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AbstractBaseUser
 
 logger = logging.getLogger(__name__)
 
@@ -248,8 +252,11 @@ def _write_group(
                 document_runs.document_mark_failed(entry.document.pk, entry.error)
 
 
-def documents_delete_many(*, documents: Iterable[Document]) -> int:
-    """Delete documents with their chunks, their vectors (one index version) and their stored files.
+def documents_delete_many(
+    *, documents: Iterable[Document], actor: AbstractBaseUser | None = None, ip_address: str = ""
+) -> int:
+    """Delete documents with their chunks, their vectors (one index version) and their stored files; each
+    deletion is audited.
 
     Returns how many documents were deleted. Empty folders left by the stored files are removed.
     """
@@ -259,6 +266,13 @@ def documents_delete_many(*, documents: Iterable[Document]) -> int:
     files = [(d.file.storage, d.file.name) for d in documents if d.file.name]
     with engines.get_store().writer() as writer, transaction.atomic():
         for document in documents:
+            audit.audit_record(
+                action=audit.Action.DOCUMENT_DELETE,
+                user=actor,
+                collections=[document.collection.slug],
+                document=document,
+                ip_address=ip_address,
+            )
             writer.remove_document(document.pk)
         Document.objects.filter(pk__in=[d.pk for d in documents]).delete()
 

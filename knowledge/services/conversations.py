@@ -107,6 +107,7 @@ def message_stream(
     mode: str,
     collection: Collection | None,
     top_k: int | None = None,
+    ip_address: str = "",
 ) -> Generator[answering.StreamPiece | Message, None, None]:
     """Answer ``question`` in ``conversation``: text pieces as they are generated, then the stored Message.
 
@@ -124,7 +125,8 @@ def message_stream(
         conversation.collection = collection
         conversation.save(update_fields=["collection", "updated_at"])
     history = conversation_history(conversation=conversation)
-    return _stream(conversation, question, mode, collection_ids, top_k or settings.RAG_TOP_K, history)
+    audit = usage.QuestionAudit(question=question, collection_ids=collection_ids, ip_address=ip_address)
+    return _stream(conversation, question, mode, collection_ids, top_k or settings.RAG_TOP_K, history, audit)
 
 
 def _stream(
@@ -134,18 +136,21 @@ def _stream(
     collection_ids: list[int],
     top_k: int,
     history: list[tuple[str, str]],
+    audit: usage.QuestionAudit,
 ) -> Generator[answering.StreamPiece | Message, None, None]:
     started = time.perf_counter()
     # Charged once however the stream ends: a reader who leaves mid-answer still spent the prompt and
     # the text sent; closing the pieces stops the model.
-    charge = usage.StreamCharge(user=conversation.user, endpoint=CHAT_ENDPOINT)
+    charge = usage.StreamCharge(user=conversation.user, endpoint=CHAT_ENDPOINT, audit=audit)
     pieces = answering.answer_question_stream(
         question=question, collection_ids=collection_ids, top_k=top_k, mode=mode, history=history
     )
     try:
         for item in pieces:
             if isinstance(item, answering.Answer):
-                charge.finished(prompt_tokens=item.prompt_tokens, completion_tokens=item.completion_tokens)
+                charge.finished(
+                    prompt_tokens=item.prompt_tokens, completion_tokens=item.completion_tokens, sources=item.sources
+                )
                 latency_ms = int((time.perf_counter() - started) * 1000)
                 yield message_create(conversation=conversation, question=question, answer=item, latency_ms=latency_ms)
             else:

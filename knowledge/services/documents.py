@@ -27,7 +27,7 @@ from knowledge.errors import (
 )
 from knowledge.models import DEFAULT_COLLECTION_SLUG, Chunk, Collection, Document, DocumentPart
 from knowledge.observability import instrumentation as observe
-from knowledge.services import access, document_parts, engines, leases
+from knowledge.services import access, audit, document_parts, engines, leases
 from knowledge.services.document_runs import (
     BUSY,
     ProcessOutcome,
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 
     from ingestion.parsing import FileFacts
     from ingestion.types import ChunkDraft
+    from knowledge.models import ApiKey
 
 logger = logging.getLogger(__name__)
 
@@ -129,8 +130,10 @@ def document_create(
     uploaded_by: AbstractBaseUser | None = None,
     dispatch: bool = True,
     check_type: bool = False,
+    api_key: ApiKey | None = None,
+    ip_address: str = "",
 ) -> Document:
-    """Store an uploaded file and queue its ingestion once the row is committed.
+    """Store an uploaded file and queue its ingestion once the row is committed; the upload is audited.
 
     Raises ``DuplicateDocumentError`` when the same bytes are already in the collection and
     ``UploadTooLargeError`` above ``MAX_UPLOAD_MB``.
@@ -152,13 +155,36 @@ def document_create(
         )
         document.file.save(name, File(file, name=name), save=False)
         document.save()
+        _audit(audit.Action.DOCUMENT_UPLOAD, document, uploaded_by, api_key, ip_address)
         if dispatch:
             _dispatch_on_commit(document.pk)
     return document
 
 
-def document_replace(*, document: Document, file: IO[bytes], filename: str, dispatch: bool = True) -> Document:
-    """Swap a document's file for a new one and re-index it (old chunks go when the new ones land)."""
+def _audit(
+    action: str, document: Document, actor: AbstractBaseUser | None, api_key: ApiKey | None, ip_address: str
+) -> None:
+    audit.audit_record(
+        action=action,
+        user=actor,
+        api_key=api_key,
+        collections=[document.collection.slug],
+        document=document,
+        ip_address=ip_address,
+    )
+
+
+def document_replace(
+    *,
+    document: Document,
+    file: IO[bytes],
+    filename: str,
+    dispatch: bool = True,
+    actor: AbstractBaseUser | None = None,
+    api_key: ApiKey | None = None,
+    ip_address: str = "",
+) -> Document:
+    """Swap a document's file for a new one and re-index it (old chunks go when the new ones land); audited."""
     sha256, size = document_validate_upload(file=file, collection=document.collection, exclude_id=document.pk)
     old_file = document.file.name
     name = _sanitize_filename(filename)
@@ -173,6 +199,7 @@ def document_replace(*, document: Document, file: IO[bytes], filename: str, disp
         document.lease_until = None  # new content: earlier runs and their count are another file's
         document.lost_runs = 0
         document.save()
+        _audit(audit.Action.DOCUMENT_REPLACE, document, actor, api_key, ip_address)
         storage = document.file.storage
         transaction.on_commit(lambda: storage.delete(old_file) if old_file else None)
         if dispatch:
@@ -192,9 +219,12 @@ def document_reingest(*, document: Document, dispatch: bool = True) -> Document:
     return document
 
 
-def document_delete(*, document: Document) -> None:
-    """Delete a document with its chunks, its vectors and its stored file."""
+def document_delete(
+    *, document: Document, actor: AbstractBaseUser | None = None, api_key: ApiKey | None = None, ip_address: str = ""
+) -> None:
+    """Delete a document with its chunks, its vectors and its stored file; the deletion is audited."""
     with engines.get_store().writer() as writer, transaction.atomic():
+        _audit(audit.Action.DOCUMENT_DELETE, document, actor, api_key, ip_address)
         writer.remove_document(document.pk)
         file_name = document.file.name
         storage = document.file.storage

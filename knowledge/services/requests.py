@@ -87,7 +87,7 @@ def _events(request: QuestionRequest, collection_ids: list[int]) -> answering.An
 
 
 def question_stream(
-    *, request: QuestionRequest, user: AbstractBaseUser, api_key: ApiKey | None = None
+    *, request: QuestionRequest, user: AbstractBaseUser, api_key: ApiKey | None = None, ip_address: str = ""
 ) -> answering.AnswerEvents:
     """Run the request: text pieces as they come, then the :class:`~answering.Answer` (cut at ``request.stop``,
     with the model's finish reason and token counts).
@@ -98,18 +98,26 @@ def question_stream(
 
     Usage is recorded once however the stream ends: the answer's counts when it finishes; the prompt
     and the text sent so far when it is closed early (the client went away) or fails. Closing the
-    iterator stops the model.
+    iterator stops the model. The question enters the audit log with its usage (``usage.StreamCharge``).
     """
     collection_ids = _prepare(request, user, api_key)
     events = _events(request, collection_ids)
     first = next(events)  # retrieval and model loading happen here, before the response starts
-    charge = usage.StreamCharge(user=user, api_key=api_key, end_user_id=request.user_id, endpoint=request.endpoint)
+    charge = usage.StreamCharge(
+        user=user,
+        api_key=api_key,
+        end_user_id=request.user_id,
+        endpoint=request.endpoint,
+        audit=usage.QuestionAudit(question=request.prompt, collection_ids=collection_ids, ip_address=ip_address),
+    )
 
     def items() -> answering.AnswerEvents:
         try:
             for item in _chain(first, events):
                 if isinstance(item, answering.Answer):
-                    charge.finished(prompt_tokens=item.prompt_tokens, completion_tokens=item.completion_tokens)
+                    charge.finished(
+                        prompt_tokens=item.prompt_tokens, completion_tokens=item.completion_tokens, sources=item.sources
+                    )
                 else:
                     charge.sent(item.text, prompt_tokens=item.prompt_tokens)
                 yield item
@@ -123,10 +131,10 @@ def question_stream(
 
 
 def question_answer(
-    *, request: QuestionRequest, user: AbstractBaseUser, api_key: ApiKey | None = None
+    *, request: QuestionRequest, user: AbstractBaseUser, api_key: ApiKey | None = None, ip_address: str = ""
 ) -> answering.Answer:
     """:func:`question_stream` run to its end: the answer; usage is recorded, the quota checked first."""
-    return answering.answer_of(question_stream(request=request, user=user, api_key=api_key))
+    return answering.answer_of(question_stream(request=request, user=user, api_key=api_key, ip_address=ip_address))
 
 
 def _chain(first: Any, rest: Iterator[Any]) -> Iterator[Any]:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, time, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
+from django.db import transaction
 from django.db.models import F, Sum
 from django.utils import timezone
 
 from knowledge.errors import QuotaExceededError
-from knowledge.models import UsageRecord, UserLimits
+from knowledge.models import Collection, UsageRecord, UserLimits
+from knowledge.services import audit
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
@@ -88,18 +92,39 @@ def quota_check(*, user: AbstractBaseUser, end_user_id: str = "") -> None:
             )
 
 
+@dataclass(frozen=True)
+class QuestionAudit:
+    """What the audit log keeps of a question (see ``knowledge.services.audit``)."""
+
+    question: str
+    collection_ids: Sequence[int] = ()
+    ip_address: str = ""
+
+
 class StreamCharge:
     """Records what a streamed answer cost exactly once, however the stream ends.
 
     A stream that reaches its answer is charged the answer's counts (``finished``). One cut short (the
     client went away, the model failed) is charged on ``close`` for the prompt the model was given and
     the tokens of the text sent until then, counted with the model's tokenizer.
+
+    This is also the one place a question enters the audit log (with ``audit``): in the usage record's
+    transaction, with the sources of a finished answer, so a question streamed, answered whole or run on a
+    worker is recorded exactly once.
     """
 
     def __init__(
-        self, *, user: AbstractBaseUser | None, api_key: ApiKey | None = None, end_user_id: str = "", endpoint: str
+        self,
+        *,
+        user: AbstractBaseUser | None,
+        api_key: ApiKey | None = None,
+        end_user_id: str = "",
+        endpoint: str,
+        audit: QuestionAudit | None = None,
     ) -> None:
         self.user, self.api_key, self.end_user_id, self.endpoint = user, api_key, end_user_id, endpoint
+        self.audit = audit
+        self._sources: Sequence[Any] = ()
         self._prompt_tokens = 0
         self._sent: list[str] = []
         self.recorded = False
@@ -110,8 +135,9 @@ class StreamCharge:
         if text:
             self._sent.append(text)
 
-    def finished(self, *, prompt_tokens: int, completion_tokens: int) -> None:
-        """Charge the finished answer's own counts."""
+    def finished(self, *, prompt_tokens: int, completion_tokens: int, sources: Sequence[Any] = ()) -> None:
+        """Charge the finished answer's own counts (``sources``: its ``answering.Source`` list, for the audit)."""
+        self._sources = sources
         self._record(prompt_tokens, completion_tokens)
 
     def close(self) -> None:
@@ -135,11 +161,23 @@ class StreamCharge:
         if self.recorded:
             return
         self.recorded = True
-        usage_record(
-            user=self.user,
-            api_key=self.api_key,
-            end_user_id=self.end_user_id,
-            endpoint=self.endpoint,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-        )
+        with transaction.atomic():
+            usage_record(
+                user=self.user,
+                api_key=self.api_key,
+                end_user_id=self.end_user_id,
+                endpoint=self.endpoint,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+            )
+            if self.audit is not None:
+                slugs = Collection.objects.filter(pk__in=self.audit.collection_ids).values_list("slug", flat=True)
+                audit.audit_record(
+                    action=audit.Action.QUESTION,
+                    user=self.user,
+                    api_key=self.api_key,
+                    collections=sorted(slugs),
+                    cited=audit.cited_of(self._sources),
+                    question=self.audit.question,
+                    ip_address=self.audit.ip_address,
+                )

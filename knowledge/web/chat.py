@@ -43,6 +43,7 @@ from knowledge.selectors import (
 )
 from knowledge.services import conversations
 from knowledge.services.answering import StreamPiece
+from knowledge.services.audit import client_ip
 from knowledge.web.decorators import wants_event_stream
 from knowledge.web.forms import QuestionForm
 from knowledge.web.presenters import message_view
@@ -194,6 +195,7 @@ def message_create(request: HttpRequest, conversation_id: int) -> HttpResponse:
             question=form.cleaned_data["question"],
             mode=form.cleaned_data["mode"],
             collection=form.cleaned_data["collection"],
+            ip_address=client_ip(request),
         )
     except KnowledgeError as exc:
         return _ask_refused(request, conversation, exc)

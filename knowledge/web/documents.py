@@ -36,6 +36,7 @@ from knowledge.selectors import (
     documents_search,
     documents_visible_to,
 )
+from knowledge.services import audit
 from knowledge.services import documents as document_services
 from knowledge.web.decorators import permission_required, wants_json
 from knowledge.web.forms import DocumentFilterForm, UploadForm
@@ -127,6 +128,7 @@ def document_upload(request: HttpRequest) -> HttpResponse:
                 collection=form.cleaned_data["collection"],
                 uploaded_by=request.user,
                 check_type=True,
+                ip_address=audit.client_ip(request),
             )
         except KnowledgeError as exc:
             status, body = _upload_refusal(exc)
@@ -208,5 +210,5 @@ def document_delete(request: HttpRequest, document_id: int) -> HttpResponse:
     """Delete a document with its chunks, vectors and file."""
     document = _document_or_404(request, document_id)
     title = document.title
-    document_services.document_delete(document=document)
+    document_services.document_delete(document=document, actor=request.user, ip_address=audit.client_ip(request))
     return _after_action(request, _("“%(title)s” is deleted.") % {"title": title}, _next_url(request), leave=True)

@@ -369,7 +369,7 @@ def test_reingest_and_delete_go_through_the_services(staff: Any, chunk: Chunk, m
     from knowledge.services import documents as document_services
 
     deleted: list[int] = []
-    monkeypatch.setattr(document_services, "document_delete", lambda *, document: deleted.append(document.pk))
+    monkeypatch.setattr(document_services, "document_delete", lambda *, document, **_: deleted.append(document.pk))
     client = _client_for(staff)
     response = client.post(f"/documents/{chunk.document_id}/reingest/", HTTP_HX_REQUEST="true")
     assert response.status_code == 204 and "documents-changed" in response["HX-Trigger"]
