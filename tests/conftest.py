@@ -36,6 +36,12 @@ def portal_dirs(settings: Any, tmp_path: Path) -> Iterator[dict[str, Path]]:
 
 
 @pytest.fixture
+def api_isolated(portal_dirs: dict[str, Path], settings: Any) -> None:
+    """This test's own media and index folders, and a request rate no test reaches."""
+    settings.API_RATE_LIMIT = "10000/m"
+
+
+@pytest.fixture
 def eager_celery() -> Iterator[None]:
     """Run tasks in this process (unit tests); integration tests use ``celery_worker`` instead."""
     from portal.celery import app

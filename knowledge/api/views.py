@@ -333,7 +333,7 @@ class DocumentFileApi(LimitedApiView):
             handle = document.file.open("rb")
         except FileNotFoundError as exc:
             raise NotFoundError("The document's file is missing from storage.") from exc
-        audit.audit_document_read(
+        audit.audit_document(
             action=audit.Action.DOCUMENT_DOWNLOAD,
             document=document,
             user=request.user,

@@ -101,7 +101,7 @@ def audit_record(
     )
 
 
-def audit_document_read(
+def audit_document(
     *,
     action: str,
     document: Document,
@@ -109,7 +109,7 @@ def audit_document_read(
     api_key: ApiKey | None = None,
     ip_address: str = "",
 ) -> AuditEvent:
-    """Record that ``user`` opened (``document_open``) or downloaded (``document_download``) ``document``."""
+    """Record what ``user`` did with ``document``: opened, downloaded, uploaded, replaced or deleted it."""
     return audit_record(
         action=action,
         user=user,

@@ -155,23 +155,16 @@ def document_create(
         )
         document.file.save(name, File(file, name=name), save=False)
         document.save()
-        _audit(audit.Action.DOCUMENT_UPLOAD, document, uploaded_by, api_key, ip_address)
+        audit.audit_document(
+            action=audit.Action.DOCUMENT_UPLOAD,
+            document=document,
+            user=uploaded_by,
+            api_key=api_key,
+            ip_address=ip_address,
+        )
         if dispatch:
             _dispatch_on_commit(document.pk)
     return document
-
-
-def _audit(
-    action: str, document: Document, actor: AbstractBaseUser | None, api_key: ApiKey | None, ip_address: str
-) -> None:
-    audit.audit_record(
-        action=action,
-        user=actor,
-        api_key=api_key,
-        collections=[document.collection.slug],
-        document=document,
-        ip_address=ip_address,
-    )
 
 
 def document_replace(
@@ -199,7 +192,9 @@ def document_replace(
         document.lease_until = None  # new content: earlier runs and their count are another file's
         document.lost_runs = 0
         document.save()
-        _audit(audit.Action.DOCUMENT_REPLACE, document, actor, api_key, ip_address)
+        audit.audit_document(
+            action=audit.Action.DOCUMENT_REPLACE, document=document, user=actor, api_key=api_key, ip_address=ip_address
+        )
         storage = document.file.storage
         transaction.on_commit(lambda: storage.delete(old_file) if old_file else None)
         if dispatch:
@@ -224,7 +219,9 @@ def document_delete(
 ) -> None:
     """Delete a document with its chunks, its vectors and its stored file; the deletion is audited."""
     with engines.get_store().writer() as writer, transaction.atomic():
-        _audit(audit.Action.DOCUMENT_DELETE, document, actor, api_key, ip_address)
+        audit.audit_document(
+            action=audit.Action.DOCUMENT_DELETE, document=document, user=actor, api_key=api_key, ip_address=ip_address
+        )
         writer.remove_document(document.pk)
         file_name = document.file.name
         storage = document.file.storage

@@ -18,7 +18,7 @@ from django.views.decorators.http import require_GET
 
 from knowledge.models import AuditEvent, Chunk, Document
 from knowledge.selectors import document_chunks, documents_visible_to
-from knowledge.services.audit import audit_document_read, client_ip
+from knowledge.services.audit import audit_document, client_ip
 from knowledge.services.originals import (
     OriginalUnavailableError,
     chunk_context,
@@ -83,7 +83,7 @@ def document_original(request: HttpRequest, document_id: int) -> HttpResponse:
     """The original around a cited chunk (``?chunk=``): its PDF page (or ``?page=``), else its text in context."""
     document = _document_or_404(request, document_id)
     chunk = _chunk_or_404(request, document)
-    audit_document_read(
+    audit_document(
         action=AuditEvent.Action.DOCUMENT_OPEN, document=document, user=request.user, ip_address=client_ip(request)
     )
     context: dict[str, Any] = {"document": document, "chunk": chunk, "is_pdf": document_is_pdf(document=document)}

@@ -2,17 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
-
-
-@pytest.fixture
-def api_isolated(portal_dirs: dict[str, Path], settings: Any) -> None:
-    """This test's own media and index folders, and a request rate no test reaches."""
-    settings.API_RATE_LIMIT = "10000/m"
 
 
 @pytest.fixture

@@ -22,18 +22,13 @@ from knowledge.services import apikeys, audit, conversations
 from knowledge.services import documents as document_services
 from tests.support import sse_events
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("api_isolated")]
 
 QUESTION = "Which waterfall faces the Suitor?"
 FJORD = (
     "The Geiranger fjord is a UNESCO World Heritage site in Norway.\n\n"
     "Cruise ships visit the fjord every summer, and the Seven Sisters waterfall faces the Suitor."
 )
-
-
-@pytest.fixture(autouse=True)
-def _rates(settings: Any) -> None:
-    settings.API_RATE_LIMIT = "10000/m"
 
 
 @pytest.fixture
