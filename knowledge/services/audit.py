@@ -178,7 +178,14 @@ def audit_rows(since: datetime | None = None, *, events: QuerySet[AuditEvent] | 
 
 
 def audit_write_csv(out: Any, rows: Iterable[list[str]]) -> None:
-    """Write ``rows`` as CSV to the text stream ``out``."""
+    """Write ``rows`` as CSV to the text stream ``out``.
+
+    A cell that a spreadsheet would run as a formula (a question or a title starting with ``=``, ``+``,
+    ``-``, ``@``, a tab or a carriage return) is written behind a ``'``, so opening the export runs nothing.
+    """
     writer = csv.writer(out)
     for row in rows:
-        writer.writerow(row)
+        writer.writerow([f"'{cell}" if cell.startswith(_FORMULA_STARTS) else cell for cell in row])
+
+
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")

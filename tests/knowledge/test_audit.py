@@ -229,6 +229,14 @@ def test_audit_export_prints_csv_since_a_day(db: Any) -> None:
     assert [row["username"] for row in _csv(out.getvalue())] == ["new"]
 
 
+def test_a_cell_a_spreadsheet_would_run_is_exported_as_text(db: Any) -> None:
+    _event(0, '=HYPERLINK("http://evil.example","click")')
+    out = io.StringIO()
+    call_command("audit_export", stdout=out)
+    [row] = _csv(out.getvalue())
+    assert row["username"] == '\'=HYPERLINK("http://evil.example","click")'
+
+
 def test_audit_export_refuses_a_bad_date(db: Any) -> None:
     with pytest.raises(CommandError, match="YYYY-MM-DD"):
         call_command("audit_export", "--since", "31/01/2026", stdout=io.StringIO())
