@@ -8,30 +8,23 @@ migration at all, and would leave it as it is, missing tables and columns. This 
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 from typing import Any
 
 from django.core.checks import CheckMessage, Error
 from django.db import DatabaseError, connections
 
-__all__ = ["LAST_RELEASE_WITH_STEPS", "REPLACED", "check_migration_history"]
+__all__ = ["LAST_RELEASE_WITH_STEPS", "check_migration_history", "replaced"]
 
-#: the migrations ``0001_schema`` replaces, in order
-REPLACED = (
-    "0001_initial",
-    "0002_default_collection",
-    "0003_api_keys_usage",
-    "0004_api_tasks",
-    "0005_document_parts",
-    "0006_documentpart_ocr",
-    "0007_apikey_all_collections",
-    "0008_document_leases",
-    "0009_search_store",
-    "0010_search_embedders",
-    "0011_search_recent_postings",
-)
 #: the last commit whose migrations are the replaced ones, file by file
 LAST_RELEASE_WITH_STEPS = "6424d03"
+
+
+def replaced() -> list[str]:
+    """The migrations ``0001_schema`` replaces, in order (read from its ``replaces``)."""
+    schema = importlib.import_module("knowledge.migrations.0001_schema")
+    return [name for _, name in schema.Migration.replaces]
 
 
 def check_migration_history(databases: Sequence[str] | None = None, **kwargs: Any) -> list[CheckMessage]:
@@ -40,8 +33,9 @@ def check_migration_history(databases: Sequence[str] | None = None, **kwargs: An
         applied = _applied(alias)
         if applied is None or "0001_schema" in applied:
             continue
-        done = [name for name in REPLACED if name in applied]
-        if done and len(done) < len(REPLACED):
+        steps = replaced()
+        done = [name for name in steps if name in applied]
+        if done and len(done) < len(steps):
             errors.append(
                 Error(
                     f"The database '{alias}' stopped part-way through the knowledge migrations (its last one is "

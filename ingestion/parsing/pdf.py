@@ -73,7 +73,7 @@ def parse_pdf(
     ocr_pages: list[int] = []
     scans = [n for n, text in texts.items() if len(text.strip()) < OCR_MIN_CHARS]
     if scans:  # what pdfium reads of a page where pypdf reads nothing, as the plan's needs_ocr saw it
-        texts.update(_pdfium_texts(path, password, scans))
+        texts.update(_pdfium_texts(path, password, scans) or {})
         scans = [n for n in scans if len(texts[n].strip()) < OCR_MIN_CHARS]
     if scans:
         languages = _ocr_languages(ocr_languages) if ocr else None
@@ -125,52 +125,33 @@ def needs_ocr(path: Path, password: str | None = None) -> list[int]:
     Read with pdfium, about ten times faster than pypdf's extraction (the parse's), since the plan of every
     PDF reads this; the parse also reads pdfium's text of a page where pypdf finds none.
     """
-    counts = _pdfium_counts(path, password)
-    if counts is None:  # pdfium cannot open it: pypdf's reading decides
+    texts = _pdfium_texts(path, password)
+    if texts is None:  # pdfium cannot open it: pypdf's reading decides
         reader = open_pdf(path, password)
-        counts = {}
+        texts = {}
         for number in range(1, _page_count(reader) + 1):
             try:
-                counts[number] = len((reader.pages[number - 1].extract_text() or "").strip())
+                texts[number] = reader.pages[number - 1].extract_text() or ""
             except MemoryError:
                 raise
             except Exception:  # an unreadable page is reported by parse_pdf instead
                 continue
-    return [number for number, count in counts.items() if count < OCR_MIN_CHARS]
+    return [number for number, text in texts.items() if len(text.strip()) < OCR_MIN_CHARS]
 
 
-def _pdfium_counts(path: Path, password: str | None) -> dict[int, int] | None:
-    """The length of each page's text as pdfium reads it (stripped); None when pdfium cannot open the file."""
+def _pdfium_texts(path: Path, password: str | None, numbers: list[int] | None = None) -> dict[int, str] | None:
+    """pdfium's text of the pages ``numbers`` (all without it) that it reads; None when it cannot open the file."""
     document = _pdfium_document(path, password)
     if document is None:
         return None
-    counts: dict[int, int] = {}
-    try:
-        for index in range(len(document)):
-            try:
-                counts[index + 1] = len(_pdfium_text(document, index + 1).strip())
-            except MemoryError:
-                raise
-            except Exception:  # an unreadable page is reported by parse_pdf instead
-                continue
-    finally:
-        document.close()
-    return counts
-
-
-def _pdfium_texts(path: Path, password: str | None, numbers: list[int]) -> dict[int, str]:
-    """pdfium's text of the pages ``numbers`` that it reads (an empty dict when it cannot open the file)."""
-    document = _pdfium_document(path, password)
-    if document is None:
-        return {}
     texts: dict[int, str] = {}
     try:
-        for number in numbers:
+        for number in numbers if numbers is not None else range(1, len(document) + 1):
             try:
                 texts[number] = _pdfium_text(document, number)
             except MemoryError:
                 raise
-            except Exception as exc:
+            except Exception as exc:  # an unreadable page is reported by parse_pdf instead
                 logger.info("pdfium cannot read page %s of %s: %r", number, path, exc)
     finally:
         document.close()

@@ -266,12 +266,8 @@ def documents_delete_many(
     files = [(d.file.storage, d.file.name) for d in documents if d.file.name]
     with engines.get_store().writer() as writer, transaction.atomic():
         for document in documents:
-            audit.audit_record(
-                action=audit.Action.DOCUMENT_DELETE,
-                user=actor,
-                collections=[document.collection.slug],
-                document=document,
-                ip_address=ip_address,
+            audit.audit_document(
+                action=audit.Action.DOCUMENT_DELETE, document=document, user=actor, ip_address=ip_address
             )
             writer.remove_document(document.pk)
         Document.objects.filter(pk__in=[d.pk for d in documents]).delete()
