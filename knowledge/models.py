@@ -287,6 +287,32 @@ class UserLimits(models.Model):
         return f"limits of {self.user}"
 
 
+class DirectoryAccount(models.Model):
+    """A user who signs in through a directory (OpenID Connect or LDAP): which one, who they are there, and the
+    portal groups the directory gave them at the last sync, so the next sync removes only those (groups given
+    by hand stay)."""
+
+    class Source(models.TextChoices):
+        OIDC = "oidc", "OpenID Connect"
+        LDAP = "ldap", "LDAP"
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="directory")
+    source = models.CharField(max_length=8, choices=Source.choices)
+    subject = models.CharField(max_length=512, help_text="The OpenID subject (sub) or the LDAP entry's DN.")
+    groups = models.JSONField(default=list, blank=True, help_text="Portal groups mirrored from the directory.")
+    synced_at = models.DateTimeField(help_text="When the directory's groups were last read.")
+    # what lets the portal read an OpenID user's groups again without them (an API key in use): a refresh token
+    refresh_token = models.TextField(blank=True, editable=False)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["source", "subject"], name="directory_account_unique_subject"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_source_display()} account of {self.user}"
+
+
 class ApiTask(models.Model):
     """An asynchronous API request ("async": true): who asked, so only they can read the result."""
 

@@ -408,6 +408,67 @@ AUDIT_CONTENT = _bool("AUDIT_CONTENT", False)
 AUDIT_RETENTION_DAYS = _positive_int("AUDIT_RETENTION_DAYS", 365, minimum=0)
 
 
+# Directory sign-in (knowledge.services.directory): OpenID Connect and LDAP / Active Directory, each on when its
+# first variable is set; the groups they report are mirrored onto Django groups at every sign-in.
+def _pairs(name: str) -> dict[str, str]:
+    # "directory-group=portal-group" pairs, comma-separated; a directory group without "=" keeps its name.
+    pairs: dict[str, str] = {}
+    for item in env.list(name, default=[]):
+        directory, _, portal = (part.strip() for part in item.partition("="))
+        if not directory or (_ and not portal):
+            raise ImproperlyConfigured(
+                f"{name} must be comma-separated directory-group=portal-group pairs; got {item!r}"
+            )
+        pairs[directory] = portal or directory
+    return pairs
+
+
+# Which directory groups count and what the portal calls them; empty = every directory group, under its own name.
+AUTH_GROUP_MAP = _pairs("AUTH_GROUP_MAP")
+# Directory groups whose members get the staff flag (the admin) / the superuser flag; empty = the flag is left
+# as set by hand.
+AUTH_STAFF_GROUPS = [name.strip() for name in env.list("AUTH_STAFF_GROUPS", default=[]) if name.strip()]
+AUTH_SUPERUSER_GROUPS = [name.strip() for name in env.list("AUTH_SUPERUSER_GROUPS", default=[]) if name.strip()]
+# Seconds after which a directory user's groups are read again when one of their API keys is used.
+RAG_GROUP_SYNC_S = _positive_int("RAG_GROUP_SYNC_S", 900)
+# Local accounts (username and password kept by the portal); false leaves only the directory's sign-in.
+AUTH_LOCAL_LOGIN = _bool("AUTH_LOCAL_LOGIN", True)
+
+OIDC_ISSUER_URL = env.str("OIDC_ISSUER_URL", default="").strip().rstrip("/")
+OIDC_CLIENT_ID = env.str("OIDC_CLIENT_ID", default="").strip()
+OIDC_CLIENT_SECRET = env.str("OIDC_CLIENT_SECRET", default="")
+OIDC_SCOPES = env.str("OIDC_SCOPES", default="openid email profile groups").strip()
+OIDC_GROUPS_CLAIM = env.str("OIDC_GROUPS_CLAIM", default="groups").strip()
+OIDC_PROVIDER_NAME = env.str("OIDC_PROVIDER_NAME", default="").strip() or "single sign-on"
+if OIDC_ISSUER_URL and not OIDC_CLIENT_ID:
+    raise ImproperlyConfigured("OIDC_ISSUER_URL is set: OIDC_CLIENT_ID must be set too")
+# --- OIDC library settings (helper: OIDC) ---
+# --- end OIDC ---
+
+LDAP_SERVER_URI = env.str("LDAP_SERVER_URI", default="").strip()
+LDAP_BIND_DN = env.str("LDAP_BIND_DN", default="").strip()
+LDAP_BIND_PASSWORD = env.str("LDAP_BIND_PASSWORD", default="")
+LDAP_USER_SEARCH = env.str("LDAP_USER_SEARCH", default="").strip()
+LDAP_USER_FILTER = env.str("LDAP_USER_FILTER", default="(uid=%(user)s)").strip()
+LDAP_GROUP_SEARCH = env.str("LDAP_GROUP_SEARCH", default="").strip()
+LDAP_START_TLS = _bool("LDAP_START_TLS", False)
+if LDAP_SERVER_URI and not LDAP_USER_SEARCH:
+    raise ImproperlyConfigured("LDAP_SERVER_URI is set: LDAP_USER_SEARCH (the users' base DN) must be set too")
+# --- LDAP library settings (helper: LDAP) ---
+# --- end LDAP ---
+
+AUTHENTICATION_BACKENDS = [
+    *(["knowledge.services.directory_ldap.PortalLDAPBackend"] if LDAP_SERVER_URI else []),
+    *(["knowledge.services.directory_oidc.PortalOIDCBackend"] if OIDC_ISSUER_URL else []),
+    # Django's own permissions for everyone; passwords kept by the portal only while local sign-in is on
+    "django.contrib.auth.backends.ModelBackend"
+    if AUTH_LOCAL_LOGIN
+    else "knowledge.services.directory.PermissionsBackend",
+]
+if not AUTH_LOCAL_LOGIN and not (OIDC_ISSUER_URL or LDAP_SERVER_URI):
+    raise ImproperlyConfigured("AUTH_LOCAL_LOGIN=false needs a directory: set OIDC_ISSUER_URL or LDAP_SERVER_URI")
+
+
 def _cache(url: str) -> dict[str, Any]:
     # Rate limits and counters need a cache shared by every web process once there are several:
     # Redis (redis://host:6379/2). The default in-process cache suits one process (make run).

@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from knowledge.errors import NotFoundError
 from knowledge.models import ApiKey, Collection
+from knowledge.services.directory import directory_refresh_due
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
@@ -71,6 +72,7 @@ def apikey_authenticate(raw_key: str) -> ApiKey | None:
         return None
     if not key.user.is_active:
         return None
+    directory_refresh_due(key.user)  # a key follows its owner's directory groups (RAG_GROUP_SYNC_S)
     if key.last_used_at is None or now - key.last_used_at > _LAST_USED_GRANULARITY:
         ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
         key.last_used_at = now
