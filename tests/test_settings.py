@@ -55,6 +55,11 @@ def test_secret_key_is_read_from_a_file(tmp_path: Path) -> None:
         ("RAG_COMPANION_EMBEDDER", "/no/such/model", "is not a folder"),
         ("RAG_COMPANION_LANGUAGES", "english", "two-letter language codes"),
         ("RAG_FUSION", "max", "RAG_FUSION must be one of"),
+        ("AUTH_GROUP_MAP", "finance=", "directory-group=portal-group pairs"),
+        ("AUTH_LOCAL_LOGIN", "false", "needs a directory"),
+        ("OIDC_ISSUER_URL", "https://id.example.com", "OIDC_CLIENT_ID must be set"),
+        ("LDAP_SERVER_URI", "ldap://127.0.0.1", "LDAP_USER_SEARCH"),
+        ("RAG_GROUP_SYNC_S", "0", "RAG_GROUP_SYNC_S must be at least 1"),
     ],
 )
 def test_malformed_values_stop_the_start_with_a_clear_error(

@@ -10,8 +10,8 @@ from django.contrib.auth.models import Group, Permission, User
 from django.core.files.uploadedfile import SimpleUploadedFile
 from rest_framework.test import APIClient
 
-from knowledge.models import ApiKey, ApiTask, Collection, Document
-from knowledge.services import apikeys, requests
+from knowledge.models import ApiKey, ApiTask, AuditEvent, Collection, Document
+from knowledge.services import apikeys, directory, requests
 from knowledge.services import documents as document_services
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("api_isolated")]
@@ -31,8 +31,43 @@ def grant(user: User, *codenames: str) -> User:
     return User.objects.get(pk=user.pk)  # a fresh object: permissions are cached per instance
 
 
+# The matrix runs for local users, whose groups and flags are set by hand, and for directory users, whose groups
+# and flags come from their directory at sign-in (knowledge.services.directory; the sign-ins themselves against
+# real servers are in tests/identity/): the same callers must see exactly the same.
+DIRECTORY = {
+    "AUTH_GROUP_MAP": {"Finance Team": "finance", "Everyone": "everyone"},
+    "AUTH_STAFF_GROUPS": ["Portal Admins", "Portal Root"],
+    "AUTH_SUPERUSER_GROUPS": ["Portal Root"],
+}
+DIRECTORY_GROUPS = {
+    "member": ["Finance Team", "Everyone"],
+    "nobody": ["Everyone", "Unmapped"],
+    "staff": ["Portal Admins"],
+    "manager": ["Portal Admins"],
+    "superuser": ["Portal Root"],
+}
+
+
+def _from_directory(users: dict[str, User]) -> dict[str, User]:
+    for name, user in users.items():
+        User.objects.filter(pk=user.pk).update(is_staff=False, is_superuser=False)
+        user = User.objects.get(pk=user.pk)
+        user.groups.clear()
+        directory.directory_sync(user, source="ldap", subject=f"uid={name},ou=people", groups=DIRECTORY_GROUPS[name])
+        users[name] = User.objects.get(pk=user.pk)
+    return users
+
+
+@pytest.fixture(params=["local", "directory"])
+def origin(request: pytest.FixtureRequest, settings: Any) -> str:
+    if request.param == "directory":
+        for name, value in DIRECTORY.items():
+            setattr(settings, name, value)
+    return str(request.param)
+
+
 @pytest.fixture
-def world(db: Any) -> dict[str, Any]:
+def world(db: Any, origin: str) -> dict[str, Any]:
     finance_group = Group.objects.create(name="finance")
     collections = {
         "public": Collection.objects.get(slug="default"),
@@ -51,18 +86,17 @@ def world(db: Any) -> dict[str, Any]:
         docs[name] = Document.objects.get(pk=document.pk)
     member = User.objects.create_user(username="member")
     member.groups.add(finance_group)
-    return {
-        "docs": docs,
-        "collections": collections,
-        "users": {
-            "member": member,
-            "nobody": User.objects.create_user(username="nobody"),
-            # the staff flag lets one into the admin; it opens no collection and no document
-            "staff": User.objects.create_user(username="boss", is_staff=True),
-            "manager": grant(User.objects.create_user(username="manager", is_staff=True), *DOCUMENT_PERMISSIONS),
-            "superuser": User.objects.create_superuser(username="root", email=""),
-        },
+    users = {
+        "member": member,
+        "nobody": User.objects.create_user(username="nobody"),
+        # the staff flag lets one into the admin; it opens no collection and no document
+        "staff": User.objects.create_user(username="boss", is_staff=True),
+        "manager": grant(User.objects.create_user(username="manager", is_staff=True), *DOCUMENT_PERMISSIONS),
+        "superuser": User.objects.create_superuser(username="root", email=""),
     }
+    if origin == "directory":
+        users = _from_directory(users)
+    return {"docs": docs, "collections": collections, "users": users}
 
 
 ALL = "all collections"
@@ -98,6 +132,7 @@ def _key(world: dict[str, Any], case: str) -> tuple[ApiKey, APIClient]:
 def test_each_caller_sees_exactly_the_allowed_documents_everywhere(world: dict[str, Any], case: str) -> None:
     key, client = _key(world, case)
     allowed = {world["docs"][name].pk for name in CASES[case][2]}
+    audited_before = AuditEvent.objects.count()
 
     answer = client.post("/api/v1/rag/", {"prompt": "What is the plan of Project Aurora?", "top_k": 50}, format="json")
     assert answer.status_code == 200
@@ -132,6 +167,19 @@ def test_each_caller_sees_exactly_the_allowed_documents_everywhere(world: dict[s
         else:
             assert response.status_code == 404, name
             assert response.json() == _with_slug(unknown.json(), "no-such-thing", slug), name
+
+    # The audit log holds each action above exactly once, all of them the caller's, through its key: the questions
+    # answered (the refused ones are not questions asked of anything) and the downloads that were served.
+    events = AuditEvent.objects.order_by("id")[audited_before:]
+    expected = sorted(
+        [AuditEvent.Action.QUESTION] * (1 + len(allowed)) + [AuditEvent.Action.DOCUMENT_DOWNLOAD] * len(allowed)
+    )
+    assert sorted(event.action for event in events) == expected
+    assert {(event.user_id, event.api_key_id, event.via) for event in events} <= {
+        (key.user_id, key.pk, AuditEvent.Via.API_KEY)
+    }
+    downloads = [event.document_id for event in events if event.action == AuditEvent.Action.DOCUMENT_DOWNLOAD]
+    assert sorted(downloads) == sorted(allowed)
 
 
 def _with_slug(body: dict[str, Any], old: str, new: str) -> dict[str, Any]:
