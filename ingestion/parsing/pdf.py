@@ -1,4 +1,4 @@
-"""PDF: text per page with pypdf (pdfium where pypdf reads none), outline titles as headings, Tesseract OCR for pages
+"""PDF: text per page with pdfium (pypdf where pdfium reads none), outline titles as headings, Tesseract OCR for pages
 without text."""
 
 from __future__ import annotations
@@ -53,16 +53,24 @@ def parse_pdf(
     wanted = [n for n in (pages if pages is not None else range(1, page_count + 1)) if 1 <= n <= page_count]
     outline = _Outline(reader)
 
-    texts: dict[int, str] = {}
+    # pdfium reads the text, ten times faster than pypdf's pure-Python extraction; pypdf reads the pages pdfium
+    # cannot (or finds empty), and a page that neither reads is reported and skipped.
+    texts = _pdfium_texts(path, password, wanted) or {}
     unreadable: list[int] = []
     for number in wanted:
+        if len(texts.get(number, "").strip()) >= OCR_MIN_CHARS:
+            continue
         try:
-            texts[number] = reader.pages[number - 1].extract_text() or ""
+            text = reader.pages[number - 1].extract_text() or ""
         except MemoryError:  # out of memory is not a broken page: the memory limit reports it
             raise
         except Exception as exc:  # one broken page must not lose the others
             logger.info("pdf page %s of %s unreadable: %r", number, path, exc)
-            unreadable.append(number)
+            if number not in texts:
+                unreadable.append(number)
+            continue
+        if len(text.strip()) > len(texts.get(number, "").strip()):
+            texts[number] = text
     if wanted and len(unreadable) == len(wanted):
         raise DamagedDocumentError(DAMAGED)
 
@@ -72,9 +80,6 @@ def parse_pdf(
 
     ocr_pages: list[int] = []
     scans = [n for n, text in texts.items() if len(text.strip()) < OCR_MIN_CHARS]
-    if scans:  # what pdfium reads of a page where pypdf reads nothing, as the plan's needs_ocr saw it
-        texts.update(_pdfium_texts(path, password, scans) or {})
-        scans = [n for n in scans if len(texts[n].strip()) < OCR_MIN_CHARS]
     if scans:
         languages = _ocr_languages(ocr_languages) if ocr else None
         if languages:
@@ -122,8 +127,7 @@ def pdf_page_count(path: Path, password: str | None = None) -> int:
 def needs_ocr(path: Path, password: str | None = None) -> list[int]:
     """The 1-based numbers of the pages whose text layer is (nearly) empty.
 
-    Read with pdfium, about ten times faster than pypdf's extraction (the parse's), since the plan of every
-    PDF reads this; the parse also reads pdfium's text of a page where pypdf finds none.
+    Read with pdfium, as the parse reads them (pypdf only where pdfium cannot open the file).
     """
     texts = _pdfium_texts(path, password)
     if texts is None:  # pdfium cannot open it: pypdf's reading decides
@@ -163,7 +167,9 @@ def _pdfium_text(document: Any, number: int) -> str:
     try:
         textpage = page.get_textpage()
         try:
-            return str(textpage.get_text_range()).replace("\r\n", "\n").replace("\r", "\n")
+            text = str(textpage.get_text_range()).replace("\r\n", "\n").replace("\r", "\n")
+            # pdfium joins a word hyphenated at a line's end and marks the join with U+FFFE
+            return text.replace("\ufffe", "")
         finally:
             textpage.close()
     finally:

@@ -24,6 +24,7 @@ from ingestion.errors import (
     UnsupportedFormatError,
 )
 from ingestion.parsing import SUPPORTED_TYPES, needs_ocr, parse_file, pdf_page_count, sniff_mime
+from ingestion.parsing import pdf as pdf_parsing
 from ingestion.parsing.encoding import decode_bytes
 from ingestion.parsing.text import MAX_BLOCK_CHARS
 from ingestion.types import ParsedDocument
@@ -219,7 +220,15 @@ def test_pdf_keeps_readable_pages_when_one_page_fails(corpus: Path, monkeypatch:
             raise PdfReadError("broken content stream")
         return extract(self, *args, **kwargs)
 
+    pdfium_text = pdf_parsing._pdfium_text
+
+    def pdfium_broken_second_page(document: object, number: int) -> str:
+        if number == 2:
+            raise RuntimeError("broken content stream")
+        return pdfium_text(document, number)
+
     monkeypatch.setattr(PageObject, "extract_text", broken_second_page)
+    monkeypatch.setattr(pdf_parsing, "_pdfium_text", pdfium_broken_second_page)
     parsed = parse_file(corpus / "pdf_reliance_3p.pdf")
     assert {block.page for block in parsed.blocks} == {1, 3}
     assert parsed.warnings == ("Page 2 could not be read and was skipped.",)
