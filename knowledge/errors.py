@@ -50,6 +50,20 @@ class DuplicateDocumentError(KnowledgeError):
         self.existing = existing
 
 
+class SameVersionError(KnowledgeError):
+    """A new version of a document is the very file of its current version."""
+
+    code = "same_version"
+    http_status = 409
+
+
+class VersionPendingError(KnowledgeError):
+    """A document's earlier new version is still waiting or being processed: one new version at a time."""
+
+    code = "version_pending"
+    http_status = 409
+
+
 class UploadTooLargeError(KnowledgeError):
     code = "too_large"
     http_status = 413

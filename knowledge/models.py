@@ -40,7 +40,7 @@ class Collection(models.Model):
         return self.name
 
 
-def document_upload_to(instance: Document, filename: str) -> str:
+def document_upload_to(instance: Document | DocumentVersion, filename: str) -> str:
     # A random folder per upload: the original name is kept for display only, and two uploads
     # with the same name never collide or overwrite each other.
     safe_name = PurePath(filename).name or "upload"
@@ -84,6 +84,9 @@ class Document(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     processed_at = models.DateTimeField(null=True, blank=True)
+    #: the number of the version that answers (the file, name, size, hash and type above are its); a newer
+    #: version being processed waits in DocumentVersion until it is ready
+    version = models.PositiveIntegerField(default=1)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -94,6 +97,55 @@ class Document(models.Model):
 
     def __str__(self) -> str:
         return self.title
+
+
+#: statuses of a document whose chunks answer: ready, and queued or processing again (a new version or a
+#: re-ingestion: its chunks are those of its current version until the new ones replace them)
+DOCUMENT_ANSWERING_STATUSES = (Document.Status.READY, Document.Status.QUEUED, Document.Status.PROCESSING)
+
+
+class DocumentVersion(models.Model):
+    """One uploaded file of a document: the first upload is version 1, each new file or restore the next.
+
+    The document's current version is ``Document.version``; a newer one is ``queued`` or ``processing``
+    until its chunks replace the current one's (then it is ``ready`` and the previous one ``replaced``),
+    or ``failed`` with its reason while the current one keeps answering.
+    """
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", _("Queued")
+        PROCESSING = "processing", _("Processing")
+        READY = "ready", _("Ready")
+        FAILED = "failed", _("Failed")
+        REPLACED = "replaced", _("Replaced")
+
+    document = models.ForeignKey(Document, on_delete=models.CASCADE, related_name="versions")
+    number = models.PositiveIntegerField()
+    file = models.FileField(upload_to=document_upload_to, max_length=500)
+    original_name = models.CharField(max_length=300, blank=True)
+    mime_type = models.CharField(max_length=120, blank=True)
+    size = models.BigIntegerField(default=0)
+    sha256 = models.CharField(max_length=64)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    error = models.TextField(blank=True, help_text=_("Why the version failed, in plain words."))
+    page_count = models.PositiveIntegerField(null=True, blank=True)
+    chunk_count = models.PositiveIntegerField(default=0)
+    #: the number of the older version this one was made from (a restore)
+    restored_from = models.PositiveIntegerField(null=True, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    ready_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["document_id", "-number"]
+        constraints = [
+            models.UniqueConstraint(fields=["document", "number"], name="unique_document_version_number"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.document_id} v{self.number}"
 
 
 class Chunk(models.Model):

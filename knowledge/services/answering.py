@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec
 from django.conf import settings
 
 from knowledge.limits import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P
-from knowledge.models import Chunk, Document
+from knowledge.models import DOCUMENT_ANSWERING_STATUSES, Chunk
 from knowledge.observability import instrumentation as observe
 from knowledge.services import abstention, engines
 from llm.types import FINISH_STOP, GenerationParams
@@ -172,7 +172,7 @@ def sources_retrieve(
         chunk.pk: chunk
         for chunk in Chunk.objects.filter(
             pk__in=[hit.chunk_id for hit in hits],
-            document__status=Document.Status.READY,
+            document__status__in=DOCUMENT_ANSWERING_STATUSES,
             document__collection_id__in=collection_ids,
         ).select_related("document")
     }

@@ -28,7 +28,7 @@ from ingestion.types import ChunkDraft, ParsedDocument
 from knowledge.errors import DuplicateDocumentError
 from knowledge.models import Chunk, Collection, Document
 from knowledge.services import audit, document_runs, engines
-from knowledge.services.documents import chunk_row, document_chunks_write, document_create
+from knowledge.services.documents import chunk_row, document_chunks_write, document_create, document_files
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
@@ -170,6 +170,7 @@ def _ingest_group(
 
     ids = [p.document.pk for p in pending]
     Document.objects.filter(pk__in=ids).update(status=Document.Status.PROCESSING, stage="chunking", attempts=1)
+    document_runs.document_mark_processing(*ids)
     embedder = engines.get_embedder()
     options = replace(engines.pipeline_options(ocr=False), embed_cache_dir=embed_cache_dir)
     for entry in pending:
@@ -263,7 +264,7 @@ def documents_delete_many(
     documents = list(documents)
     if not documents:
         return 0
-    files = [(d.file.storage, d.file.name) for d in documents if d.file.name]
+    files = [(d.file.storage, name) for d in documents for name in document_files(d)]
     with engines.get_store().writer() as writer, transaction.atomic():
         for document in documents:
             audit.audit_document(

@@ -9,9 +9,9 @@ every part done writes all the chunks and vectors as
 database has committed), marks the document ready and deletes the parts.
 
 A plan is current while its parts exist and the document is ``processing``: a new plan or a
-whole-file run deletes the parts, a failure deletes them and marks the document failed, a replace or
-a reingest makes the document ``queued``, a delete removes everything; the part tasks of an outdated
-plan then do nothing.
+whole-file run deletes the parts, a failure deletes them and marks the document (or its new version)
+failed, a new version or a reingest makes the document ``queued``, a delete removes everything; the
+part tasks of an outdated plan then do nothing.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -113,6 +112,7 @@ def document_split(
             attempts=locked.attempts + 1,
             updated_at=timezone.now(),
         )
+        document_runs.document_mark_processing(document_id)
         part_ids = [part.pk for part in parts]
         if dispatch:
             transaction.on_commit(lambda: _send(document_id, part_ids, ocr=scans))
@@ -238,12 +238,12 @@ class _InProcess:
             .first()
         )
         if part is not None:
-            document = part.document
+            source = document_runs.document_source(part.document)
             self._started[part.pk] = parse_ahead(
-                Path(document.file.path),
+                source.path,
                 options=_part_options(part, ocr=self.ocr),
-                filename=document.original_name,
-                mime_type=document.mime_type or None,
+                filename=source.name,
+                mime_type=source.mime_type or None,
                 background=True,
             )
 
@@ -303,15 +303,15 @@ def _part_prepare(part: DocumentPart, notify: Callable[[str], None], ahead: _InP
     """Run the pipeline on the part's pages and keep its chunks and vectors in its row."""
     from ingestion.pipeline import embed_prepared, prepare_file
 
-    document = part.document
+    source = document_runs.document_source(part.document)
     embedder = engines.get_embedder()
     options = _part_options(part, ocr=part.ocr if ahead is None else ahead.ocr)
     prepared = prepare_file(
-        Path(document.file.path),
+        source.path,
         embedder=embedder,
         options=options,
-        filename=document.original_name,
-        mime_type=document.mime_type or None,  # sniffed at upload
+        filename=source.name,
+        mime_type=source.mime_type or None,  # sniffed at upload
         progress=notify,
         parsing=ahead.parsing(part.pk) if ahead else None,
     )
@@ -449,11 +449,13 @@ def _part_failed(document_id: int, part_id: int, exc: Exception, *, part: Docume
         )
         if not current:
             return _skipped(document_id)
-        # The other parts of the plan now do nothing; _fail below removes any chunk and vector.
+        # The other parts of the plan now do nothing; a new version fails alone (the current one keeps
+        # answering), else document_fail below removes any chunk and vector.
         DocumentPart.objects.filter(document_id=document_id).delete()
-        Document.objects.filter(pk=document_id).update(status=Document.Status.FAILED, stage="", error=reason)
+        kept = document_runs.document_mark_failed(document_id, reason)
     observe.ingestion_failed(code)
-    document_runs.document_fail(document_id, reason)
+    if not kept:
+        document_runs.document_fail(document_id, reason)
     return _outcome(document_id, {})
 
 

@@ -1,4 +1,5 @@
-"""Use cases of documents: add, replace, delete, and process (the worker's side of ingestion)."""
+"""Use cases of documents: add, replace (a new version), restore a version, delete, and process (the worker's
+side of ingestion)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import IO, TYPE_CHECKING
 
 from django.conf import settings
@@ -21,21 +22,28 @@ from ingestion.errors import IngestionError
 from knowledge import task_dispatch
 from knowledge.errors import (
     DuplicateDocumentError,
+    NotFoundError,
     PermissionDeniedError,
+    SameVersionError,
     UnsupportedUploadError,
     UploadTooLargeError,
+    VersionPendingError,
 )
-from knowledge.models import DEFAULT_COLLECTION_SLUG, Chunk, Collection, Document, DocumentPart
+from knowledge.models import DEFAULT_COLLECTION_SLUG, Chunk, Collection, Document, DocumentPart, DocumentVersion
 from knowledge.observability import instrumentation as observe
 from knowledge.services import access, audit, document_parts, engines, leases
 from knowledge.services.document_runs import (
     BUSY,
+    OutdatedRunError,
     ProcessOutcome,
     document_chunks_write,
     document_count_lost_run,
     document_fail,
     document_inspect,
+    document_mark_processing,
     document_mark_ready,
+    document_pending_version,
+    document_source,
 )
 
 if TYPE_CHECKING:
@@ -155,6 +163,17 @@ def document_create(
         )
         document.file.save(name, File(file, name=name), save=False)
         document.save()
+        # version 1 is the same stored file
+        DocumentVersion.objects.create(
+            document=document,
+            number=1,
+            file=document.file.name,
+            original_name=name,
+            mime_type=mime_type,
+            size=size,
+            sha256=sha256,
+            created_by=uploaded_by,
+        )
         audit.audit_document(
             action=audit.Action.DOCUMENT_UPLOAD,
             document=document,
@@ -167,6 +186,13 @@ def document_create(
     return document
 
 
+def document_same_name(*, collection: Collection, filename: str) -> Document | None:
+    """The newest document of ``collection`` stored under the name ``filename`` would get, if any (the upload
+    page then asks whether the file is a new version of it or a document of its own)."""
+    name = _sanitize_filename(filename)
+    return Document.objects.filter(collection=collection, original_name=name).order_by("-created_at", "-pk").first()
+
+
 def document_replace(
     *,
     document: Document,
@@ -176,30 +202,122 @@ def document_replace(
     actor: AbstractBaseUser | None = None,
     api_key: ApiKey | None = None,
     ip_address: str = "",
+    check_type: bool = False,
+    restored_from: int | None = None,
 ) -> Document:
-    """Swap a document's file for a new one and re-index it (old chunks go when the new ones land); audited."""
-    sha256, size = document_validate_upload(file=file, collection=document.collection, exclude_id=document.pk)
-    old_file = document.file.name
+    """Store a new file of a document as its next version and queue its ingestion; audited once as a replace.
+
+    While the current version is ready it keeps answering: the new version waits in its own row and replaces it
+    when its chunks are ready (see ``document_runs.document_mark_ready``), or fails alone with its reason.
+    A document without a ready version takes the new file as its current version at once.
+
+    Raises ``SameVersionError`` when the file is the current version's, ``VersionPendingError`` while an
+    earlier new version is still waiting or being processed, ``DuplicateDocumentError`` when another document
+    of the collection has these bytes, ``UploadTooLargeError`` above ``MAX_UPLOAD_MB``.
+    """
+    sha256, size = _sha256(file)
+    if size > settings.MAX_UPLOAD_MB * 1024 * 1024:
+        raise UploadTooLargeError(f"The file is larger than the {settings.MAX_UPLOAD_MB} MB upload limit.")
+    mime_type = document_check_type(file=file, filename=filename) if check_type else ""
     name = _sanitize_filename(filename)
     with transaction.atomic():
-        document.file.save(name, File(file, name=name), save=False)
-        document.original_name = name
-        document.size = size
-        document.sha256 = sha256
-        document.status = Document.Status.QUEUED
-        document.error = ""
-        document.stage = ""
-        document.lease_until = None  # new content: earlier runs and their count are another file's
-        document.lost_runs = 0
-        document.save()
+        # one new version at a time per document: concurrent uploads wait here for each other
+        locked = Document.objects.select_for_update().filter(pk=document.pk).first()
+        if locked is None:
+            raise NotFoundError("No such document.")
+        if locked.sha256 == sha256:
+            raise SameVersionError(f"This file is already version {locked.version} of “{locked.title}”.")
+        pending = document_pending_version(locked.pk, locked.version)
+        if pending is not None:
+            raise VersionPendingError(
+                f"Version {pending.number} of “{locked.title}” is still being processed; try again when it is done."
+            )
+        duplicate = Document.objects.filter(collection_id=locked.collection_id, sha256=sha256).exclude(pk=locked.pk)
+        if (existing := duplicate.first()) is not None:
+            raise DuplicateDocumentError(existing)
+        number = (locked.versions.order_by("-number").values_list("number", flat=True).first() or 0) + 1
+        version = DocumentVersion(
+            document=locked,
+            number=number,
+            original_name=name,
+            mime_type=mime_type,
+            size=size,
+            sha256=sha256,
+            created_by=actor,
+            restored_from=restored_from,
+        )
+        version.file.save(name, File(file, name=name), save=False)
+        version.save()
+        answering = locked.versions.filter(number=locked.version, status=DocumentVersion.Status.READY).exists()
+        if answering:
+            # the current version answers until the new one is ready; this run's count is the new file's
+            Document.objects.filter(pk=locked.pk).update(
+                status=Document.Status.QUEUED, stage="", error="", lost_runs=0, updated_at=timezone.now()
+            )
+        else:
+            # nothing answers: the new file is the document's at once (an earlier run of the old one is outdated)
+            active = (DocumentVersion.Status.QUEUED, DocumentVersion.Status.PROCESSING)
+            locked.versions.filter(status__in=active).exclude(pk=version.pk).update(
+                status=DocumentVersion.Status.REPLACED
+            )
+            Document.objects.filter(pk=locked.pk).update(
+                version=number,
+                file=version.file.name,
+                original_name=name,
+                mime_type=mime_type,
+                size=size,
+                sha256=sha256,
+                status=Document.Status.QUEUED,
+                error="",
+                stage="",
+                lease_until=None,
+                lost_runs=0,
+                updated_at=timezone.now(),
+            )
+        document.refresh_from_db()
         audit.audit_document(
             action=audit.Action.DOCUMENT_REPLACE, document=document, user=actor, api_key=api_key, ip_address=ip_address
         )
-        storage = document.file.storage
-        transaction.on_commit(lambda: storage.delete(old_file) if old_file else None)
         if dispatch:
             _dispatch_on_commit(document.pk)
     return document
+
+
+def document_version_restore(
+    *,
+    document: Document,
+    number: int,
+    dispatch: bool = True,
+    actor: AbstractBaseUser | None = None,
+    api_key: ApiKey | None = None,
+    ip_address: str = "",
+) -> Document:
+    """Make an older version current again: its file becomes a new version (see :func:`document_replace`),
+    so the history only grows and a restore that fails leaves the current version answering."""
+    version = DocumentVersion.objects.filter(document=document, number=number).first()
+    if version is None or not version.file:
+        raise NotFoundError(f"“{document.title}” has no version {number}.")
+    try:
+        handle = version.file.open("rb")
+    except FileNotFoundError as exc:
+        raise NotFoundError(f"The file of version {number} is missing from storage.") from exc
+    with handle:
+        return document_replace(
+            document=document,
+            file=handle,
+            filename=version.original_name or PurePath(version.file.name).name,
+            dispatch=dispatch,
+            actor=actor,
+            api_key=api_key,
+            ip_address=ip_address,
+            restored_from=number,
+        )
+
+
+def document_files(document: Document) -> list[str]:
+    """The stored file names of every version of a document (each once)."""
+    names = {document.file.name, *document.versions.values_list("file", flat=True)}
+    return sorted(name for name in names if name)
 
 
 def document_reingest(*, document: Document, dispatch: bool = True) -> Document:
@@ -223,10 +341,15 @@ def document_delete(
             action=audit.Action.DOCUMENT_DELETE, document=document, user=actor, api_key=api_key, ip_address=ip_address
         )
         writer.remove_document(document.pk)
-        file_name = document.file.name
+        file_names = document_files(document)
         storage = document.file.storage
         document.delete()
-        transaction.on_commit(lambda: storage.delete(file_name) if file_name else None)
+
+        def remove_files() -> None:
+            for name in file_names:
+                storage.delete(name)
+
+        transaction.on_commit(remove_files)
 
 
 def _dispatch_on_commit(document_id: int) -> None:
@@ -325,6 +448,7 @@ def _document_process(
     Document.objects.filter(pk=document_id).update(
         status=Document.Status.PROCESSING, stage="parsing", error="", attempts=document.attempts + 1
     )
+    document_mark_processing(document_id)
     # The parts of an earlier split of this document, if any, are outdated: their tasks do nothing.
     DocumentPart.objects.filter(document_id=document_id).delete()
 
@@ -338,12 +462,13 @@ def _document_process(
     try:
         embedder = engines.get_embedder()
         options = engines.pipeline_options(ocr=ocr)
+        source = document_source(document)
         prepared = prepare_file(
-            Path(document.file.path),
+            source.path,
             embedder=embedder,
             options=options,
-            filename=document.original_name,
-            mime_type=document.mime_type or None,  # sniffed at upload
+            filename=source.name,
+            mime_type=source.mime_type or None,  # sniffed at upload
             progress=notify,
         )
         result = embed_prepared(prepared, embedder=embedder, options=options, progress=notify)
@@ -363,8 +488,13 @@ def _document_process(
                 embeddings=result.embeddings,
                 terms=result.terms,
             )
-            document_mark_ready(document, parsed=result.parsed, chunk_count=count, embedder=embedder.name)
+            document_mark_ready(
+                document, parsed=result.parsed, chunk_count=count, embedder=embedder.name, version=source.version
+            )
         timings["index"] = time.perf_counter() - index_started
+    except OutdatedRunError:
+        # a newer file came while this run read the old one: nothing was written, the newer one's run follows
+        logger.info("Document %s got a new version during its run; the run's result is dropped", document_id)
     except IngestionError as exc:
         if exc.transient:
             raise

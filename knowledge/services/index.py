@@ -12,7 +12,7 @@ from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.utils import timezone
 
-from knowledge.models import Chunk, Document, SearchRebuild
+from knowledge.models import DOCUMENT_ANSWERING_STATUSES, Chunk, Document, SearchRebuild
 from knowledge.services import engines
 
 if TYPE_CHECKING:
@@ -34,9 +34,9 @@ class RebuildReport:
 class IndexCheckReport:
     chunks: int
     vectors: int
-    #: chunk ids of ready documents that have no vector
+    #: chunk ids of answering documents (ready, or queued or processing again) that have no vector
     missing: list[int] = field(default_factory=list)
-    #: vector ids with no chunk of a ready document behind them
+    #: vector ids with no chunk of an answering document behind them
     extra: list[int] = field(default_factory=list)
 
     @property
@@ -148,7 +148,8 @@ def index_rebuild(*, progress: Callable[[int], None] | None = None) -> RebuildRe
     identity = engines.store_identity()
     engines.remember_embedder(identity)
     previous = engines.saved_identity()
-    ready = Document.objects.filter(status=Document.Status.READY)
+    # a document queued or processing again (a new version) answers from its current chunks: they are rebuilt too
+    ready = Document.objects.filter(status__in=DOCUMENT_ANSWERING_STATUSES)
     chunk_ids = list(Chunk.objects.filter(document__in=ready).order_by("pk").values_list("pk", flat=True))
     run = SearchRebuild.objects.create(
         backend=settings.RAG_SEARCH_BACKEND,
@@ -176,12 +177,12 @@ def index_rebuild(*, progress: Callable[[int], None] | None = None) -> RebuildRe
         status=SearchRebuild.Status.DONE, done=run.done, finished_at=timezone.now()
     )
     engines.reset()
-    Document.objects.filter(status=Document.Status.READY).update(embedder=identity.embedder)
+    Document.objects.filter(pk__in=ready.values("pk")).update(embedder=identity.embedder)
     return RebuildReport(documents=ready.count(), vectors=len(engines.get_store().ids()), backend=store.backend)
 
 
 def index_check() -> IndexCheckReport:
-    """Compare the search store with the Chunk table of ready documents."""
+    """Compare the search store with the Chunk table of the documents that answer (``DOCUMENT_ANSWERING_STATUSES``)."""
     store = engines.get_store()
     refresh = getattr(store, "refresh", None)
     if refresh is not None:  # the faiss store: what is saved now, even a big merge still loading in the background
@@ -189,7 +190,9 @@ def index_check() -> IndexCheckReport:
     # the store first: a document committing between the two reads then looks missing (embedded again, the
     # same rows), never extra (its rows removed)
     present = {int(i) for i in store.ids()}
-    expected = set(Chunk.objects.filter(document__status=Document.Status.READY).values_list("pk", flat=True).iterator())
+    expected = set(
+        Chunk.objects.filter(document__status__in=DOCUMENT_ANSWERING_STATUSES).values_list("pk", flat=True).iterator()
+    )
     return IndexCheckReport(
         chunks=len(expected),
         vectors=len(present),

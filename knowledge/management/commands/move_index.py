@@ -17,7 +17,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
-from knowledge.models import Chunk, Document
+from knowledge.models import DOCUMENT_ANSWERING_STATUSES, Chunk
 
 if TYPE_CHECKING:
     from ingestion.store import ExportBatch, SearchStore, StoreIdentity, StoreWriter
@@ -97,7 +97,7 @@ class Command(BaseCommand):
 
         source_ids = {int(i) for i in source.ids()}
         target_ids = {int(i) for i in target.ids()}
-        ready = set(Chunk.objects.filter(document__status=Document.Status.READY).values_list("pk", flat=True))
+        ready = set(Chunk.objects.filter(document__status__in=DOCUMENT_ANSWERING_STATUSES).values_list("pk", flat=True))
         self.stdout.write(
             f"{len(source_ids)} chunks in the {source_backend} store, {len(target_ids)} in the {to} store, "
             f"{len(ready)} chunks of ready documents in the database."

@@ -8,7 +8,7 @@ from typing import Any
 from django.core.management.base import BaseCommand
 from tqdm import tqdm
 
-from knowledge.models import Chunk, Document
+from knowledge.models import DOCUMENT_ANSWERING_STATUSES, Chunk
 from knowledge.services import index as index_services
 
 
@@ -19,7 +19,7 @@ class Command(BaseCommand):
     )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        total = Chunk.objects.filter(document__status=Document.Status.READY).count()
+        total = Chunk.objects.filter(document__status__in=DOCUMENT_ANSWERING_STATUSES).count()
         # a progress bar on standard error, also when it is not a terminal (a log shows where a long rebuild is)
         bar = tqdm(total=total, unit="chunk", file=sys.stderr, mininterval=1.0 if sys.stderr.isatty() else 10.0)
         try:
