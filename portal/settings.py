@@ -443,6 +443,19 @@ OIDC_PROVIDER_NAME = env.str("OIDC_PROVIDER_NAME", default="").strip() or "singl
 if OIDC_ISSUER_URL and not OIDC_CLIENT_ID:
     raise ImproperlyConfigured("OIDC_ISSUER_URL is set: OIDC_CLIENT_ID must be set too")
 # --- OIDC library settings (helper: OIDC) ---
+# mozilla-django-oidc, through knowledge.services.directory_oidc: the client id, secret and scopes are the OIDC_*
+# variables above and the endpoints come from the issuer's discovery document, both read when used. What is
+# fixed here is how the portal talks to any provider; set whether or not OIDC is on (nothing reads it while off),
+# so that it holds wherever OIDC_ISSUER_URL is set.
+OIDC_RP_SIGN_ALGO = "RS256"  # id tokens signed with a key of the provider's JWKS, never with the client secret
+OIDC_USE_NONCE = True
+OIDC_USE_PKCE = True
+OIDC_PKCE_CODE_CHALLENGE_METHOD = "S256"
+OIDC_TOKEN_USE_BASIC_AUTH = True  # client_secret_basic: the method every provider must accept
+OIDC_TIMEOUT = 10  # seconds for each request to the provider
+OIDC_AUTHENTICATION_CALLBACK_URL = "oidc-callback"  # /oidc/callback/, the redirect URI to register
+OIDC_STORE_ACCESS_TOKEN = False
+OIDC_STORE_ID_TOKEN = False
 # --- end OIDC ---
 
 LDAP_SERVER_URI = env.str("LDAP_SERVER_URI", default="").strip()

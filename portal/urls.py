@@ -10,7 +10,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, Spec
 
 from knowledge.api import urls as api_urls
 from knowledge.observability import views as observability
-from knowledge.web import health
+from knowledge.web import health, oidc
 from knowledge.web.sign_in import AdminSignInForm, SignInForm, sign_in_limited
 
 # The API viewers set inline styles (Swagger UI's React, ReDoc's styled-components) and ReDoc searches in a
@@ -24,14 +24,16 @@ admin.site.login_form = AdminSignInForm
 
 urlpatterns = [
     # Both sign-in pages are limited per account and per address (LOGIN_RATE_LIMIT, LOGIN_RATE_LIMIT_IP).
-    path("admin/login/", sign_in_limited(admin.site.login)),
+    path("admin/login/", oidc.admin_sign_in(sign_in_limited(admin.site.login))),
     path("admin/", admin.site.urls),
     path(
         "accounts/login/",
-        sign_in_limited(auth_views.LoginView.as_view(authentication_form=SignInForm)),
+        sign_in_limited(oidc.SignInView.as_view(authentication_form=SignInForm)),
         name="login",
     ),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    # OpenID Connect sign-in (404 while OIDC_ISSUER_URL is empty); /oidc/callback/ is the redirect URI
+    path("oidc/", include(oidc.urlpatterns)),
     path("api/v1/", include(api_urls.v1)),
     path("api/", include(api_urls.aliases)),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
