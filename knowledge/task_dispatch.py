@@ -39,6 +39,7 @@ def document_part(*, document_id: int, part_id: int, ocr: bool) -> None:
     _send(DOCUMENT_OCR_PART if ocr else DOCUMENT_INGEST_PART, document_id, part_id)
 
 
-def question_answer(*, task_id: str, params: dict[str, Any]) -> None:
-    """Send ``knowledge.question_answer`` under ``task_id`` (the ApiTask's id, so its result is found by it)."""
-    _send(QUESTION_ANSWER, task_id, params, task_id=task_id)
+def question_answer(*, task_id: str, params: dict[str, Any], ip_address: str = "") -> None:
+    """Send ``knowledge.question_answer`` under ``task_id`` (the ApiTask's id, so its result is found by it);
+    ``ip_address`` is the asker's, for the audit log."""
+    _send(QUESTION_ANSWER, task_id, params, ip_address, task_id=task_id)

@@ -106,12 +106,12 @@ def documents_redispatch_task() -> int:
 
 
 @shared_task(name="knowledge.question_answer", acks_late=True, reject_on_worker_lost=True)
-def question_answer_task(task_id: str, params: dict[str, object]) -> dict[str, object]:
+def question_answer_task(task_id: str, params: dict[str, object], ip_address: str = "") -> dict[str, object]:
     """An "async": true API request; returns its answer as plain data (``Answer.as_record()``, which the task
     status view turns into the synchronous call's body; the key stays "body" for results stored by earlier
     releases, which hold the body itself), or the error."""
     try:
-        return {"ok": True, "body": requests.question_run_task(task_id=task_id, params=params)}
+        return {"ok": True, "body": requests.question_run_task(task_id=task_id, params=params, ip_address=ip_address)}
     except KnowledgeError as exc:
         return {"ok": False, "error": {"code": exc.code, "detail": exc.message}}
     except (LLMError, IngestionError) as exc:

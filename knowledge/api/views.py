@@ -130,7 +130,9 @@ class _QuestionApi(LimitedApiView):
         question = question_services.QuestionRequest.from_validated(self.endpoint, data)
         api_key = _api_key(request)
         if data.get("async"):
-            task = question_services.question_submit(request=question, user=request.user, api_key=api_key)
+            task = question_services.question_submit(
+                request=question, user=request.user, api_key=api_key, ip_address=audit.client_ip(request)
+            )
             url = reverse("api-v1-task-detail", kwargs={"task_id": str(task.pk)}, request=request)
             return Response(
                 {"task_id": str(task.pk), "status": "pending", "status_url": url},
@@ -248,7 +250,11 @@ class DocumentListApi(LimitedApiView):
 
     @extend_schema(responses={200: s.DocumentSerializer(many=True)})
     def get(self, request: Request) -> Response:
-        queryset = documents_visible_to(user=request.user, api_key=_api_key(request)).select_related("collection")
+        queryset = (
+            documents_visible_to(user=request.user, api_key=_api_key(request))
+            .select_related("collection")
+            .prefetch_related("versions__created_by")
+        )
         if status_filter := request.query_params.get("status"):
             queryset = queryset.filter(status=status_filter)
         if collection := request.query_params.get("collection"):
@@ -322,7 +328,49 @@ class DocumentDetailApi(LimitedApiView):
 
 
 class DocumentFileApi(LimitedApiView):
-    """Download a document's original file; only for callers who may read its collection."""
+    """Download a document's current file (callers who may read its collection); holders of
+    `knowledge.change_document` upload a new version (multipart, field `file`)."""
+
+    parser_classes = [MultiPartParser, FormParser]
+
+    def get_permissions(self) -> list[Any]:
+        if self.request.method == "PUT":
+            return [_HasPermission("knowledge.change_document")]
+        return [permissions.IsAuthenticated()]
+
+    @extend_schema(
+        request={"multipart/form-data": s.DocumentFileSerializer},
+        responses={
+            202: s.DocumentSerializer,
+            404: s.ErrorSerializer,
+            409: OpenApiResponse(
+                s.ErrorSerializer,
+                description="The file is the current version's, another document's, or a new version is pending",
+            ),
+            413: s.ErrorSerializer,
+            415: s.ErrorSerializer,
+            **_ERRORS,
+        },
+        description="Upload a new version of the document: the current version answers until the new one is "
+        "`ready`; a new version that fails leaves it answering, with its reason in `versions`.",
+    )
+    def put(self, request: Request, document_id: int) -> Response:
+        document = documents_visible_to(user=request.user, api_key=_api_key(request)).filter(pk=document_id).first()
+        if document is None:
+            raise NotFoundError("No such document.")
+        serializer = s.DocumentFileSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        upload = serializer.validated_data["file"]
+        document = document_services.document_replace(
+            document=document,
+            file=upload,
+            filename=upload.name,
+            actor=request.user,
+            check_type=True,
+            api_key=_api_key(request),
+            ip_address=audit.client_ip(request),
+        )
+        return Response(s.DocumentSerializer(document).data, status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(responses={(200, "application/octet-stream"): OpenApiTypes.BINARY, 404: s.ErrorSerializer})
     def get(self, request: Request, document_id: int) -> FileResponse:

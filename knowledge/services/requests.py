@@ -142,18 +142,23 @@ def _chain(first: Any, rest: Iterator[Any]) -> Iterator[Any]:
     yield from rest
 
 
-def question_submit(*, request: QuestionRequest, user: AbstractBaseUser, api_key: ApiKey | None = None) -> ApiTask:
-    """Queue the request for a worker; permission and quota are checked now, and again when it runs."""
+def question_submit(
+    *, request: QuestionRequest, user: AbstractBaseUser, api_key: ApiKey | None = None, ip_address: str = ""
+) -> ApiTask:
+    """Queue the request for a worker; permission and quota are checked now, and again when it runs (and
+    audited then, with the asker's ``ip_address``)."""
     _prepare(request, user, api_key)
     with transaction.atomic():
         task = ApiTask.objects.create(user=user, api_key=api_key, endpoint=request.endpoint)
 
-        transaction.on_commit(lambda: task_dispatch.question_answer(task_id=str(task.pk), params=request.as_dict()))
+        transaction.on_commit(
+            lambda: task_dispatch.question_answer(task_id=str(task.pk), params=request.as_dict(), ip_address=ip_address)
+        )
     return task
 
 
-def question_run_task(*, task_id: str, params: dict[str, Any]) -> dict[str, Any]:
+def question_run_task(*, task_id: str, params: dict[str, Any], ip_address: str = "") -> dict[str, Any]:
     """The worker's side of :func:`question_submit`: the answer as a record (``Answer.as_record``)."""
     task = ApiTask.objects.select_related("user", "api_key").get(pk=task_id)
     request = QuestionRequest(**params)
-    return question_answer(request=request, user=task.user, api_key=task.api_key).as_record()
+    return question_answer(request=request, user=task.user, api_key=task.api_key, ip_address=ip_address).as_record()

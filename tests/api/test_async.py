@@ -9,6 +9,7 @@ import pytest
 from django.contrib.auth.models import User
 from rest_framework.test import APIClient
 
+from knowledge.models import AuditEvent
 from knowledge.services import apikeys
 from knowledge.services import documents as document_services
 from tests.conftest import wait_for
@@ -43,6 +44,10 @@ def test_an_async_rag_request_completes_on_a_worker(celery_worker: Any, settings
     assert body["status"] == "succeeded", body
     assert set(body["result"]) == {"output", "answered", "sources", "related", "meta"}
     assert body["result"]["sources"][0]["document_id"] == document.pk
+    # audited once, by the worker that answered, with the address of the one who asked
+    [event] = AuditEvent.objects.filter(action=AuditEvent.Action.QUESTION)
+    assert (event.user_id, event.via, event.ip_address) == (user.pk, "api_key", "127.0.0.1")
+    assert [entry["document_id"] for entry in event.cited] == [document.pk]
 
     other = User.objects.create_user(username="someone-else")
     _, other_raw = apikeys.apikey_create(user=other, all_collections=True)
