@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from knowledge.models import AuditEvent, Collection, DirectoryAccount, Document
 from knowledge.services.apikeys import apikey_create
+from knowledge.services.directory_oidc import oidc_groups_of
 from knowledge.services.directory_oidc import oidc_provider as discovered_provider
 from tests.identity.oidc import ACCOUNTS, TestProvider, oidc_settings
 from tests.identity.oidc import oidc_provider as oidc_provider  # fixture
@@ -322,3 +323,19 @@ def test_without_oidc_there_is_no_button_and_no_oidc_page(client: Any) -> None:
     assert "oidc-sign-in" not in page and 'id="id_password"' in page
     assert client.get("/oidc/authenticate/").status_code == 404
     assert client.get("/oidc/callback/?code=x&state=y").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("claim", "claims", "groups"),
+    [
+        ("groups", {"groups": ["finance", "hr"]}, ["finance", "hr"]),
+        ("groups", {"groups": "finance"}, ["finance"]),
+        ("groups", {}, []),
+        ("groups", {"groups": None}, []),
+        ("realm_access.roles", {"realm_access": {"roles": ["admin"]}}, ["admin"]),
+        ("roles", {"roles": ["reader", 7, {"odd": 1}, " "]}, ["reader", "7"]),
+    ],
+)
+def test_the_groups_claim_is_read_as_named(settings: Any, claim: str, claims: dict[str, Any], groups: list[str]):
+    settings.OIDC_GROUPS_CLAIM = claim
+    assert oidc_groups_of(claims) == groups
