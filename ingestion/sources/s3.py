@@ -82,6 +82,7 @@ class S3Source(Source):
         self.timeout = float(timeout)
         self.max_attempts = max_attempts
         self._client = client
+        self._owns_client = client is None
 
     def __repr__(self) -> str:
         return f"S3Source({self.bucket!r}, prefix={self.prefix!r}, endpoint_url={self.endpoint_url!r})"
@@ -138,8 +139,8 @@ class S3Source(Source):
             body.close()
 
     def close(self) -> None:
-        """Close the client's connections."""
-        if self._client is not None:
+        """Close the client's connections (a client passed in is left to its owner)."""
+        if self._client is not None and self._owns_client:
             self._client.close()
             self._client = None
 

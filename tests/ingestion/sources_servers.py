@@ -15,6 +15,8 @@ class Page:
     body: bytes = b""
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
+    #: what HEAD answers when the server does not do what GET does (405, say)
+    head_status: int | None = None
 
 
 @dataclass
@@ -44,6 +46,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _answer(self, *, with_body: bool) -> None:
         self.site.requests.append((self.command, self.path, self.headers.get("User-Agent", "")))
         page = self.site.pages.get(self.path) or Page(b"<h1>Not found</h1>", 404, {"Content-Type": "text/html"})
+        if not with_body and page.head_status is not None:
+            page = Page(status=page.head_status)
         self.send_response(page.status)
         for name, value in page.headers.items():
             self.send_header(name, value)

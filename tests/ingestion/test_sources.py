@@ -354,6 +354,13 @@ def test_website_fetch_refuses_what_is_over_the_cap(site: Site, tmp_path: Path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_website_falls_back_to_get_when_a_server_refuses_head(site: Site):
+    site.pages["/files/report.pdf"].head_status = 405
+    items = by_key(WebsiteSource(site.base + "/", max_depth=1).listing())
+    assert items[f"{site.base}/files/report.pdf"].version == '"r1"'
+    assert site.requested("/files/report.pdf") == ["HEAD", "GET"]
+
+
 def test_website_depth_and_page_limits(site: Site):
     base = site.base
 
@@ -488,9 +495,12 @@ def bucket(s3_endpoint: str, request: pytest.FixtureRequest) -> Iterator[tuple[s
 
 def test_s3_lists_the_prefix_page_by_page_and_sees_changes(s3_endpoint: str, bucket: tuple[str, Any]):
     name, client = bucket
-    source = S3Source(name, prefix="docs/", endpoint_url=s3_endpoint, page_size=2, **CREDENTIALS)
+    listings: list[int] = []
+    client.meta.events.register("before-call.s3.ListObjectsV2", lambda **_: listings.append(1))
+    source = S3Source(name, prefix="docs/", page_size=2, client=client)
     before = by_key(source.listing())
     assert set(before) == {"docs/a.pdf", "docs/sub/b.txt", "docs/sub/c.md"}
+    assert len(listings) == 3  # five keys under docs/, two a page
     assert before["docs/a.pdf"] == Item(
         key="docs/a.pdf",
         name="a.pdf",
