@@ -27,6 +27,7 @@ import requests
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.backends import ModelBackend
+from django.core.cache import cache
 from django.core.exceptions import SuspiciousOperation
 from django.db import IntegrityError, transaction
 from django.urls import reverse
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DISCOVERY_TTL_S = 3600
+REFRESH_LOCK_S = 60
 #: mozilla-django-oidc's names for what the portal's own variables hold (read when used, so tests may change them)
 _PORTAL_NAMES = {
     "OIDC_RP_CLIENT_ID": "OIDC_CLIENT_ID",
@@ -343,6 +345,21 @@ def oidc_groups_read(account: DirectoryAccount) -> list[str] | None:
     if not account.refresh_token:
         log.warning("OpenID groups of %s not read again: no refresh token (see OIDC_SCOPES)", account.user_id)
         return None
+    # One refresh at a time per person: a provider that rotates refresh tokens may take a second use of the same
+    # one for a theft and revoke them all. Requests that come meanwhile keep the groups as they are.
+    lock = f"oidc-refresh:{account.pk}"
+    if not cache.add(lock, True, timeout=REFRESH_LOCK_S):
+        raise DirectoryUnavailable("another request is reading them")
+    try:
+        current = DirectoryAccount.objects.filter(pk=account.pk).values("refresh_token", "synced_at").first()
+        if current != {"refresh_token": account.refresh_token, "synced_at": account.synced_at}:
+            raise DirectoryUnavailable("another request has just read them")
+        return _groups_refreshed(account)
+    finally:
+        cache.delete(lock)
+
+
+def _groups_refreshed(account: DirectoryAccount) -> list[str] | None:
     backend = PortalOIDCBackend()
     try:
         with _asking("refresh"):

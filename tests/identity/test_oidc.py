@@ -11,6 +11,7 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 from django.contrib.auth.models import Group
+from django.core.cache import cache
 from django.utils import timezone
 
 from knowledge.models import AuditEvent, Collection, DirectoryAccount, Document
@@ -186,6 +187,25 @@ def test_an_api_key_follows_its_owners_groups_through_the_refresh_token(
     oidc_on.set_account("alice", groups=["finance"])
     sync_due()
     assert _titles(client, **api) == ["Q3 results"]
+
+
+def test_one_refresh_at_a_time_per_person(
+    client: Any, oidc_on: TestProvider, finance_report: Document, settings: Any
+) -> None:
+    _sign_in(client, oidc_on, "alice")
+    account = DirectoryAccount.objects.get(subject=ACCOUNTS["alice"]["sub"])
+    _, raw_key = apikey_create(user=account.user, all_collections=True)
+    client.post("/accounts/logout/")
+    oidc_on.set_account("alice", groups=["everyone"])
+    DirectoryAccount.objects.filter(pk=account.pk).update(synced_at=timezone.now() - timedelta(days=1))
+
+    # another request is refreshing: this one keeps the groups as they are and leaves the token alone
+    cache.add(f"oidc-refresh:{account.pk}", True, timeout=60)
+    try:
+        assert _titles(client, Authorization=f"Token {raw_key}") == ["Q3 results"]
+    finally:
+        cache.delete(f"oidc-refresh:{account.pk}")
+    assert DirectoryAccount.objects.get(pk=account.pk).refresh_token == account.refresh_token
 
 
 def test_an_api_key_loses_the_directory_groups_when_the_refresh_is_refused(
