@@ -144,7 +144,7 @@ def _asking(what: str) -> Iterator[None]:
         raise OIDCSignInError("unavailable", f"{what}: {exc}") from exc
     except (ValueError, KeyError, TypeError) as exc:  # JSON that is not what the protocol says
         raise OIDCSignInError("refused" if what != "discovery" else "unavailable", f"{what}: {exc!r}") from exc
-    except (SuspiciousOperation, jwt.InvalidTokenError) as exc:
+    except (SuspiciousOperation, jwt.PyJWTError) as exc:  # a bad signature, an expired token, an unusable key
         raise OIDCSignInError("refused", f"{what}: {exc}") from exc
 
 
