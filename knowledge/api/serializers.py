@@ -11,7 +11,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from knowledge import limits
-from knowledge.models import Document
+from knowledge.models import Document, DocumentVersion
 from knowledge.services.answering import MODES, Answer, Source
 
 
@@ -216,8 +216,20 @@ class TaskStatusSerializer(serializers.Serializer):
     error = serializers.DictField(required=False)
 
 
+class DocumentVersionSerializer(serializers.ModelSerializer):
+    created = serializers.DateTimeField(source="created_at", read_only=True)
+    created_by = serializers.SlugRelatedField(slug_field="username", read_only=True, allow_null=True)
+
+    class Meta:
+        model = DocumentVersion
+        fields = ["number", "status", "size", "created", "created_by", "error"]
+        read_only_fields = fields
+
+
 class DocumentSerializer(serializers.ModelSerializer):
     collection = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    version = serializers.IntegerField(read_only=True, help_text="The number of the version that answers.")
+    versions = DocumentVersionSerializer(many=True, read_only=True, help_text="Every version, newest first.")
 
     class Meta:
         model = Document
@@ -237,8 +249,14 @@ class DocumentSerializer(serializers.ModelSerializer):
             "created_at",
             "updated_at",
             "processed_at",
+            "version",
+            "versions",
         ]
         read_only_fields = fields
+
+
+class DocumentFileSerializer(StrictSerializer):
+    file = serializers.FileField(help_text="The new version's file.")
 
 
 class DocumentUploadSerializer(StrictSerializer):
