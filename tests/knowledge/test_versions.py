@@ -209,9 +209,7 @@ def test_deleting_a_document_removes_every_versions_file(
     assert not DocumentVersion.objects.exists()
 
 
-def test_a_new_version_of_a_big_pdf_is_read_in_page_ranges(
-    policy: Document, settings: Any, tmp_path: Path
-) -> None:
+def test_a_new_version_of_a_big_pdf_is_read_in_page_ranges(policy: Document, settings: Any, tmp_path: Path) -> None:
     from tests.knowledge.test_split import _text_pdf
 
     settings.RAG_SPLIT_PAGES = 4
@@ -249,9 +247,11 @@ def test_a_worker_killed_mid_version_leaves_no_partial_version_and_the_next_run_
     with transaction.atomic(), _first_pages(corpus_dir, tmp_path, 12).open("rb") as handle:
         document_services.document_replace(document=document, file=handle, filename="guide.pdf")
     wait_for(
-        lambda: Document.objects.filter(pk=document.pk, status="processing", stage="embedding")
-        .exclude(lease_until=None)
-        .exists(),
+        lambda: (
+            Document.objects.filter(pk=document.pk, status="processing", stage="embedding")
+            .exclude(lease_until=None)
+            .exists()
+        ),
         timeout=300,
         interval=0.1,
     )
