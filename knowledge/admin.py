@@ -10,7 +10,7 @@ from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.defaultfilters import truncatechars
 from django.utils import timezone
 from django.utils.html import format_html
@@ -24,6 +24,7 @@ from knowledge.models import (
     Collection,
     Conversation,
     Document,
+    DocumentVersion,
     Message,
     SearchRebuild,
     UsageRecord,
@@ -68,6 +69,13 @@ class CollectionAdmin(admin.ModelAdmin):
 
 
 class DocumentUploadForm(forms.ModelForm):
+    #: on a document's change page: a file uploaded here becomes its next version
+    new_version = forms.FileField(
+        label=_("Upload a new version"),
+        required=False,
+        help_text=_("The current version keeps answering until the new one is ready."),
+    )
+
     class Meta:
         model = Document
         fields = ["collection", "title", "file"]
@@ -81,6 +89,30 @@ class DocumentUploadForm(forms.ModelForm):
             except KnowledgeError as exc:
                 raise forms.ValidationError(exc.message, code=exc.code) from exc
         return cleaned
+
+
+class DocumentVersionInline(admin.TabularInline):
+    """A document's versions, read-only; an older one is restored with its button (the change form's submit)."""
+
+    model = DocumentVersion
+    fields = ["number", "status", "original_name", "size", "created_by", "created_at", "error", "restore"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    max_num = 0
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description=_("Restore"))
+    def restore(self, obj: DocumentVersion) -> str:
+        if obj.number == obj.document.version:
+            return str(_("current"))
+        return format_html(
+            '<button type="submit" name="_restore_version" value="{}" class="button">{}</button>',
+            obj.number,
+            _("Restore"),
+        )
 
 
 class ChunkInline(admin.TabularInline):
@@ -121,7 +153,7 @@ class DocumentAdmin(admin.ModelAdmin):
         "updated_at",
         "processed_at",
     ]
-    inlines = [ChunkInline]
+    inlines = [DocumentVersionInline, ChunkInline]
     form = DocumentUploadForm
     actions = ["reingest", "delete_with_vectors", "rebuild_index"]
 
@@ -140,12 +172,12 @@ class DocumentAdmin(admin.ModelAdmin):
     def get_fields(self, request: HttpRequest, obj: Document | None = None) -> list[str]:
         if obj is None:
             return ["collection", "title", "file"]
-        return ["collection", "title", "file", *self.readonly_fields]
+        return ["collection", "title", "file", "new_version", "version", *self.readonly_fields]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Document | None = None) -> list[str]:
         if obj is None:
             return []
-        return ["file", *self.readonly_fields]
+        return ["file", "version", *self.readonly_fields]
 
     def get_inlines(self, request: HttpRequest, obj: Document | None) -> list[Any]:
         return self.inlines if obj is not None else []
@@ -166,6 +198,7 @@ class DocumentAdmin(admin.ModelAdmin):
     def save_model(self, request: HttpRequest, obj: Document, form: Any, change: bool) -> None:
         if change:
             super().save_model(request, obj, form, change)
+            self._new_version(request, obj, form)
             return
         upload = form.cleaned_data["file"]
         created = document_services.document_create(
@@ -178,6 +211,35 @@ class DocumentAdmin(admin.ModelAdmin):
         )
         obj.pk = created.pk
         obj.refresh_from_db()
+
+    def _new_version(self, request: HttpRequest, obj: Document, form: Any) -> None:
+        """A file in "Upload a new version", or a version's Restore button, makes the document's next version."""
+        upload = form.cleaned_data.get("new_version")
+        restore = request.POST.get("_restore_version", "")
+        try:
+            if upload is not None:
+                document_services.document_replace(
+                    document=obj,
+                    file=upload,
+                    filename=upload.name,
+                    actor=request.user,
+                    check_type=True,
+                    ip_address=audit_services.client_ip(request),
+                )
+                self.message_user(request, _("The new version is queued; the current one answers until it is ready."))
+            elif restore.isdigit():
+                document_services.document_version_restore(
+                    document=obj, number=int(restore), actor=request.user, ip_address=audit_services.client_ip(request)
+                )
+                self.message_user(request, _("Version %(n)s is restored as a new version and queued.") % {"n": restore})
+        except KnowledgeError as exc:
+            self.message_user(request, exc.message, messages.ERROR)
+        obj.refresh_from_db()
+
+    def response_change(self, request: HttpRequest, obj: Document) -> HttpResponse:
+        if "_restore_version" in request.POST:  # stay on the page, to watch the version
+            return HttpResponseRedirect(request.path)
+        return super().response_change(request, obj)
 
     def delete_model(self, request: HttpRequest, obj: Document) -> None:
         document_services.document_delete(

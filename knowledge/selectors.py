@@ -243,7 +243,7 @@ def service_status(*, user: Any = None, api_key: ApiKey | None = None) -> dict[s
 # --- Web pages: documents, conversations and usage ----------------------------------------------
 
 if TYPE_CHECKING:
-    from knowledge.models import Chunk, Conversation, Message, UsageRecord
+    from knowledge.models import Chunk, Conversation, DocumentVersion, Message, UsageRecord
 
 #: statuses of a document the workers have not finished with (the pages poll while one is shown)
 DOCUMENT_ACTIVE_STATUSES = (Document.Status.QUEUED, Document.Status.PROCESSING)
@@ -260,6 +260,13 @@ def documents_search(
     if collection_id is not None:
         documents = documents.filter(collection_id=collection_id)
     return documents.select_related("collection", "uploaded_by")
+
+
+def document_versions(*, document: Document) -> QuerySet[DocumentVersion]:
+    """A document's versions, newest first, with who made each."""
+    from knowledge.models import DocumentVersion
+
+    return DocumentVersion.objects.filter(document=document).select_related("created_by").order_by("-number")
 
 
 def document_chunks(*, document: Document) -> QuerySet[Chunk]:

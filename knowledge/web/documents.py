@@ -1,4 +1,4 @@
-"""The document pages: upload, the live list, one document with its chunks.
+"""The document pages: upload, the live list, one document with its versions and chunks.
 
 Each page asks for Django's model permission on documents (view, add, change, delete); which
 documents it shows follows the collections' groups, for everyone but superusers.
@@ -25,21 +25,29 @@ from django.views.decorators.http import require_GET, require_POST
 from knowledge.errors import (
     DuplicateDocumentError,
     KnowledgeError,
+    SameVersionError,
     UnsupportedUploadError,
     UploadTooLargeError,
+    VersionPendingError,
     http_error,
 )
 from knowledge.models import Document
 from knowledge.selectors import (
     DOCUMENT_ACTIVE_STATUSES,
     document_chunks,
+    document_versions,
     documents_search,
     documents_visible_to,
 )
 from knowledge.services import audit
 from knowledge.services import documents as document_services
 from knowledge.web.decorators import permission_required, wants_json
-from knowledge.web.forms import DocumentFilterForm, UploadForm
+from knowledge.web.forms import (
+    SAME_NAME_ASK,
+    SAME_NAME_KEEP,
+    DocumentFilterForm,
+    UploadForm,
+)
 
 DOCUMENTS_PER_PAGE = 20
 CHUNKS_PER_PAGE = 50
@@ -97,6 +105,10 @@ def _upload_refusal(exc: KnowledgeError) -> tuple[int, dict[str, Any]]:
     elif isinstance(exc, UnsupportedUploadError):
         body["error"] = _("Unsupported file type. Accepted: %(types)s.") % {"types": ", ".join(exc.accepted)}
         body["accepted"] = exc.accepted
+    elif isinstance(exc, SameVersionError):
+        body["error"] = _("This file is already the current version.")
+    elif isinstance(exc, VersionPendingError):
+        body["error"] = _("A new version of this document is still being processed; try again when it is done.")
     else:
         body["error"] = refusal.message
     return refusal.status, body
@@ -119,38 +131,87 @@ def document_upload(request: HttpRequest) -> HttpResponse:
         flash.error(request, text)
         return redirect("document-list")
 
-    results: list[tuple[int, dict[str, Any]]] = []
-    for upload in files:
-        try:
-            document = document_services.document_create(
-                file=upload,
-                filename=upload.name or "upload",
-                collection=form.cleaned_data["collection"],
-                uploaded_by=request.user,
-                check_type=True,
-                ip_address=audit.client_ip(request),
-            )
-        except KnowledgeError as exc:
-            status, body = _upload_refusal(exc)
-            results.append((status, {**body, "name": upload.name}))
-            continue
-        url = reverse("document-detail", kwargs={"document_id": document.pk})
-        body = {
-            "ok": True,
-            "name": upload.name,
-            "document": {"id": document.pk, "title": document.title, "status": document.status, "url": url},
-        }
-        results.append((201, body))
-
+    results = [_upload_one(request, upload, form.cleaned_data) for upload in files]
     if wants_json(request):
         status, body = results[0] if len(results) == 1 else (207, {"ok": True, "files": [b for _s, b in results]})
         return JsonResponse(body, status=status)
     for _status, body in results:
         if body["ok"]:
-            flash.success(request, _("%(name)s is uploaded and queued.") % {"name": body["name"]})
+            flash.success(request, body["notice"])
+        elif body["code"] == "same_name":
+            # without the page's script nobody can answer the question in place: the form asks it for next time
+            hint = _("Choose Replace it (new version) or Keep both above, and upload it again.")
+            flash.error(request, f"{body['name']}: {body['error']} {hint}")
         else:
             flash.error(request, f"{body['name']}: {body['error']}")
     return redirect("document-list")
+
+
+def _upload_one(request: HttpRequest, upload: Any, choices: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """Store one uploaded file: a new document, or a new version of the document of the same name when asked
+    to; with ``same_name`` "ask", a file named as a document of the collection is refused with the question."""
+    collection = choices["collection"] or document_services.collection_get_default()
+    name = upload.name or "upload"
+    same_name = choices.get("same_name") or SAME_NAME_ASK
+    existing = None
+    if same_name != SAME_NAME_KEEP:
+        existing = document_services.document_same_name(collection=collection, filename=name)
+    if existing is not None and same_name == SAME_NAME_ASK:
+        return 409, {
+            "ok": False,
+            "code": "same_name",
+            "name": name,
+            "error": _("“%(title)s” has this name in the collection: replace it (new version) or keep both?")
+            % {"title": existing.title},
+            "url": reverse("document-detail", kwargs={"document_id": existing.pk}),
+            "document": {"id": existing.pk, "title": existing.title},
+        }
+    if existing is not None and not request.user.has_perm("knowledge.change_document"):
+        return 403, {
+            "ok": False,
+            "code": "permission_denied",
+            "name": name,
+            "error": _("You may not upload new versions of documents."),
+        }
+    try:
+        if existing is not None:
+            document = document_services.document_replace(
+                document=existing,
+                file=upload,
+                filename=name,
+                actor=request.user,
+                check_type=True,
+                ip_address=audit.client_ip(request),
+            )
+        else:
+            document = document_services.document_create(
+                file=upload,
+                filename=name,
+                collection=collection,
+                uploaded_by=request.user,
+                check_type=True,
+                ip_address=audit.client_ip(request),
+            )
+    except KnowledgeError as exc:
+        status, body = _upload_refusal(exc)
+        return status, {**body, "name": name}
+    url = reverse("document-detail", kwargs={"document_id": document.pk})
+    if existing is not None:
+        number = document_versions(document=document).values_list("number", flat=True).first()
+        notice = _("%(name)s is uploaded as version %(number)s of “%(title)s” and queued.") % {
+            "name": name,
+            "number": number,
+            "title": document.title,
+        }
+    else:
+        notice = _("%(name)s is uploaded and queued.") % {"name": name}
+    body = {
+        "ok": True,
+        "name": name,
+        "notice": notice,
+        "document": {"id": document.pk, "title": document.title, "status": document.status, "url": url},
+    }
+    return (202 if existing is not None else 201), body
 
 
 def _document_or_404(request: HttpRequest, document_id: int) -> Document:
@@ -165,9 +226,15 @@ def document_detail(request: HttpRequest, document_id: int) -> HttpResponse:
         documents_visible_to(user=request.user).select_related("collection", "uploaded_by"), pk=document_id
     )
     chunks = Paginator(document_chunks(document=document), CHUNKS_PER_PAGE).get_page(request.GET.get("page"))
+    versions = list(document_versions(document=document))
+    newest = versions[0] if versions else None
     context = {
         "document": document,
         "chunks": chunks,
+        "versions": versions,
+        # a new version being processed, or the reason the newest one failed, while the current one answers
+        "new_version": newest if newest is not None and newest.number > document.version else None,
+        "version_pending": any(v.status in DOCUMENT_ACTIVE_STATUSES for v in versions if v.number > document.version),
         "polling": document.status in DOCUMENT_ACTIVE_STATUSES,
     }
     if _partial_requested(request):
@@ -212,3 +279,59 @@ def document_delete(request: HttpRequest, document_id: int) -> HttpResponse:
     title = document.title
     document_services.document_delete(document=document, actor=request.user, ip_address=audit.client_ip(request))
     return _after_action(request, _("“%(title)s” is deleted.") % {"title": title}, _next_url(request), leave=True)
+
+
+def _refused(request: HttpRequest, message: str, next_url: str) -> HttpResponse:
+    """A refused action: a notice in place (htmx) or a flashed error on ``next_url``."""
+    if request.htmx:
+        response = HttpResponse(status=204)
+        response["HX-Trigger"] = json.dumps({"portal:notice": {"value": message}})
+        return response
+    flash.error(request, message)
+    return redirect(next_url)
+
+
+@permission_required("knowledge.change_document")
+@require_POST
+def document_version_create(request: HttpRequest, document_id: int) -> HttpResponse:
+    """Upload a new version of a document from its page; the current version answers until it is ready."""
+    document = _document_or_404(request, document_id)
+    detail = reverse("document-detail", kwargs={"document_id": document.pk})
+    upload = request.FILES.get("file")
+    if upload is None:
+        return _refused(request, _("Choose a file to upload."), detail)
+    try:
+        document = document_services.document_replace(
+            document=document,
+            file=upload,
+            filename=upload.name or "upload",
+            actor=request.user,
+            check_type=True,
+            ip_address=audit.client_ip(request),
+        )
+    except KnowledgeError as exc:
+        _status, body = _upload_refusal(exc)
+        return _refused(request, body["error"], detail)
+    return _after_action(
+        request, _("The new version of “%(title)s” is queued.") % {"title": document.title}, detail, leave=True
+    )
+
+
+@permission_required("knowledge.change_document")
+@require_POST
+def document_version_restore(request: HttpRequest, document_id: int, number: int) -> HttpResponse:
+    """Restore an older version: its file becomes the newest version, current once it is ready."""
+    document = _document_or_404(request, document_id)
+    detail = reverse("document-detail", kwargs={"document_id": document.pk})
+    try:
+        document_services.document_version_restore(
+            document=document, number=number, actor=request.user, ip_address=audit.client_ip(request)
+        )
+    except KnowledgeError as exc:
+        _status, body = _upload_refusal(exc)
+        return _refused(request, body["error"], detail)
+    notice = _("Version %(number)s of “%(title)s” is restored as a new version and queued.") % {
+        "number": number,
+        "title": document.title,
+    }
+    return _after_action(request, notice, detail)

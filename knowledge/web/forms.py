@@ -57,9 +57,25 @@ class DocumentFilterForm(forms.Form):
         self.fields["collection"].queryset = collections_readable_by(user=user).order_by("name")
 
 
+#: what an upload does when the collection has a document of the same name: ask, make a new version, keep both
+SAME_NAME_ASK, SAME_NAME_VERSION, SAME_NAME_KEEP = "ask", "version", "keep"
+SAME_NAME_CHOICES = [
+    (SAME_NAME_ASK, _("Ask me")),
+    (SAME_NAME_VERSION, _("Replace it (new version)")),
+    (SAME_NAME_KEEP, _("Keep both")),
+]
+
+
 class UploadForm(forms.Form):
     collection = forms.ModelChoiceField(
         label=_("Collection"), queryset=Collection.objects.none(), required=False, empty_label=None
+    )
+    same_name = forms.ChoiceField(
+        label=_("When a document of the collection has the same name"),
+        choices=SAME_NAME_CHOICES,
+        required=False,
+        initial=SAME_NAME_ASK,
+        widget=forms.RadioSelect,
     )
 
     def __init__(self, *args: Any, user: AbstractBaseUser | AnonymousUser, **kwargs: Any) -> None:

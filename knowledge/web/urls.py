@@ -18,6 +18,12 @@ urlpatterns = [
     path("documents/<int:document_id>/", documents.document_detail, name="document-detail"),
     path("documents/<int:document_id>/reingest/", documents.document_reingest, name="document-reingest"),
     path("documents/<int:document_id>/delete/", documents.document_delete, name="document-delete"),
+    path("documents/<int:document_id>/versions/", documents.document_version_create, name="document-version-create"),
+    path(
+        "documents/<int:document_id>/versions/<int:number>/restore/",
+        documents.document_version_restore,
+        name="document-version-restore",
+    ),
     path("documents/<int:document_id>/view/", originals.document_original, name="document-original"),
     path(
         "documents/<int:document_id>/view/page/<int:page>.png",

@@ -1,6 +1,7 @@
 /* Knowledge Portal uploads: drag and drop or choose several files; each goes up in its own request
  * with its own progress bar and its own verdict (queued, duplicate, too large, unsupported type).
- * Without this script the form posts all the chosen files at once. */
+ * A file named as a document of the collection asks, in its row, "replace (new version) or keep both?" (unless
+ * the form's same-name choice already answers). Without this script the form posts all the chosen files at once. */
 (function () {
   "use strict";
   const form = document.getElementById("upload-form");
@@ -9,6 +10,7 @@
   const zone = document.getElementById("dropzone");
   const queue = document.getElementById("upload-queue");
   const collection = form.querySelector("select[name=collection]");
+  const sameName = () => (form.querySelector("input[name=same_name]:checked") || { value: "ask" }).value;
   const csrf = form.querySelector("input[name=csrfmiddlewaretoken]").value;
   const maxBytes = Number(form.dataset.maxBytes || 0);
   const text = form.dataset;
@@ -60,17 +62,41 @@
     while (running < PARALLEL && waiting.length) {
       const job = waiting.shift();
       running += 1;
-      send(job.file, job.view, () => {
+      send(job.file, job.view, job.choice, () => {
         running -= 1;
         next();
       });
     }
   }
 
-  function send(file, view, done) {
+  /** The question "replace (new version) or keep both?" in the file's row; the answer sends the file again. */
+  function ask(file, view, body) {
+    view.item.dataset.state = "asking";
+    view.status.textContent = body.error;
+    const choices = document.createElement("span");
+    choices.className = "upload-choices";
+    [["version", text.textReplace, "primary"], ["keep", text.textKeep, "secondary"]].forEach(([choice, label, style]) => {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = style + " small";
+      button.dataset.choice = choice;
+      button.textContent = label;
+      button.addEventListener("click", () => {
+        choices.remove();
+        view.bar.value = 0;
+        waiting.push({ file, view, choice });
+        next();
+      });
+      choices.append(button);
+    });
+    view.item.append(choices);
+  }
+
+  function send(file, view, choice, done) {
     const data = new FormData();
     data.append("file", file, file.name);
     if (collection) data.append("collection", collection.value);
+    data.append("same_name", choice || sameName());
     const request = new XMLHttpRequest();
     request.open("POST", form.action);
     request.setRequestHeader("Accept", "application/json");
@@ -88,8 +114,10 @@
         body = JSON.parse(request.responseText);
       } catch (error) { /* an HTML error page */ }
       if (request.status >= 200 && request.status < 300 && body.ok) {
-        settle(view, "done", text.textQueued, body.document && body.document.url);
+        settle(view, "done", body.notice || text.textQueued, body.document && body.document.url);
         document.body.dispatchEvent(new CustomEvent("documents-changed", { bubbles: true }));
+      } else if (body.code === "same_name") {
+        ask(file, view, body);
       } else {
         settle(view, "error", body.error || text.textFailed, body.url);
       }

@@ -282,3 +282,128 @@ def test_a_worker_killed_mid_version_leaves_no_partial_version_and_the_next_run_
     report = index_services.index_check()
     assert report.consistent, report
     assert report.vectors == Chunk.objects.count()
+
+
+# --- The documents page and the admin ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def curator(django_user_model: Any) -> Any:
+    from django.contrib.auth.models import Permission
+
+    user = django_user_model.objects.create_user(username="curator", password="pw-curator-123", is_staff=True)
+    user.user_permissions.add(
+        *Permission.objects.filter(codename__in=["view_document", "add_document", "change_document", "delete_document"])
+    )
+    return user
+
+
+def _page_upload(client: Any, name: str, content: bytes, **data: str) -> Any:
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    return client.post(
+        "/documents/upload/", {"file": SimpleUploadedFile(name, content), **data}, HTTP_ACCEPT="application/json"
+    )
+
+
+def test_the_upload_page_asks_replace_or_keep_both_for_a_file_of_the_same_name(
+    policy: Document, curator: Any, client: Any
+) -> None:
+    client.force_login(curator)
+    asked = _page_upload(client, "policy.txt", NEW.encode())
+    assert asked.status_code == 409
+    body = asked.json()
+    assert (body["code"], body["document"]["id"]) == ("same_name", policy.pk)
+    assert "new version" in body["error"] and policy.versions.count() == 1
+
+    replaced = _page_upload(client, "policy.txt", NEW.encode(), same_name="version")
+    assert replaced.status_code == 202 and replaced.json()["document"]["id"] == policy.pk
+    assert "version 2" in replaced.json()["notice"]
+    assert _statuses(policy) == [(1, "ready"), (2, "queued")]
+
+    kept = _page_upload(client, "policy.txt", (NEW + " A copy.").encode(), same_name="keep")
+    assert kept.status_code == 201 and kept.json()["document"]["id"] != policy.pk
+    assert Document.objects.filter(original_name="policy.txt").count() == 2
+
+    # without the page's script, the question comes back as a message and the form offers the answers
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    page = client.post("/documents/upload/", {"file": SimpleUploadedFile("policy.txt", b"Other words.")}, follow=True)
+    text = page.content.decode()
+    assert "replace it (new version) or keep both?" in text and 'name="same_name"' in text
+
+
+def test_the_document_page_lists_versions_shows_a_failure_and_restores(
+    policy: Document, curator: Any, client: Any
+) -> None:
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    client.force_login(curator)
+    response = client.post(
+        f"/documents/{policy.pk}/versions/", {"file": SimpleUploadedFile("policy.pdf", b"%PDF-1.4\n% broken\n")}
+    )
+    assert response.status_code == 302
+    page = client.get(f"/documents/{policy.pk}/").content.decode()
+    assert 'id="version-pending"' in page and 'id="version-2"' in page
+    document_services.document_process(document_id=policy.pk)
+    page = client.get(f"/documents/{policy.pk}/").content.decode()
+    assert 'id="version-failed"' in page and "Version 1 still answers" in page
+    assert 'id="version-1" data-status="ready" data-current="true"' in page
+
+    assert client.post(f"/documents/{policy.pk}/versions/2/restore/").status_code == 302  # its file is broken anyway
+    policy.refresh_from_db()
+    assert policy.versions.get(number=3).restored_from == 2
+    refused = client.post(f"/documents/{policy.pk}/versions/2/restore/", follow=True).content.decode()
+    assert "still being processed" in refused
+    current = client.post(f"/documents/{policy.pk}/versions/1/restore/", follow=True).content.decode()
+    assert "already the current version" in current
+    assert client.post(f"/documents/{policy.pk}/versions/9/restore/").status_code == 302
+    assert policy.versions.count() == 3
+
+
+def test_the_admin_uploads_a_new_version_and_restores_an_older_one(policy: Document, admin_user_logged_in: Any) -> None:
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    url = f"/admin/knowledge/document/{policy.pk}/change/"
+    page = admin_user_logged_in.get(url).content.decode()
+    assert 'name="new_version"' in page and 'name="versions-TOTAL_FORMS"' in page
+    form = {
+        "collection": policy.collection_id,
+        "title": policy.title,
+        "new_version": SimpleUploadedFile("policy-2026.txt", NEW.encode()),
+        **_inline_management(),
+    }
+    assert admin_user_logged_in.post(url, form).status_code == 302
+    policy.refresh_from_db()
+    assert _statuses(policy) == [(1, "ready"), (2, "queued")]
+    assert AuditEvent.objects.filter(action="document_replace", document_id=policy.pk).count() == 1
+    document_services.document_process(document_id=policy.pk)
+
+    page = admin_user_logged_in.get(url).content.decode()
+    assert 'name="_restore_version" value="1"' in page
+    restore = {
+        "collection": policy.collection_id,
+        "title": policy.title,
+        "_restore_version": "1",
+        **_inline_management(),
+    }
+    assert admin_user_logged_in.post(url, restore).status_code == 302
+    policy.refresh_from_db()
+    assert policy.versions.get(number=3).restored_from == 1
+    document_services.document_process(document_id=policy.pk)
+    policy.refresh_from_db()
+    assert policy.version == 3 and "economy" in _texts(policy)
+
+
+def _inline_management() -> dict[str, str]:
+    forms = {}
+    for prefix in ("versions", "chunks"):
+        forms.update(
+            {
+                f"{prefix}-TOTAL_FORMS": "0",
+                f"{prefix}-INITIAL_FORMS": "0",
+                f"{prefix}-MIN_NUM_FORMS": "0",
+                f"{prefix}-MAX_NUM_FORMS": "0",
+            }
+        )
+    return forms
