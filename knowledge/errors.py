@@ -64,6 +64,13 @@ class VersionPendingError(KnowledgeError):
     http_status = 409
 
 
+class SourceBusyError(KnowledgeError):
+    """A sync of a document source is already running."""
+
+    code = "sync_running"
+    http_status = 409
+
+
 class UploadTooLargeError(KnowledgeError):
     code = "too_large"
     http_status = 413

@@ -87,6 +87,8 @@ class Document(models.Model):
     #: the number of the version that answers (the file, name, size, hash and type above are its); a newer
     #: version being processed waits in DocumentVersion until it is ready
     version = models.PositiveIntegerField(default=1)
+    #: where the document lives outside the portal (a synced website page or bucket object), for citations
+    origin_url = models.URLField(max_length=2000, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -491,3 +493,93 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.time:%Y-%m-%d %H:%M:%S} {self.username or '-'} {self.action}"
+
+
+class Source(models.Model):
+    """A place documents are synced from into a collection: a folder, a website or an S3-compatible bucket.
+
+    Each sync compares what the place holds with what the source brought before (``SourceItem``): new items are
+    ingested, changed ones (by content hash) become new versions, vanished ones are deleted.
+    """
+
+    class Kind(models.TextChoices):
+        FOLDER = "folder", _("Folder")
+        WEBSITE = "website", _("Website")
+        S3 = "s3", _("S3 bucket")
+
+    name = models.SlugField(max_length=64, unique=True, help_text=_("How commands and the API name it."))
+    collection = models.ForeignKey(Collection, on_delete=models.PROTECT, related_name="sources")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    location = models.CharField(
+        max_length=2000,
+        help_text=_("Folder: a path on the server. Website: a start URL or a sitemap. S3: bucket/prefix."),
+    )
+    include = models.CharField(
+        max_length=500, blank=True, help_text=_("Folder and S3: glob patterns to take, comma-separated (all).")
+    )
+    exclude = models.CharField(
+        max_length=500, blank=True, help_text=_("Folder and S3: glob patterns to leave out, comma-separated.")
+    )
+    max_depth = models.PositiveIntegerField(default=3, help_text=_("Website: links followed from the start."))
+    max_pages = models.PositiveIntegerField(default=500, help_text=_("Website: pages and documents at most."))
+    every_minutes = models.PositiveIntegerField(
+        default=60, help_text=_("Minutes between scheduled syncs; 0 = only on demand.")
+    )
+    enabled = models.BooleanField(default=True)
+    next_run_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class SourceRun(models.Model):
+    """One sync of a source: what it added, updated, removed and could not bring, or why it failed as a whole."""
+
+    class Status(models.TextChoices):
+        RUNNING = "running", _("Running")
+        SUCCEEDED = "succeeded", _("Succeeded")
+        FAILED = "failed", _("Failed")
+
+    source = models.ForeignKey(Source, on_delete=models.CASCADE, related_name="runs")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.RUNNING)
+    trigger = models.CharField(max_length=16, blank=True, help_text=_("schedule, admin, command or api"))
+    started_at = models.DateTimeField(default=timezone.now)
+    #: renewed while the run works: a run whose heartbeat stopped was killed and the next one takes over
+    heartbeat_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    found = models.PositiveIntegerField(default=0)
+    added = models.PositiveIntegerField(default=0)
+    updated = models.PositiveIntegerField(default=0)
+    removed = models.PositiveIntegerField(default=0)
+    failed = models.PositiveIntegerField(default=0)
+    #: [{"key", "reason"}] of the items that could not be brought
+    failures = models.JSONField(default=list, blank=True)
+    error = models.TextField(blank=True, help_text=_("Why the run failed as a whole; nothing was removed then."))
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.source} {self.started_at:%Y-%m-%d %H:%M} {self.status}"
+
+
+class SourceItem(models.Model):
+    """One thing a source brought: its key there, its change marker and content hash, and the document it is."""
+
+    source = models.ForeignKey(Source, on_delete=models.CASCADE, related_name="items")
+    key = models.CharField(max_length=2000)
+    document = models.OneToOneField(Document, on_delete=models.CASCADE, related_name="source_item")
+    version = models.CharField(max_length=200, blank=True)
+    sha256 = models.CharField(max_length=64)
+    url = models.CharField(max_length=2000, blank=True)
+    seen_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["source", "key"], name="source_item_unique_key")]
+
+    def __str__(self) -> str:
+        return f"{self.source}: {self.key}"

@@ -18,6 +18,7 @@ DOCUMENT_OCR = "knowledge.document_ocr"
 DOCUMENT_INGEST_PART = "knowledge.document_ingest_part"
 DOCUMENT_OCR_PART = "knowledge.document_ocr_part"
 QUESTION_ANSWER = "knowledge.question_answer"
+SOURCE_SYNC = "knowledge.source_sync"
 
 
 def _send(name: str, *args: Any, task_id: str | None = None, **kwargs: Any) -> None:
@@ -43,3 +44,8 @@ def question_answer(*, task_id: str, params: dict[str, Any], ip_address: str = "
     """Send ``knowledge.question_answer`` under ``task_id`` (the ApiTask's id, so its result is found by it);
     ``ip_address`` is the asker's, for the audit log."""
     _send(QUESTION_ANSWER, task_id, params, ip_address, task_id=task_id)
+
+
+def source_sync(*, source_id: int, trigger: str) -> None:
+    """Send ``knowledge.source_sync`` for the source (``trigger``: schedule, admin or api)."""
+    _send(SOURCE_SYNC, source_id, trigger)

@@ -14,7 +14,7 @@ from django.db import OperationalError
 
 from ingestion.errors import IndexBusyError, IngestionError
 from knowledge.errors import KnowledgeError
-from knowledge.services import audit, document_parts, documents, index, requests
+from knowledge.services import audit, document_parts, documents, index, requests, sources
 from knowledge.services.document_runs import BUSY, ProcessOutcome
 from llm.errors import LLMError
 
@@ -150,3 +150,15 @@ def _check_index_when_a_worker_starts(sender: object = None, **kwargs: object) -
 def audit_prune_task() -> int:
     """Delete the audit events older than ``AUDIT_RETENTION_DAYS`` (sent by beat)."""
     return audit.audit_prune()
+
+
+@shared_task(name="knowledge.source_sync", acks_late=True, reject_on_worker_lost=True)
+def source_sync_task(source_id: int, trigger: str = "schedule") -> dict[str, object]:
+    """Sync one document source (``knowledge.services.sources``); a killed run is taken over by the next."""
+    return sources.source_sync_task(source_id=source_id, trigger=trigger)
+
+
+@shared_task(name="knowledge.sources_sync_due")
+def sources_sync_due_task() -> int:
+    """Send the syncs of the sources whose scheduled run is due (beat, every minute)."""
+    return sources.sources_dispatch_due()

@@ -616,7 +616,15 @@ RAG_REDISPATCH_AFTER_S = _positive_int("RAG_REDISPATCH_AFTER_S", 600)
 RAG_LEASE_S = _positive_int("RAG_LEASE_S", 60, minimum=4)
 # A document whose processing killed the worker this many times is failed instead of being read again.
 RAG_MAX_DELIVERIES = _positive_int("RAG_MAX_DELIVERIES", 3)
+# Document sources (knowledge.services.sources): the credentials of S3-compatible buckets (empty: boto3's own
+# chain, e.g. an instance role) and the endpoint of a server other than AWS (MinIO, Ceph, Garage...).
+S3_ENDPOINT_URL = env.str("S3_ENDPOINT_URL", default="").strip()
+S3_REGION = env.str("S3_REGION", default="").strip()
+S3_ACCESS_KEY_ID = env.str("S3_ACCESS_KEY_ID", default="").strip()
+S3_SECRET_ACCESS_KEY = env.str("S3_SECRET_ACCESS_KEY", default="")
 CELERY_BEAT_SCHEDULE = {
+    # the document sources whose scheduled sync is due (knowledge.services.sources.sources_dispatch_due)
+    "sync-due-sources": {"task": "knowledge.sources_sync_due", "schedule": 60, "options": {"expires": 60}},
     # audit events older than AUDIT_RETENTION_DAYS (knowledge.services.audit.audit_prune)
     "audit-prune": {"task": "knowledge.audit_prune", "schedule": 3600, "options": {"expires": 3600}},
     # expired leases, lost tasks and documents left queued (knowledge.services.documents.documents_recover)

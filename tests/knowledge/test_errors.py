@@ -7,6 +7,7 @@ from django.db import InterfaceError, OperationalError
 
 import ingestion.errors as ie
 import ingestion.rerank as rerank
+import ingestion.sources as sources
 import llm.errors as le
 from knowledge import errors as ke
 from knowledge.errors import HttpError, http_error
@@ -19,6 +20,9 @@ EXPECTED: dict[type[Exception], tuple[int, str]] = {
     ke.NotFoundError: (404, "not_found"),
     ke.PermissionDeniedError: (403, "permission_denied"),
     ke.DuplicateDocumentError: (409, "duplicate"),
+    ke.SameVersionError: (409, "same_version"),
+    ke.VersionPendingError: (409, "version_pending"),
+    ke.SourceBusyError: (409, "sync_running"),
     ke.UploadTooLargeError: (413, "too_large"),
     ke.UnsupportedUploadError: (415, "unsupported_type"),
     ke.RateLimitedError: (429, "rate_limited"),
@@ -42,6 +46,12 @@ EXPECTED: dict[type[Exception], tuple[int, str]] = {
     ie.DocumentTooLargeError: (503, "too_large"),
     ie.MemoryLimitError: (503, "memory_limit"),
     rerank.RerankerUnavailableError: (503, "reranker_unavailable"),
+    # a document source's settings, or the source itself, in the admin, `manage.py sync` and the API
+    sources.SourceError: (503, "source_error"),
+    sources.SourceConfigError: (400, "source_config"),
+    sources.SourceUnreachable: (503, "source_unreachable"),
+    sources.ItemUnavailable: (503, "item_unavailable"),
+    sources.ItemTooLarge: (503, "too_large"),
 }
 
 
