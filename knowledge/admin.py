@@ -13,7 +13,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.defaultfilters import truncatechars
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext_lazy as _
 
 from knowledge.errors import KnowledgeError
@@ -27,6 +27,8 @@ from knowledge.models import (
     DocumentVersion,
     Message,
     SearchRebuild,
+    Source,
+    SourceRun,
     UsageRecord,
     UserLimits,
 )
@@ -35,6 +37,7 @@ from knowledge.services import apikeys as apikey_services
 from knowledge.services import audit as audit_services
 from knowledge.services import bulk as bulk_services
 from knowledge.services import documents as document_services
+from knowledge.services import sources as source_services
 
 #: the admin's own styles (status badges, the usage totals): a stylesheet, as the Content-Security-Policy
 #: refuses inline style attributes
@@ -426,7 +429,7 @@ class AuditEventAdmin(_RecordAdmin):
     """Read-only: the audit log; "Export as CSV" downloads the rows chosen (all of a filter with "select all")."""
 
     list_display = ["time", "action", "username", "via", "collections", "document_title", "ip_address"]
-    list_filter = ["action", "time", "via"]
+    list_filter = ["action", "time", "via", ("user", admin.RelatedOnlyFieldListFilter)]
     search_fields = ["username", "document_title"]
     date_hierarchy = "time"
     actions = ["export_csv"]
@@ -437,6 +440,108 @@ class AuditEventAdmin(_RecordAdmin):
         response["Content-Disposition"] = 'attachment; filename="audit.csv"'
         audit_services.audit_write_csv(response, audit_services.audit_rows(events=queryset.order_by("time", "id")))
         return response
+
+
+class SourceForm(forms.ModelForm):
+    """A source's settings are checked when saved (a relative folder, a bad URL, an unknown option): nothing is
+    contacted then; an unreachable source fails its first run with the reason."""
+
+    class Meta:
+        model = Source
+        fields = [
+            "name",
+            "collection",
+            "kind",
+            "location",
+            "include",
+            "exclude",
+            "max_depth",
+            "max_pages",
+            "every_minutes",
+            "enabled",
+        ]
+
+    def clean(self) -> dict[str, Any]:
+        cleaned: dict[str, Any] = super().clean()
+        candidate = Source(**{name: cleaned.get(name) for name in ("kind", "location", "include", "exclude")})
+        candidate.max_depth, candidate.max_pages = cleaned.get("max_depth") or 0, cleaned.get("max_pages") or 1
+        if candidate.kind and candidate.location:
+            try:
+                source_services.source_check(candidate)
+            except KnowledgeError as exc:
+                raise forms.ValidationError(exc.message) from exc
+            except Exception as exc:  # the engines' own errors: a sentence each
+                raise forms.ValidationError(str(exc)) from exc
+        return cleaned
+
+
+@admin.register(Source)
+class SourceAdmin(admin.ModelAdmin):
+    """Document sources: a folder, a website or an S3 bucket synced into a collection on a schedule, or now with
+    the "Sync now" action (or ``manage.py sync``)."""
+
+    form = SourceForm
+    list_display = ["name", "kind", "location", "collection", "enabled", "last_run", "next_run_at"]
+    list_filter = ["kind", "enabled", "collection"]
+    search_fields = ["name", "location"]
+    readonly_fields = ["next_run_at", "created_at", "recent_runs"]
+    actions = ["sync_now"]
+
+    @admin.display(description=_("Recent runs"))
+    def recent_runs(self, source: Source) -> str:
+        """The last runs, newest first: what each added, updated, removed, and what failed and why."""
+        rows = [
+            (
+                f"{run.started_at:%Y-%m-%d %H:%M}",
+                run.trigger,
+                run.get_status_display(),
+                f"{run.found} / {run.added} / {run.updated} / {run.removed} / {run.failed}",
+                run.error or "; ".join(f"{f['key']}: {f['reason']}" for f in run.failures[:10]),
+            )
+            for run in source.runs.order_by("-started_at")[:10]
+        ]
+        if not rows:
+            return str(_("never"))
+        head = format_html(
+            "<tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr>",
+            _("Started"),
+            _("By"),
+            _("Status"),
+            _("found / added / updated / removed / failed"),
+            _("Why"),
+        )
+        body = format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", rows)
+        return format_html("<table>{}{}</table>", head, body)
+
+    @admin.display(description=_("Last run"))
+    def last_run(self, source: Source) -> str:
+        run = source.runs.order_by("-started_at").first()
+        if run is None:
+            return str(_("never"))
+        if run.status == SourceRun.Status.FAILED:
+            return f"{run.started_at:%Y-%m-%d %H:%M} {_('failed')}: {truncatechars(run.error, 80)}"
+        if run.status == SourceRun.Status.RUNNING:
+            return f"{run.started_at:%Y-%m-%d %H:%M} {_('running')}"
+        return str(
+            _("%(time)s: %(added)d added, %(updated)d updated, %(removed)d removed, %(failed)d failed")
+            % {
+                "time": f"{run.started_at:%Y-%m-%d %H:%M}",
+                "added": run.added,
+                "updated": run.updated,
+                "removed": run.removed,
+                "failed": run.failed,
+            }
+        )
+
+    @admin.action(description=_("Sync now"))
+    def sync_now(self, request: HttpRequest, queryset: QuerySet[Source]) -> None:
+        for source in queryset:
+            try:
+                source_services.source_sync_request(source, trigger="admin")
+            except KnowledgeError as exc:
+                self.message_user(request, f"{source.name}: {exc.message}", messages.WARNING)
+            else:
+                self.message_user(request, _("Sync of %(name)s queued.") % {"name": source.name}, messages.SUCCESS)
 
 
 @admin.register(UsageRecord)

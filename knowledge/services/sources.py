@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 
 #: a run whose heartbeat is older than this was killed (its process died): the next run takes over
 RUN_STALE_S = 300
+#: runs kept per source (the admin shows the last ones); older ones are deleted when a run starts
+RUNS_KEPT = 100
 #: what a progress callback receives: (what happened, the item's key); "found" while listing
 Progress = Callable[[str, str], None]
 
@@ -87,6 +89,8 @@ def source_run_start(source: Source, *, trigger: str) -> SourceRun:
                 )
             _run_close(running, error="Interrupted: the process running it stopped; the next run took over.")
         run = SourceRun.objects.create(source=source, trigger=trigger)
+        kept = source.runs.order_by("-started_at", "-pk").values_list("pk", flat=True)[:RUNS_KEPT]
+        source.runs.exclude(pk__in=list(kept)).delete()
         source.next_run_at = now + timedelta(minutes=source.every_minutes) if source.every_minutes else None
         Source.objects.filter(pk=source.pk).update(next_run_at=source.next_run_at)
     return run

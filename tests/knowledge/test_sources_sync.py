@@ -274,3 +274,34 @@ def test_a_bucket_prefix_is_kept_in_step(bucket: Any) -> None:
     run = _sync(source)
     assert run.status == SourceRun.Status.FAILED and "no-such-bucket-kp" in run.error
     assert collection.documents.count() == 1
+
+
+# --- the admin ----------------------------------------------------------------------------------------------
+
+
+def test_the_admin_checks_a_source_shows_its_runs_and_syncs_it_now(
+    admin_client: Any, folder_source: Source, eager_celery: None
+) -> None:
+    refused = admin_client.post(
+        "/admin/knowledge/source/add/",
+        {"name": "rel", "collection": folder_source.collection.pk, "kind": "folder", "location": "relative/path",
+         "include": "", "exclude": "", "max_depth": 3, "max_pages": 500, "every_minutes": 60, "enabled": "on"},
+    )  # fmt: skip
+    assert refused.status_code == 200
+    assert "must be given as an absolute path" in refused.content.decode()
+    assert not Source.objects.filter(name="rel").exists()
+
+    action = {"action": "sync_now", "_selected_action": [folder_source.pk]}
+    response = admin_client.post("/admin/knowledge/source/", action, follow=True)
+    assert "Sync of share queued." in response.content.decode()
+    run = folder_source.runs.get()
+    assert (run.trigger, run.status, run.added) == ("admin", SourceRun.Status.SUCCEEDED, 3)
+
+    listing = admin_client.get("/admin/knowledge/source/").content.decode()
+    assert "3 added, 0 updated, 0 removed, 0 failed" in listing
+    page = admin_client.get(f"/admin/knowledge/source/{folder_source.pk}/change/").content.decode()
+    assert "3 / 3 / 0 / 0 / 0" in page
+
+    SourceRun.objects.create(source=folder_source, trigger="schedule")  # a live run
+    response = admin_client.post("/admin/knowledge/source/", action, follow=True)
+    assert "already running" in response.content.decode()
