@@ -33,7 +33,7 @@ from django.core import management
 from django.db import transaction
 
 from knowledge.errors import KnowledgeError
-from knowledge.models import Chunk, Document
+from knowledge.models import Chunk, Document, DocumentVersion
 from knowledge.services import engines
 
 if TYPE_CHECKING:
@@ -52,6 +52,7 @@ MODELS = [
     "auth.user",
     "knowledge.collection",
     "knowledge.document",
+    "knowledge.documentversion",
     "knowledge.chunk",
     "knowledge.conversation",
     "knowledge.message",
@@ -81,7 +82,13 @@ def portal_backup(*, folder: Path, include_index: bool = True) -> BackupReport:
     with transaction.atomic():
         out = io.StringIO()
         management.call_command("dumpdata", *MODELS, format="json", indent=None, stdout=out)
-        files = list(Document.objects.exclude(file="").values_list("file", flat=True))
+        # every version's file: the current ones and the older ones a restore may bring back
+        files = sorted(
+            {
+                *Document.objects.exclude(file="").values_list("file", flat=True),
+                *DocumentVersion.objects.exclude(file="").values_list("file", flat=True),
+            }
+        )
         documents = Document.objects.count()
     with _private_file(folder / DATA_FILE) as raw, gzip.open(raw, "wt", encoding="utf-8") as handle:
         handle.write(out.getvalue())
@@ -367,7 +374,7 @@ def _rows(path: Path) -> str:
         model = row.get("model") if isinstance(row, dict) else None
         if model not in allowed:
             raise KnowledgeError(f"The backup's {DATA_FILE} holds rows of {model!r}, which a backup never has.")
-        if model == "knowledge.document":
+        if model in {"knowledge.document", "knowledge.documentversion"}:
             name = (row.get("fields") or {}).get("file") or ""
             if name and not _safe_relative_name(name):
                 raise KnowledgeError(f"The backup names a stored file {name[:80]!r} outside the media folder.")
