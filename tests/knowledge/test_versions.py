@@ -407,3 +407,39 @@ def _inline_management() -> dict[str, str]:
             }
         )
     return forms
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_migration_gives_every_existing_document_its_version_1() -> None:
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    before, after = [("knowledge", "0003_directory_accounts")], [("knowledge", "0004_document_versions")]
+    executor = MigrationExecutor(connection)
+    executor.migrate(before)
+    old = executor.loader.project_state(before).apps
+    collection = old.get_model("knowledge", "Collection").objects.create(slug="c", name="C")
+    Old = old.get_model("knowledge", "Document")
+    ready = Old.objects.create(
+        collection=collection, title="a", file="documents/x/a.txt", original_name="a.txt", size=5, sha256="a" * 64,
+        status="ready", page_count=2, chunk_count=3,
+    )  # fmt: skip
+    failed = Old.objects.create(
+        collection=collection, title="b", file="documents/y/b.pdf", sha256="b" * 64, status="failed", error="Broken."
+    )
+    executor = MigrationExecutor(connection)
+    executor.migrate(after)
+    executor.loader.build_graph()
+    new = executor.loader.project_state(after).apps
+    Version = new.get_model("knowledge", "DocumentVersion")
+    first = Version.objects.get(document_id=ready.pk)
+    assert (first.number, first.status, first.file.name, first.size, first.chunk_count) == (
+        1,
+        "ready",
+        "documents/x/a.txt",
+        5,
+        3,
+    )
+    assert Version.objects.get(document_id=failed.pk).error == "Broken."
+    assert list(new.get_model("knowledge", "Document").objects.values_list("version", flat=True)) == [1, 1]
+    MigrationExecutor(connection).migrate(MigrationExecutor(connection).loader.graph.leaf_nodes())
