@@ -8,7 +8,7 @@ from django.conf import settings
 from django.db import connection
 from django.db.models import Q, QuerySet
 
-from knowledge.models import Collection, Document
+from knowledge.models import Collection, Document, Source
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
@@ -34,6 +34,11 @@ def collections_readable_by(
     if api_key is not None and not api_key.all_collections:
         readable = readable.filter(pk__in=api_key.collections.values("pk"))
     return readable
+
+
+def sources_visible_to(*, user: AbstractBaseUser | AnonymousUser, api_key: ApiKey | None = None) -> QuerySet[Source]:
+    """The document sources of the collections the caller may read."""
+    return Source.objects.filter(collection__in=collections_readable_by(user=user, api_key=api_key))
 
 
 def documents_visible_to(

@@ -11,7 +11,8 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from knowledge import limits
-from knowledge.models import Document, DocumentVersion
+from knowledge.models import Document, DocumentVersion, SourceRun
+from knowledge.models import Source as DocumentSource
 from knowledge.services.answering import MODES, Answer, Source
 
 
@@ -127,6 +128,10 @@ class SourceSerializer(serializers.Serializer):
     highlight = serializers.CharField(help_text="The sentences of the passage that best answer the question")
     url = serializers.SerializerMethodField(
         help_text="The passage in its original (for a PDF, the page with the passage marked), relative to the portal"
+    )
+    origin_url = serializers.CharField(
+        help_text="Where the document lives outside the portal (the page or file of a synced website or bucket); "
+        "empty for an uploaded document"
     )
 
     @extend_schema_field(OpenApiTypes.STR)
@@ -251,8 +256,51 @@ class DocumentSerializer(serializers.ModelSerializer):
             "processed_at",
             "version",
             "versions",
+            "origin_url",
         ]
         read_only_fields = fields
+
+
+class SourceRunSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = SourceRun
+        fields = [
+            "id",
+            "status",
+            "trigger",
+            "started_at",
+            "finished_at",
+            "found",
+            "added",
+            "updated",
+            "removed",
+            "failed",
+            "failures",
+            "error",
+        ]
+        read_only_fields = fields
+
+
+class DocumentSourceSerializer(serializers.ModelSerializer):
+    """A document source (a folder, website or bucket synced into a collection) and its last run."""
+
+    collection = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    last_run = serializers.SerializerMethodField()
+
+    class Meta:
+        model = DocumentSource
+        fields = ["id", "name", "kind", "location", "collection", "enabled", "every_minutes", "next_run_at", "last_run"]
+        read_only_fields = fields
+
+    @extend_schema_field(SourceRunSerializer(allow_null=True))
+    def get_last_run(self, source: DocumentSource) -> dict[str, Any] | None:
+        run = source.runs.order_by("-started_at").first()
+        return SourceRunSerializer(run).data if run is not None else None
+
+
+class SyncAcceptedSerializer(serializers.Serializer):
+    source = serializers.CharField()
+    status = serializers.ChoiceField(choices=["queued"])
 
 
 class DocumentFileSerializer(StrictSerializer):

@@ -21,10 +21,11 @@ from knowledge.api.limits import LimitedApiView
 from knowledge.api.parsers import SafeJSONParser
 from knowledge.errors import NotFoundError
 from knowledge.models import ApiTask, Document
-from knowledge.selectors import collections_readable_by, documents_visible_to, service_status
+from knowledge.selectors import collections_readable_by, documents_visible_to, service_status, sources_visible_to
 from knowledge.services import answering, audit
 from knowledge.services import documents as document_services
 from knowledge.services import requests as question_services
+from knowledge.services import sources as source_services
 
 _ERRORS = {
     400: OpenApiResponse(description="Invalid input: field errors"),
@@ -394,3 +395,34 @@ class DocumentFileApi(LimitedApiView):
             filename=document.original_name or "document",
             content_type=document.mime_type or "application/octet-stream",
         )
+
+
+class SourceListApi(LimitedApiView):
+    """Document sources (folders, websites, buckets synced into collections) of the collections the caller may
+    read, with their last run; for holders of `knowledge.view_source`."""
+
+    def get_permissions(self) -> list[Any]:
+        return [_HasPermission("knowledge.view_source")]
+
+    @extend_schema(responses={200: s.DocumentSourceSerializer(many=True), **_ERRORS})
+    def get(self, request: Request) -> Response:
+        visible = sources_visible_to(user=request.user, api_key=_api_key(request)).select_related("collection")
+        return Response(s.DocumentSourceSerializer(visible, many=True).data)
+
+
+class SourceSyncApi(LimitedApiView):
+    """Sync a source now, on a worker (holders of `knowledge.change_source`): 202, or 409 while a sync runs."""
+
+    def get_permissions(self) -> list[Any]:
+        return [_HasPermission("knowledge.change_source")]
+
+    @extend_schema(
+        request=None,
+        responses={202: s.SyncAcceptedSerializer, 404: s.ErrorSerializer, 409: s.ErrorSerializer, **_ERRORS},
+    )
+    def post(self, request: Request, source_id: int) -> Response:
+        source = sources_visible_to(user=request.user, api_key=_api_key(request)).filter(pk=source_id).first()
+        if source is None:
+            raise NotFoundError("No such source.")
+        source_services.source_sync_request(source, trigger="api")
+        return Response({"source": source.name, "status": "queued"}, status=status.HTTP_202_ACCEPTED)

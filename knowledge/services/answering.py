@@ -50,6 +50,8 @@ class Source:
     text: str
     highlight: str
     heading: str = ""
+    #: where the document lives outside the portal (a synced website page or bucket object); "" when nowhere
+    origin_url: str = ""
     #: the highlight as found (with its coverage), kept so that an extractive answer does not search again
     match: Highlight | None = field(default=None, repr=False, compare=False)
 
@@ -195,6 +197,7 @@ def sources_retrieve(
                 text=chunk.text,
                 highlight=match.text,
                 heading=chunk.heading,
+                origin_url=chunk.document.origin_url,
                 match=match,
             )
         )

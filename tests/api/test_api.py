@@ -17,7 +17,7 @@ from tests.support import sse_events
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("api_isolated")]
 
-SOURCE_FIELDS = {"id", "document_id", "title", "page", "score", "text", "highlight", "url"}
+SOURCE_FIELDS = {"id", "document_id", "title", "page", "score", "text", "highlight", "url", "origin_url"}
 META_FIELDS = {"tokens_used", "prompt_tokens", "completion_tokens", "response_time", "model"}
 
 

@@ -78,7 +78,7 @@ def test_completion_cites_the_document_and_the_stream_says_the_same(portal: Port
     sources = completion.model_extra["sources"]
     assert sources and sources[0]["document_id"] == portal.document.pk
     assert sources[0]["title"] == "zephyr-lighthouse.txt"
-    assert set(sources[0]) == {"id", "document_id", "title", "page", "score", "text", "highlight", "url"}
+    assert set(sources[0]) == {"id", "document_id", "title", "page", "score", "text", "highlight", "url", "origin_url"}
     assert completion.model_extra["answered"] is True and completion.model_extra["related"] == []
     assert completion.usage.total_tokens == 0  # extractive: no model call
     record = UsageRecord.objects.get()

@@ -305,3 +305,64 @@ def test_the_admin_checks_a_source_shows_its_runs_and_syncs_it_now(
     SourceRun.objects.create(source=folder_source, trigger="schedule")  # a live run
     response = admin_client.post("/admin/knowledge/source/", action, follow=True)
     assert "already running" in response.content.decode()
+
+
+# --- the API and citations ----------------------------------------------------------------------------------
+
+
+def test_the_api_lists_sources_and_syncs_one_on_a_worker(
+    folder_source: Source, eager_celery: None, django_user_model: Any, settings: Any
+) -> None:
+    from django.contrib.auth.models import Permission
+    from rest_framework.test import APIClient
+
+    settings.API_RATE_LIMIT = "10000/m"
+    reader = django_user_model.objects.create_user(username="reader")
+    manager = django_user_model.objects.create_user(username="manager")
+    manager.user_permissions.add(
+        *Permission.objects.filter(content_type__app_label="knowledge", codename__in=["view_source", "change_source"])
+    )
+    client = APIClient()
+    client.force_authenticate(reader)
+    assert client.get("/api/v1/sources/").status_code == 403
+    client.force_authenticate(manager)
+    [listed] = client.get("/api/v1/sources/").json()
+    assert (listed["name"], listed["kind"], listed["collection"], listed["last_run"]) == (
+        "share",
+        "folder",
+        "shared",
+        None,
+    )
+
+    accepted = client.post(f"/api/v1/sources/{folder_source.pk}/sync/")
+    assert (accepted.status_code, accepted.json()) == (202, {"source": "share", "status": "queued"})
+    [listed] = client.get("/api/v1/sources/").json()
+    assert listed["last_run"]["status"] == "succeeded" and listed["last_run"]["added"] == 3
+    assert client.post("/api/v1/sources/999/sync/").status_code == 404
+    SourceRun.objects.create(source=folder_source, trigger="schedule")  # a live run
+    busy = client.post(f"/api/v1/sources/{folder_source.pk}/sync/")
+    assert (busy.status_code, busy.json()["code"]) == (409, "sync_running")
+
+
+def test_a_cited_page_of_a_synced_website_links_home(site: Site, settings: Any) -> None:
+    from rest_framework.test import APIClient
+
+    settings.API_RATE_LIMIT = "10000/m"
+    source = _source(Source.Kind.WEBSITE, site.base + "/")
+    _sync(source)
+    client = APIClient()
+    client.force_authenticate(_any_user())
+    body = client.post(
+        "/api/v1/rag/", {"prompt": "When does the Geiranger ferry leave?", "mode": "extractive"}, format="json"
+    ).json()
+    cited = body["sources"][0]
+    assert cited["origin_url"] == site.base + "/ferry.html"
+    assert cited["url"].startswith(f"/documents/{cited['document_id']}/view/")  # the stored copy too
+    document = client.get(f"/api/v1/documents/{cited['document_id']}/").json()
+    assert document["origin_url"] == site.base + "/ferry.html"
+
+
+def _any_user() -> Any:
+    from django.contrib.auth.models import User
+
+    return User.objects.create_user(username="visitor")
