@@ -34,6 +34,8 @@ class SourceView:
     highlight: str
     passage: SafeString
     cited: bool
+    #: where the document lives outside the portal (a synced web page or file); "" for an upload
+    origin_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -117,7 +119,13 @@ def _source_view(anchor: str, number: int, source: dict[str, Any], cited: bool) 
         highlight=str(source.get("highlight", "")),
         passage=passage_html(str(source.get("text", "")), str(source.get("highlight", ""))),
         cited=cited,
+        origin_url=_web_link(str(source.get("origin_url") or "")),
     )
+
+
+def _web_link(url: str) -> str:
+    # only a web address becomes a link (never javascript: or a server path)
+    return url if url.startswith(("https://", "http://")) else ""
 
 
 def message_view(message: Message) -> MessageView:

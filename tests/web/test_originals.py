@@ -266,12 +266,18 @@ def test_each_cited_source_links_to_its_original(reader: Any, guide: Document) -
                 "score": 0.9,
                 "text": chunk.text,
                 "highlight": "built in 1872",
+                "origin_url": "https://example.org/guide.pdf",
             },
+            {"id": 0, "document_id": guide.pk, "title": "x", "page": None, "score": 0.1, "text": "x", "highlight": "",
+             "origin_url": "javascript:alert(1)"},
         ],
-    )
+    )  # fmt: skip
     page = _client_for(reader).get(reverse("conversation-detail", args=[conversation.pk])).content.decode()
     assert "Open the original" in page
     assert f'href="{reverse("document-original", args=[guide.pk])}?page=2&amp;chunk={chunk.pk}"' in page
+    # a document synced from a website or bucket also links home; only a web address becomes a link
+    assert 'href="https://example.org/guide.pdf"' in page and "View at its origin" in page
+    assert "javascript:" not in page
 
 
 # --- finding a passage on a page's text layer (no database) ----------------------------------------
