@@ -186,11 +186,15 @@ def document_create(
     return document
 
 
-def document_same_name(*, collection: Collection, filename: str) -> Document | None:
-    """The newest document of ``collection`` stored under the name ``filename`` would get, if any (the upload
-    page then asks whether the file is a new version of it or a document of its own)."""
+def document_same_name(*, collection: Collection, filename: str, file: IO[bytes]) -> Document | None:
+    """The newest document of ``collection`` stored under the name ``filename`` would get, if any: the upload
+    page then asks whether the file is a new version of it or a document of its own. None when the collection
+    already holds these very bytes (the upload is then refused as a duplicate, never asked about)."""
     name = _sanitize_filename(filename)
-    return Document.objects.filter(collection=collection, original_name=name).order_by("-created_at", "-pk").first()
+    same = Document.objects.filter(collection=collection, original_name=name).order_by("-created_at", "-pk").first()
+    if same is None or Document.objects.filter(collection=collection, sha256=_sha256(file)[0]).exists():
+        return None
+    return same
 
 
 def document_replace(

@@ -155,7 +155,7 @@ def _upload_one(request: HttpRequest, upload: Any, choices: dict[str, Any]) -> t
     same_name = choices.get("same_name") or SAME_NAME_ASK
     existing = None
     if same_name != SAME_NAME_KEEP:
-        existing = document_services.document_same_name(collection=collection, filename=name)
+        existing = document_services.document_same_name(collection=collection, filename=name, file=upload)
     if existing is not None and same_name == SAME_NAME_ASK:
         return 409, {
             "ok": False,

@@ -321,6 +321,10 @@ def test_the_upload_page_asks_replace_or_keep_both_for_a_file_of_the_same_name(
     assert "version 2" in replaced.json()["notice"]
     assert _statuses(policy) == [(1, "ready"), (2, "queued")]
 
+    # the very same bytes are a duplicate, not a question
+    duplicate = _page_upload(client, "policy.txt", OLD.encode())
+    assert (duplicate.status_code, duplicate.json()["code"]) == (409, "duplicate")
+
     kept = _page_upload(client, "policy.txt", (NEW + " A copy.").encode(), same_name="keep")
     assert kept.status_code == 201 and kept.json()["document"]["id"] != policy.pk
     assert Document.objects.filter(original_name="policy.txt").count() == 2
