@@ -218,6 +218,17 @@ def test_a_website_is_crawled_within_its_rules_and_its_pages_link_home(site: Sit
     assert site.base + "/ferry.html" not in set(collection.documents.values_list("origin_url", flat=True))
 
 
+def test_a_website_is_synced_from_its_sitemap(site: Site) -> None:
+    urls = "".join(f"<url><loc>{site.base}{path}</loc></url>" for path in ("/ferry.html", "/guide.pdf"))
+    sitemap = f'<?xml version="1.0"?><urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">{urls}</urlset>'
+    site.pages["/sitemap.xml"] = type(site.pages["/"])(sitemap.encode(), headers={"Content-Type": "application/xml"})
+    source = _source(Source.Kind.WEBSITE, site.base + "/sitemap.xml")
+    run = _sync(source)
+    assert (run.status, run.added) == (SourceRun.Status.SUCCEEDED, 2), run.error
+    origins = set(source.collection.documents.values_list("origin_url", flat=True))
+    assert origins == {site.base + "/ferry.html", site.base + "/guide.pdf"}
+
+
 def test_a_website_that_is_down_fails_the_run_and_removes_nothing(site: Site) -> None:
     collection = Collection.objects.create(slug="web", name="Web", is_public=True)
     source = Source.objects.create(
