@@ -12,6 +12,7 @@ import llm.errors as le
 from knowledge import errors as ke
 from knowledge.errors import HttpError, http_error
 from knowledge.models import Document
+from knowledge.services.directory_oidc import OIDCSignInError
 from knowledge.services.originals import OriginalUnavailableError
 
 #: class → (HTTP status, stable code): the API contract (ARCHITECTURE section 6), written out on purpose
@@ -29,6 +30,7 @@ EXPECTED: dict[type[Exception], tuple[int, str]] = {
     ke.QuotaExceededError: (429, "quota_exceeded"),
     ke.ServiceUnavailableError: (503, "unavailable"),
     OriginalUnavailableError: (404, "original_unavailable"),
+    OIDCSignInError: (401, "oidc_sign_in_failed"),
     le.LLMError: (503, "llm_error"),
     le.ModelUnavailableError: (503, "model_unavailable"),
     le.GenerationError: (503, "generation_error"),
@@ -61,6 +63,8 @@ def make_error(cls: type[Exception], message: str = "What went wrong.") -> Excep
         return ke.DuplicateDocumentError(Document(pk=7, title="guide.pdf"))
     if cls is ke.UnsupportedUploadError:
         return ke.UnsupportedUploadError(message, accepted=["pdf", "txt"])
+    if cls is OIDCSignInError:
+        return OIDCSignInError("refused", message)
     if cls is OriginalUnavailableError:
         return OriginalUnavailableError(message, reason="damaged")
     if cls in (ke.RateLimitedError, ke.QuotaExceededError):
