@@ -353,6 +353,8 @@ def test_the_document_page_lists_versions_shows_a_failure_and_restores(
     page = client.get(f"/documents/{policy.pk}/").content.decode()
     assert 'id="version-failed"' in page and "Version 1 still answers" in page
     assert 'id="version-1" data-status="ready" data-current="true"' in page
+    french = client.get(f"/documents/{policy.pk}/", HTTP_ACCEPT_LANGUAGE="fr").content.decode()
+    assert "La version 2 a échoué" in french and "Restaurer" in french and "Envoyer une nouvelle version" in french
 
     assert client.post(f"/documents/{policy.pk}/versions/2/restore/").status_code == 302  # its file is broken anyway
     policy.refresh_from_db()
