@@ -123,10 +123,23 @@ def document_validate_upload(
     sha256, size = _sha256(file)
     if size > settings.MAX_UPLOAD_MB * 1024 * 1024:
         raise UploadTooLargeError(f"The file is larger than the {settings.MAX_UPLOAD_MB} MB upload limit.")
-    existing = Document.objects.filter(collection=collection, sha256=sha256).exclude(pk=exclude_id).first()
+    _refuse_duplicate(collection_id=collection.pk, sha256=sha256, exclude_id=exclude_id)
+    return sha256, size
+
+
+def _refuse_duplicate(*, collection_id: int, sha256: str, exclude_id: int | None) -> None:
+    """``DuplicateDocumentError`` when another document of the collection has these bytes, as its current file
+    or as a new version being processed (which becomes its file when ready)."""
+    existing = Document.objects.filter(collection_id=collection_id, sha256=sha256).exclude(pk=exclude_id).first()
+    if existing is None:
+        pending = DocumentVersion.objects.filter(
+            document__collection_id=collection_id,
+            sha256=sha256,
+            status__in=(DocumentVersion.Status.QUEUED, DocumentVersion.Status.PROCESSING),
+        ).exclude(document_id=exclude_id)
+        existing = Document.objects.filter(pk__in=pending.values("document_id")).first()
     if existing is not None:
         raise DuplicateDocumentError(existing)
-    return sha256, size
 
 
 def document_create(
@@ -236,9 +249,7 @@ def document_replace(
             raise VersionPendingError(
                 f"Version {pending.number} of “{locked.title}” is still being processed; try again when it is done."
             )
-        duplicate = Document.objects.filter(collection_id=locked.collection_id, sha256=sha256).exclude(pk=locked.pk)
-        if (existing := duplicate.first()) is not None:
-            raise DuplicateDocumentError(existing)
+        _refuse_duplicate(collection_id=locked.collection_id, sha256=sha256, exclude_id=locked.pk)
         number = (locked.versions.order_by("-number").values_list("number", flat=True).first() or 0) + 1
         version = DocumentVersion(
             document=locked,

@@ -150,6 +150,11 @@ def test_the_current_file_again_a_second_pending_version_and_another_documents_f
     _replace(policy, NEW)
     with pytest.raises(VersionPendingError):
         _replace(policy, NEW + " Updated.")
+    # the bytes of a version being processed are taken too, by a new document as by another's version
+    with pytest.raises(DuplicateDocumentError):
+        document_services.document_create(file=io.BytesIO(NEW.encode()), filename="copy.txt", dispatch=False)
+    with pytest.raises(DuplicateDocumentError):
+        _replace(other, NEW)
     assert policy.versions.count() == 2 and other.versions.count() == 1
 
 
