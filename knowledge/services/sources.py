@@ -29,7 +29,7 @@ from django.utils import timezone
 from ingestion.errors import IngestionError
 from ingestion.sources import Item, Listing, SourceConfigError, SourceError, SourceUnreachable, source_from
 from knowledge import task_dispatch
-from knowledge.errors import KnowledgeError, SameVersionError, SourceBusyError
+from knowledge.errors import KnowledgeError, SameVersionError, SourceBusyError, VersionPendingError
 from knowledge.models import Document, Source, SourceItem, SourceRun
 from knowledge.services import documents as document_services
 
@@ -192,6 +192,8 @@ def _bring(
         try:
             with engine.fetched(item) as path:
                 outcome = _bring_one(source, item, path, known, vanished)
+        except VersionPendingError:
+            outcome = "waiting"  # its previous new version is still being read: the next run brings this one
         except (SourceError, IngestionError, KnowledgeError) as exc:
             counts.failures.append({"key": item.key, "reason": str(exc)})
             outcome = "failed"

@@ -377,3 +377,18 @@ def _any_user() -> Any:
     from django.contrib.auth.models import User
 
     return User.objects.create_user(username="visitor")
+
+
+def test_a_change_that_finds_the_previous_version_still_processing_waits_for_the_next_run(
+    share: Path, folder_source: Source
+) -> None:
+    _sync(folder_source)
+    _write(share / "alpha.txt", ALPHA_EDITED, 1_700_000_100)
+    sources.source_sync(folder_source)  # version 2 queued, not processed yet
+    _write(share / "alpha.txt", ALPHA + " Third edition.", 1_700_000_200)
+    waiting = sources.source_sync(folder_source)
+    assert (waiting.status, *_counts(waiting)) == (SourceRun.Status.SUCCEEDED, 0, 0, 0, 0)
+    _process_queued()
+    assert _counts(_sync(folder_source)) == (0, 1, 0, 0)
+    alpha = Document.objects.get(collection=folder_source.collection, title="alpha.txt")
+    assert alpha.version == 3 and "Third edition" in " ".join(alpha.chunks.values_list("text", flat=True))
