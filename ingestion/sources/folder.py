@@ -7,7 +7,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from ingestion.sources import (
+from ingestion.sources.base import (
     DEFAULT_MAX_BYTES,
     Failure,
     Item,

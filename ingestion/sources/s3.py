@@ -6,7 +6,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import PurePosixPath
 from typing import Any, BinaryIO
 
-from ingestion.sources import (
+from ingestion.sources.base import (
     DEFAULT_MAX_BYTES,
     Item,
     ItemTooLarge,

@@ -19,7 +19,7 @@ from urllib.robotparser import RobotFileParser
 
 import httpx
 
-from ingestion.sources import (
+from ingestion.sources.base import (
     DEFAULT_MAX_BYTES,
     Failure,
     Item,
