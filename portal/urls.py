@@ -22,6 +22,9 @@ admin.site.site_header = "Knowledge Portal"
 admin.site.site_title = "Knowledge Portal"
 admin.site.login_form = AdminSignInForm
 
+# a path under /api/ that no route matches is answered in JSON like every other API error
+handler404 = "knowledge.api.errors.page_not_found"
+
 urlpatterns = [
     # Both sign-in pages are limited per account and per address (LOGIN_RATE_LIMIT, LOGIN_RATE_LIMIT_IP).
     path("admin/login/", oidc.admin_sign_in(sign_in_limited(admin.site.login))),

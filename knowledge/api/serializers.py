@@ -235,6 +235,11 @@ class DocumentSerializer(serializers.ModelSerializer):
     collection = serializers.SlugRelatedField(slug_field="slug", read_only=True)
     version = serializers.IntegerField(read_only=True, help_text="The number of the version that answers.")
     versions = DocumentVersionSerializer(many=True, read_only=True, help_text="Every version, newest first.")
+    origin_url = serializers.CharField(
+        read_only=True,
+        help_text="Where the document lives outside the portal (a synced website page or bucket file); "
+        "empty for an upload",
+    )
 
     class Meta:
         model = Document

@@ -104,3 +104,12 @@ def test_every_face_refuses_a_question_one_character_over_the_limit(user: User) 
     assert str(QUESTION_MAX_CHARS) in error["message"]
     assert str(QUESTION_MAX_CHARS) in asked.json()["error"]
     assert Conversation.objects.filter(user=user).count() == 1  # the refused question started none
+
+
+def test_an_api_path_no_route_matches_is_a_json_404(client: Any) -> None:
+    for path in ("/api/v1/documents/-3/file/", "/api/v1/no-such-endpoint/"):
+        response = client.get(path)
+        assert (response.status_code, response["Content-Type"]) == (404, "application/json"), path
+        assert response.json() == {"detail": "Not found.", "code": "not_found"}
+    page = client.get("/no-such-page/")
+    assert page.status_code == 404 and page["Content-Type"].startswith("text/html")
