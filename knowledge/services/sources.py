@@ -110,14 +110,6 @@ def _run_close(run: SourceRun, *, error: str = "") -> SourceRun:
     return run
 
 
-@dataclass
-class _Counts:
-    added: int = 0
-    updated: int = 0
-    removed: int = 0
-    failures: list[dict[str, str]] = field(default_factory=list)
-
-
 def source_sync(source: Source, *, trigger: str = "command", progress: Progress | None = None) -> SourceRun:
     """Sync ``source`` now, in this process; returns its finished run (``failed`` with ``error`` when the source
     could not be listed, in which case nothing was changed). ``SourceBusyError`` while another run is live."""
@@ -133,17 +125,16 @@ def source_sync(source: Source, *, trigger: str = "command", progress: Progress 
                 return _run_close(
                     run, error=f"The source listed nothing where it held {len(held)} documents: nothing was removed."
                 )
-            counts = _Counts(failures=[{"key": f.key, "reason": f.reason} for f in listing.failures])
-            run.found = len(listing.items)
-            _bring(source, run, engine, listing, held, counts, progress)
-            _remove_vanished(source, run, listing, held, counts, progress)
+            sync = _Sync(source, run, engine, listing, held, progress)
+            sync.bring()
+            sync.remove_vanished()
     except SourceConfigError as exc:
         return _run_close(run, error=str(exc))
     except Exception as exc:
         _run_close(run, error=f"The sync stopped: {exc}")
         raise
-    run.added, run.updated, run.removed = counts.added, counts.updated, counts.removed
-    run.failed, run.failures = len(counts.failures), counts.failures[:200]
+    run.found = len(listing.items)
+    run.failed, run.failures = len(sync.failures), sync.failures[:200]
     log.info(
         "source %s synced: %d found, %d added, %d updated, %d removed, %d failed",
         source.name, run.found, run.added, run.updated, run.removed, run.failed,
@@ -160,10 +151,6 @@ def _listing(engine: Engine, progress: Progress | None) -> Listing:
     return Listing(items=tuple(found), failures=tuple(engine.failures))
 
 
-def _beat(run: SourceRun) -> None:
-    SourceRun.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now())
-
-
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -172,101 +159,97 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _bring(
-    source: Source,
-    run: SourceRun,
-    engine: Engine,
-    listing: Listing,
-    held: dict[str, SourceItem],
-    counts: _Counts,
-    progress: Progress | None,
-) -> None:
-    listed = {item.key for item in listing.items}
-    # what vanished from its key, by content: a new key with the same bytes is a rename, not a new document
-    vanished = {known.sha256: known for key, known in held.items() if key not in listed}
-    for item in listing.items:
-        _beat(run)
-        known = held.get(item.key)
-        if known is not None and item.version and known.version == item.version:
-            continue  # the marker says unchanged: nothing is downloaded
-        try:
-            with engine.fetched(item) as path:
-                outcome = _bring_one(source, item, path, known, vanished)
-        except VersionPendingError:
-            outcome = "waiting"  # its previous new version is still being read: the next run brings this one
-        except (SourceError, IngestionError, KnowledgeError) as exc:
-            counts.failures.append({"key": item.key, "reason": str(exc)})
-            outcome = "failed"
-        if outcome == "added":
-            counts.added += 1
-        elif outcome == "updated":
-            counts.updated += 1
-        if progress:
-            progress(outcome, item.key)
+@dataclass
+class _Sync:
+    """One run's work once the source is listed: bring what is new or changed, then remove what vanished. The
+    counts go on ``run``; ``failures`` lists ``{"key", "reason"}`` of what could not be listed or brought."""
 
+    source: Source
+    run: SourceRun
+    engine: Engine
+    listing: Listing
+    held: dict[str, SourceItem]
+    progress: Progress | None
+    failures: list[dict[str, str]] = field(default_factory=list)
 
-def _bring_one(
-    source: Source, item: Item, path: Path, known: SourceItem | None, vanished: dict[str, SourceItem]
-) -> str:
-    sha256 = _sha256(path)
-    with transaction.atomic():
-        if known is None and (moved := vanished.pop(sha256, None)) is not None:
-            SourceItem.objects.filter(pk=moved.pk).update(
-                key=item.key, version=item.version, url=item.url, seen_at=timezone.now()
-            )
-            Document.objects.filter(pk=moved.document_id).update(title=item.name[:300], origin_url=_origin(item))
-            return "updated"
-        if known is not None and known.sha256 == sha256:
-            SourceItem.objects.filter(pk=known.pk).update(version=item.version, seen_at=timezone.now())
-            return "unchanged"
-        with path.open("rb") as handle:
-            if known is None:
-                document = document_services.document_create(
-                    file=handle, filename=item.name, collection=source.collection, check_type=True
+    def __post_init__(self) -> None:
+        self.failures = [{"key": f.key, "reason": f.reason} for f in self.listing.failures]
+        self.listed = {item.key for item in self.listing.items}
+        # what vanished from its key, by content: a new key with the same bytes is a rename, not a new document
+        self.vanished = {known.sha256: known for key, known in self.held.items() if key not in self.listed}
+
+    def _beat(self, outcome: str, key: str) -> None:
+        SourceRun.objects.filter(pk=self.run.pk).update(heartbeat_at=timezone.now())
+        if outcome in ("added", "updated", "removed"):
+            setattr(self.run, outcome, getattr(self.run, outcome) + 1)
+        if self.progress:
+            self.progress(outcome, key)
+
+    def bring(self) -> None:
+        for item in self.listing.items:
+            known = self.held.get(item.key)
+            if known is not None and item.version and known.version == item.version:
+                self._beat("unchanged", item.key)  # the marker says unchanged: nothing is downloaded
+                continue
+            try:
+                with self.engine.fetched(item) as path:
+                    outcome = self._bring_one(item, path, known)
+            except VersionPendingError:
+                outcome = "waiting"  # its previous new version is still being read: the next run brings this one
+            except (SourceError, IngestionError, KnowledgeError) as exc:
+                self.failures.append({"key": item.key, "reason": str(exc)})
+                outcome = "failed"
+            self._beat(outcome, item.key)
+
+    def _bring_one(self, item: Item, path: Path, known: SourceItem | None) -> str:
+        sha256 = _sha256(path)
+        with transaction.atomic():
+            if known is None and (moved := self.vanished.pop(sha256, None)) is not None:
+                SourceItem.objects.filter(pk=moved.pk).update(
+                    key=item.key, version=item.version, url=item.url, seen_at=timezone.now()
                 )
-                SourceItem.objects.create(
-                    source=source, key=item.key, document=document, version=item.version, sha256=sha256, url=item.url
-                )
-                outcome = "added"
-            else:
-                try:
-                    document = document_services.document_replace(
-                        document=known.document, file=handle, filename=item.name, check_type=True
+                Document.objects.filter(pk=moved.document_id).update(title=item.name[:300], origin_url=_origin(item))
+                return "updated"
+            if known is not None and known.sha256 == sha256:
+                SourceItem.objects.filter(pk=known.pk).update(version=item.version, seen_at=timezone.now())
+                return "unchanged"
+            with path.open("rb") as handle:
+                if known is None:
+                    document = document_services.document_create(
+                        file=handle, filename=item.name, collection=self.source.collection, check_type=True
                     )
-                except SameVersionError:
-                    document = known.document
-                SourceItem.objects.filter(pk=known.pk).update(
-                    version=item.version, sha256=sha256, url=item.url, seen_at=timezone.now()
-                )
-                outcome = "updated"
-        Document.objects.filter(pk=document.pk).update(origin_url=_origin(item))
-    return outcome
+                    SourceItem.objects.create(
+                        source=self.source, key=item.key, document=document, version=item.version, sha256=sha256,
+                        url=item.url,
+                    )  # fmt: skip
+                    outcome = "added"
+                else:
+                    try:
+                        document = document_services.document_replace(
+                            document=known.document, file=handle, filename=item.name, check_type=True
+                        )
+                    except SameVersionError:
+                        document = known.document
+                    SourceItem.objects.filter(pk=known.pk).update(
+                        version=item.version, sha256=sha256, url=item.url, seen_at=timezone.now()
+                    )
+                    outcome = "updated"
+            Document.objects.filter(pk=document.pk).update(origin_url=_origin(item))
+        return outcome
+
+    def remove_vanished(self) -> None:
+        cut_short = self.source.kind == Source.Kind.WEBSITE and len(self.listing.items) >= self.source.max_pages
+        gone = [key for key in self.held if key not in self.listed]
+        for known in SourceItem.objects.filter(source=self.source, key__in=gone).select_related("document"):
+            if cut_short or self.listing.keeps(known.key):
+                continue  # hidden by a failure or beyond the crawl's limit: not gone
+            document_services.document_delete(document=known.document)
+            self._beat("removed", known.key)
 
 
 def _origin(item: Item) -> str:
     # a reader can open a page or a bucket's https object; a folder's path on the server is no link
     return item.url if item.url.startswith(("http://", "https://")) else ""
-
-
-def _remove_vanished(
-    source: Source,
-    run: SourceRun,
-    listing: Listing,
-    held: dict[str, SourceItem],
-    counts: _Counts,
-    progress: Progress | None,
-) -> None:
-    listed = {item.key for item in listing.items}
-    cut_short = source.kind == Source.Kind.WEBSITE and len(listing.items) >= source.max_pages
-    remaining = SourceItem.objects.filter(source=source, key__in=[key for key in held if key not in listed])
-    for known in remaining.select_related("document"):
-        if cut_short or listing.keeps(known.key):
-            continue  # hidden by a failure or beyond the crawl's limit: not gone
-        _beat(run)
-        document_services.document_delete(document=known.document)
-        counts.removed += 1
-        if progress:
-            progress("removed", known.key)
 
 
 # --- scheduling ---------------------------------------------------------------------------------------------
