@@ -26,16 +26,12 @@ from ingestion.sources.base import (
     KINDS,
     Failure,
     Item,
-    ItemTooLarge,
-    ItemUnavailable,
     Listing,
     Source,
-    SourceConfigError,
-    SourceError,
-    SourceUnreachable,
     extension_for,
     mime_for_name,
 )
+from ingestion.sources.errors import ItemTooLarge, ItemUnavailable, SourceConfigError, SourceError, SourceUnreachable
 
 __all__ = [
     "DEFAULT_MAX_BYTES",

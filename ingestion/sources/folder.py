@@ -7,16 +7,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from ingestion.sources.base import (
-    DEFAULT_MAX_BYTES,
-    Failure,
-    Item,
-    ItemUnavailable,
-    Source,
-    SourceConfigError,
-    SourceUnreachable,
-    mime_for_name,
-)
+from ingestion.sources.base import DEFAULT_MAX_BYTES, Failure, Item, Source, mime_for_name
+from ingestion.sources.errors import ItemUnavailable, SourceConfigError, SourceUnreachable
 from ingestion.sources.patterns import PathFilter
 
 _CHUNK = 1024 * 1024

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from ingestion.sources.base import SourceConfigError
+from ingestion.sources.errors import SourceConfigError
 
 #: hidden files and folders, office lock files and editors' temporary files
 DEFAULT_EXCLUDE = (".*", "~$*", "*~", "*.tmp", "Thumbs.db", "desktop.ini")

@@ -6,16 +6,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import PurePosixPath
 from typing import Any, BinaryIO
 
-from ingestion.sources.base import (
-    DEFAULT_MAX_BYTES,
-    Item,
-    ItemTooLarge,
-    ItemUnavailable,
-    Source,
-    SourceConfigError,
-    SourceUnreachable,
-    mime_for_name,
-)
+from ingestion.sources.base import DEFAULT_MAX_BYTES, Item, Source, mime_for_name
+from ingestion.sources.errors import ItemTooLarge, ItemUnavailable, SourceConfigError, SourceUnreachable
 from ingestion.sources.patterns import PathFilter
 
 _CHUNK = 1024 * 1024

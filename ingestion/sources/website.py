@@ -19,16 +19,8 @@ from urllib.robotparser import RobotFileParser
 
 import httpx
 
-from ingestion.sources.base import (
-    DEFAULT_MAX_BYTES,
-    Failure,
-    Item,
-    ItemTooLarge,
-    ItemUnavailable,
-    Source,
-    SourceConfigError,
-    SourceUnreachable,
-)
+from ingestion.sources.base import DEFAULT_MAX_BYTES, Failure, Item, Source
+from ingestion.sources.errors import ItemTooLarge, ItemUnavailable, SourceConfigError, SourceUnreachable
 
 USER_AGENT = "KnowledgePortal/1.0"
 HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
