@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from tests.support import process_stop
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 CORPUS = SHARED / "corpus"
@@ -145,13 +147,7 @@ class WorkerProcess:
         self.proc.wait()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, 9)
-                self.proc.wait()
+        process_stop(self.proc, timeout=20, kill=lambda: os.killpg(self.proc.pid, 9))
 
 
 @pytest.fixture

@@ -25,6 +25,8 @@ from urllib.parse import urljoin
 import httpx
 import pytest
 
+from tests.support import process_stop
+
 FOLDER = Path(__file__).resolve().parent / "oidc_provider"
 NODE = shutil.which("node")
 NPM = shutil.which("npm")
@@ -104,13 +106,7 @@ class TestProvider:
             self._start()
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        process_stop(self.process)
 
     # people
     def reset(self) -> None:

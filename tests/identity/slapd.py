@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import process_stop
+
 SLAPD = Path("/usr/sbin/slapd")
 SLAPADD = Path("/usr/sbin/slapadd")
 SCHEMA = Path("/etc/ldap/schema")
@@ -144,13 +146,8 @@ class Slapd:
         raise RuntimeError("slapd did not listen within 30 s")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            process_stop(self.proc)
         self.proc = None
 
     def ldapmodify(self, ldif: str) -> None:

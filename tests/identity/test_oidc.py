@@ -55,6 +55,14 @@ def _sign_in(client: Any, provider: TestProvider, username: str, next_url: str =
     return client.get(callback.removeprefix("http://testserver"))
 
 
+def _alice_with_a_key(client: Any, provider: TestProvider) -> tuple[DirectoryAccount, str]:
+    """alice signed in once through the provider (so the portal holds her refresh token), and a key of hers."""
+    _sign_in(client, provider, "alice")
+    account = DirectoryAccount.objects.get(subject=ACCOUNTS["alice"]["sub"])
+    _, raw_key = apikey_create(user=account.user, all_collections=True)
+    return account, raw_key
+
+
 def _titles(client: Any, **headers: str) -> list[str]:
     response = client.get("/api/v1/documents/", headers=headers)
     assert response.status_code == 200, response.content
@@ -163,9 +171,7 @@ def test_a_local_account_of_the_same_name_is_not_taken_over(
 def test_an_api_key_follows_its_owners_groups_through_the_refresh_token(
     client: Any, oidc_on: TestProvider, finance_report: Document, settings: Any
 ) -> None:
-    _sign_in(client, oidc_on, "alice")
-    account = DirectoryAccount.objects.get(subject=ACCOUNTS["alice"]["sub"])
-    _, raw_key = apikey_create(user=account.user, all_collections=True)
+    account, raw_key = _alice_with_a_key(client, oidc_on)
     api = {"Authorization": f"Token {raw_key}"}
     client.post("/accounts/logout/")
     assert _titles(client, **api) == ["Q3 results"]
@@ -192,9 +198,7 @@ def test_an_api_key_follows_its_owners_groups_through_the_refresh_token(
 def test_one_refresh_at_a_time_per_person(
     client: Any, oidc_on: TestProvider, finance_report: Document, settings: Any
 ) -> None:
-    _sign_in(client, oidc_on, "alice")
-    account = DirectoryAccount.objects.get(subject=ACCOUNTS["alice"]["sub"])
-    _, raw_key = apikey_create(user=account.user, all_collections=True)
+    account, raw_key = _alice_with_a_key(client, oidc_on)
     client.post("/accounts/logout/")
     oidc_on.set_account("alice", groups=["everyone"])
     DirectoryAccount.objects.filter(pk=account.pk).update(synced_at=timezone.now() - timedelta(days=1))
@@ -211,9 +215,7 @@ def test_one_refresh_at_a_time_per_person(
 def test_an_api_key_loses_the_directory_groups_when_the_refresh_is_refused(
     client: Any, oidc_on: TestProvider, finance_report: Document, settings: Any
 ) -> None:
-    _sign_in(client, oidc_on, "alice")
-    account = DirectoryAccount.objects.get(subject=ACCOUNTS["alice"]["sub"])
-    _, raw_key = apikey_create(user=account.user, all_collections=True)
+    account, raw_key = _alice_with_a_key(client, oidc_on)
     client.post("/accounts/logout/")
 
     oidc_on.remove_account("alice")  # gone from the directory: the provider refuses the refresh
@@ -226,9 +228,7 @@ def test_an_api_key_loses_the_directory_groups_when_the_refresh_is_refused(
 def test_an_api_key_keeps_its_groups_while_the_provider_cannot_be_reached(
     client: Any, oidc_on: TestProvider, finance_report: Document, settings: Any
 ) -> None:
-    _sign_in(client, oidc_on, "alice")
-    account = DirectoryAccount.objects.get(subject=ACCOUNTS["alice"]["sub"])
-    _, raw_key = apikey_create(user=account.user, all_collections=True)
+    account, raw_key = _alice_with_a_key(client, oidc_on)
     client.post("/accounts/logout/")
     DirectoryAccount.objects.filter(pk=account.pk).update(synced_at=timezone.now() - timedelta(days=1))
     discovered_provider()  # known to this process: now only its token endpoint is down
