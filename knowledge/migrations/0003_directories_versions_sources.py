@@ -7,6 +7,12 @@ from django.conf import settings
 from django.db import migrations, models
 
 
+#: what a document's first version has of the document itself
+_COPIED = (
+    "original_name", "mime_type", "size", "sha256", "status", "error", "page_count", "chunk_count", "created_at",
+)  # fmt: skip
+
+
 def _first_versions(apps, schema_editor):
     """Every existing document gets its version 1: its own file, with its status and reason."""
     Document = apps.get_model("knowledge", "Document")
@@ -18,17 +24,9 @@ def _first_versions(apps, schema_editor):
                 document_id=document.pk,
                 number=1,
                 file=document.file.name,
-                original_name=document.original_name,
-                mime_type=document.mime_type,
-                size=document.size,
-                sha256=document.sha256,
-                status=document.status,
-                error=document.error,
-                page_count=document.page_count,
-                chunk_count=document.chunk_count,
                 created_by_id=document.uploaded_by_id,
-                created_at=document.created_at,
                 ready_at=document.processed_at if document.status == "ready" else None,
+                **{name: getattr(document, name) for name in _COPIED},
             )
         )
         if len(batch) >= 500:

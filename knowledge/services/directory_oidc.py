@@ -247,17 +247,10 @@ class PortalOIDCBackend(OIDCAuthenticationBackend):
     def provider(self) -> OIDCProvider:
         return oidc_provider()
 
-    @property
-    def OIDC_OP_TOKEN_ENDPOINT(self) -> str:
-        return self.provider.token_endpoint
-
-    @property
-    def OIDC_OP_USER_ENDPOINT(self) -> str:
-        return self.provider.userinfo_endpoint
-
-    @property
-    def OIDC_OP_JWKS_ENDPOINT(self) -> str:
-        return self.provider.jwks_uri
+    # the endpoints mozilla-django-oidc reads from its settings, from the provider's discovery document instead
+    OIDC_OP_TOKEN_ENDPOINT = property(lambda self: self.provider.token_endpoint)
+    OIDC_OP_USER_ENDPOINT = property(lambda self: self.provider.userinfo_endpoint)
+    OIDC_OP_JWKS_ENDPOINT = property(lambda self: self.provider.jwks_uri)
 
     @property
     def OIDC_RP_CLIENT_ID(self) -> str:
