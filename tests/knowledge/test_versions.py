@@ -425,7 +425,7 @@ def test_the_migration_gives_every_existing_document_its_version_1() -> None:
     from django.db import connection
     from django.db.migrations.executor import MigrationExecutor
 
-    before, after = [("knowledge", "0003_directory_accounts")], [("knowledge", "0004_document_versions")]
+    before, after = [("knowledge", "0002_user_limits_audit_log")], [("knowledge", "0003_directories_versions_sources")]
     executor = MigrationExecutor(connection)
     executor.migrate(before)
     old = executor.loader.project_state(before).apps
