@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from django.conf import settings
 from django.db import transaction
@@ -248,8 +249,17 @@ class _Sync:
 
 
 def _origin(item: Item) -> str:
-    # a reader can open a page or a bucket's https object; a folder's path on the server is no link
-    return item.url if item.url.startswith(("http://", "https://")) else ""
+    """Where a reader finds the item itself: a page's URL, a bucket object's https address (on ``S3_ENDPOINT_URL``,
+    path-style, else on AWS); "" for a folder, whose path on the server is no link."""
+    if item.url.startswith(("http://", "https://")):
+        return item.url
+    if item.url.startswith("s3://"):
+        bucket, _, key = item.url.removeprefix("s3://").partition("/")
+        if settings.S3_ENDPOINT_URL:
+            return f"{settings.S3_ENDPOINT_URL.rstrip('/')}/{bucket}/{quote(key)}"
+        region = settings.S3_REGION or "us-east-1"
+        return f"https://{bucket}.s3.{region}.amazonaws.com/{quote(key)}"
+    return ""
 
 
 # --- scheduling ---------------------------------------------------------------------------------------------

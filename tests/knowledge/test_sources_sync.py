@@ -267,14 +267,16 @@ def bucket(s3_endpoint: str, settings: Any) -> Any:
     return client, name
 
 
-def test_a_bucket_prefix_is_kept_in_step(bucket: Any) -> None:
+def test_a_bucket_prefix_is_kept_in_step(bucket: Any, s3_endpoint: str) -> None:
     client, name = bucket
     collection = Collection.objects.create(slug="s3", name="Bucket", is_public=True)
     source = Source.objects.create(
         name="handbook", collection=collection, kind=Source.Kind.S3, location=f"{name}/handbook/"
     )
     assert _counts(_sync(source)) == (2, 0, 0, 0)
-    assert set(collection.documents.values_list("origin_url", flat=True)) == {""}  # s3:// is no link for a reader
+    # each document links home: the object on the bucket's server
+    origins = set(collection.documents.values_list("origin_url", flat=True))
+    assert origins == {f"{s3_endpoint}/{name}/handbook/alpha.txt", f"{s3_endpoint}/{name}/handbook/team/charlie.txt"}
     client.put_object(Bucket=name, Key="handbook/alpha.txt", Body=ALPHA_EDITED.encode())
     client.delete_object(Bucket=name, Key="handbook/team/charlie.txt")
     assert _counts(_sync(source)) == (0, 1, 1, 0)
@@ -392,3 +394,13 @@ def test_a_change_that_finds_the_previous_version_still_processing_waits_for_the
     assert _counts(_sync(folder_source)) == (0, 1, 0, 0)
     alpha = Document.objects.get(collection=folder_source.collection, title="alpha.txt")
     assert alpha.version == 3 and "Third edition" in " ".join(alpha.chunks.values_list("text", flat=True))
+
+
+def test_a_bucket_object_on_aws_links_to_its_virtual_hosted_address(settings: Any) -> None:
+    from ingestion.sources import Item
+
+    settings.S3_ENDPOINT_URL, settings.S3_REGION = "", "eu-west-3"
+    item = Item(key="docs/a b.pdf", name="a b.pdf", url="s3://acme/docs/a b.pdf", size=1, version="e", mime_type=None)
+    assert sources._origin(item) == "https://acme.s3.eu-west-3.amazonaws.com/docs/a%20b.pdf"
+    folder = Item(key="a.txt", name="a.txt", url="", size=1, version="v", mime_type=None)
+    assert sources._origin(folder) == ""
