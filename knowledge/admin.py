@@ -10,12 +10,14 @@ from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
 from django.db.models import QuerySet
+from django.forms.models import construct_instance
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.defaultfilters import truncatechars
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext_lazy as _
 
+from ingestion.sources import SourceConfigError
 from knowledge.errors import KnowledgeError
 from knowledge.models import (
     ApiKey,
@@ -463,14 +465,10 @@ class SourceForm(forms.ModelForm):
 
     def clean(self) -> dict[str, Any]:
         cleaned: dict[str, Any] = super().clean()
-        candidate = Source(**{name: cleaned.get(name) for name in ("kind", "location", "include", "exclude")})
-        candidate.max_depth, candidate.max_pages = cleaned.get("max_depth") or 0, cleaned.get("max_pages") or 1
-        if candidate.kind and candidate.location:
+        if cleaned.get("kind") and cleaned.get("location"):
             try:
-                source_services.source_check(candidate)
-            except KnowledgeError as exc:
-                raise forms.ValidationError(exc.message) from exc
-            except Exception as exc:  # the engines' own errors: a sentence each
+                source_services.source_check(construct_instance(self, Source()))
+            except SourceConfigError as exc:  # the engine's own sentence
                 raise forms.ValidationError(str(exc)) from exc
         return cleaned
 

@@ -173,25 +173,12 @@ def _upload_one(request: HttpRequest, upload: Any, choices: dict[str, Any]) -> t
             "name": name,
             "error": _("You may not upload new versions of documents."),
         }
+    stored = {"file": upload, "filename": name, "check_type": True, "ip_address": audit.client_ip(request)}
     try:
         if existing is not None:
-            document = document_services.document_replace(
-                document=existing,
-                file=upload,
-                filename=name,
-                actor=request.user,
-                check_type=True,
-                ip_address=audit.client_ip(request),
-            )
+            document = document_services.document_replace(document=existing, actor=request.user, **stored)
         else:
-            document = document_services.document_create(
-                file=upload,
-                filename=name,
-                collection=collection,
-                uploaded_by=request.user,
-                check_type=True,
-                ip_address=audit.client_ip(request),
-            )
+            document = document_services.document_create(collection=collection, uploaded_by=request.user, **stored)
     except KnowledgeError as exc:
         status, body = _upload_refusal(exc)
         return status, {**body, "name": name}

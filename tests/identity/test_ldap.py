@@ -22,6 +22,7 @@ from rest_framework.test import APIClient
 from knowledge.models import AuditEvent, Collection, DirectoryAccount
 from knowledge.services import apikeys
 from knowledge.services import documents as document_services
+from knowledge.services.directory import RETRY_UNREACHABLE_S
 from tests.identity.slapd import (
     BASE,
     GROUPS,
@@ -218,7 +219,7 @@ def test_a_person_the_directory_no_longer_knows_keeps_no_directory_group_on_thei
 
 
 def test_a_stopped_directory_keeps_the_keys_groups_and_the_form_says_sign_in_failed(
-    directory: Slapd, readers_only: Collection
+    directory: Slapd, readers_only: Collection, settings: Any
 ) -> None:
     _signed_in("alice")
     key = _key_of("alice")
@@ -233,6 +234,17 @@ def test_a_stopped_directory_keeps_the_keys_groups_and_the_form_says_sign_in_fai
     assert refused.status_code == 200
     assert REFUSED in refused.content.decode()
     assert AuditEvent.objects.filter(action="sign_in_failed", username="alice").count() == 1
+
+    # asked again a minute later, not at every use: once it answers again, the key follows the directory
+    assert _collections(key) == {"readers-only"}
+    next_read = DirectoryAccount.objects.get(user__username="alice").synced_at + timedelta(
+        seconds=settings.RAG_GROUP_SYNC_S
+    )
+    assert timedelta(0) < next_read - timezone.now() <= timedelta(seconds=RETRY_UNREACHABLE_S)
+    directory.start()
+    _leave_readers(directory, "alice")
+    _groups_read_ago("alice", 10_000)
+    assert _collections(key) == set()
 
 
 def test_a_wrong_service_account_password_leaves_the_keys_groups_as_they_are(

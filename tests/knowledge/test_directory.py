@@ -1,20 +1,17 @@
 """Directory groups mirrored onto Django groups (knowledge.services.directory).
 
-The sign-ins that call it, against a real slapd and a real OpenID provider, are in tests/identity/; here the
-rules: which groups count, what the portal calls them, what a sync removes, and when an API key's owner is read
-again (through a reader of this module standing in for a directory's)."""
+The sign-ins that call it, and the API keys that read a directory again after ``RAG_GROUP_SYNC_S``, are tested
+against a real slapd and a real OpenID provider in tests/identity/; here the rules: which groups count, what the
+portal calls them, what a sync removes, and that a local user is never read again."""
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
 import pytest
 from django.contrib.auth.models import Group, User
-from django.utils import timezone
 
-from knowledge.models import Collection, DirectoryAccount
-from knowledge.selectors import collections_readable_by
+from knowledge.models import DirectoryAccount
 from knowledge.services import apikeys, directory
 
 pytestmark = pytest.mark.django_db
@@ -61,79 +58,6 @@ def test_staff_and_superuser_flags_follow_their_groups_only_when_named(alice: Us
     assert (User.objects.get(pk=alice.pk).is_staff, User.objects.get(pk=alice.pk).is_superuser) == (True, False)
     directory.directory_sync(alice, source="ldap", subject="uid=alice", groups=["readers"])
     assert (User.objects.get(pk=alice.pk).is_staff, User.objects.get(pk=alice.pk).is_superuser) == (False, False)
-
-
-# What the stand-in directory answers for a user read again: their groups, None (unknown) or unreachable.
-ANSWER: dict[str, Any] = {}
-
-
-def read_again(account: DirectoryAccount) -> list[str] | None:
-    ANSWER["asked"] = ANSWER.get("asked", 0) + 1
-    if ANSWER["groups"] == "down":
-        raise directory.DirectoryUnavailable("connection refused")
-    return ANSWER["groups"]  # type: ignore[no-any-return]
-
-
-@pytest.fixture
-def keyed(alice: User, monkeypatch: pytest.MonkeyPatch, settings: Any) -> tuple[User, str, Collection]:
-    """alice, directory member of "finance", with a key; the finance collection is restricted to that group."""
-    monkeypatch.setitem(directory.READERS, DirectoryAccount.Source.LDAP, f"{__name__}.read_again")
-    ANSWER.clear()
-    settings.RAG_GROUP_SYNC_S = 900
-    directory.directory_sync(alice, source="ldap", subject="uid=alice", groups=["finance"])
-    finance = Collection.objects.create(slug="finance", name="Finance", is_public=False)
-    finance.groups.add(Group.objects.get(name="finance"))
-    _, raw = apikeys.apikey_create(user=alice, all_collections=True)
-    return alice, raw, finance
-
-
-def _age(user: User, seconds: int) -> None:
-    DirectoryAccount.objects.filter(user=user).update(synced_at=timezone.now() - timedelta(seconds=seconds))
-
-
-def _reads_finance(raw: str) -> bool:
-    key = apikeys.apikey_authenticate(raw)
-    assert key is not None
-    return collections_readable_by(user=User.objects.get(pk=key.user_id), api_key=key).filter(slug="finance").exists()
-
-
-def test_a_key_is_not_read_again_before_the_sync_interval(keyed: tuple[User, str, Collection]) -> None:
-    _, raw, _ = keyed
-    ANSWER["groups"] = []
-    assert _reads_finance(raw)
-    assert "asked" not in ANSWER
-
-
-def test_a_key_loses_access_once_its_owner_left_the_group(keyed: tuple[User, str, Collection]) -> None:
-    alice, raw, _ = keyed
-    ANSWER["groups"] = ["everyone"]
-    _age(alice, 901)
-    assert not _reads_finance(raw)
-    assert _groups(alice) == {"everyone"}
-
-
-def test_a_key_of_someone_the_directory_no_longer_knows_keeps_no_directory_group(
-    keyed: tuple[User, str, Collection],
-) -> None:
-    alice, raw, _ = keyed
-    ANSWER["groups"] = None
-    _age(alice, 901)
-    assert not _reads_finance(raw)
-    assert _groups(alice) == set()
-
-
-def test_an_unreachable_directory_changes_nothing_and_is_asked_again_a_minute_later(
-    keyed: tuple[User, str, Collection],
-) -> None:
-    alice, raw, _ = keyed
-    ANSWER["groups"] = "down"
-    _age(alice, 901)
-    assert _reads_finance(raw)
-    assert _reads_finance(raw)  # not asked again at once
-    assert ANSWER["asked"] == 1
-    _age(alice, 901)
-    ANSWER["groups"] = []
-    assert not _reads_finance(raw)
 
 
 def test_local_users_are_never_read_again(db: Any) -> None:
