@@ -57,7 +57,7 @@ class LLMConfig:
     repetition_penalty: float = 1.15
     #: local: no sequence of this many tokens twice in one answer (the prompt's do not count); 0 = off
     no_repeat_ngram_size: int = 4
-    #: both: end the answer when a sentence or line repeats an earlier one of the answer
+    #: both: end the answer before a run of four words that repeats an earlier one of the answer
     stop_on_repeat: bool = True
     #: local: "own" loads the model in this process; "shared" uses the one model process of the machine
     #: (``llm.server`` at ``server_url``), started on first use when that URL is on this machine

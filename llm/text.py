@@ -66,6 +66,12 @@ def words(text: str) -> list[str]:
     return _WORD.findall(_MARKER_ONE.sub(" ", text).casefold())
 
 
+def word_positions(text: str) -> list[tuple[int, int, str]]:
+    """Each word of ``text`` as :func:`words` reads it, after where it starts and ends in ``text``."""
+    blanked = _MARKER_ONE.sub(lambda match: " " * len(match.group()), text)
+    return [(match.start(), match.end(), match.group().casefold()) for match in _WORD.finditer(blanked)]
+
+
 def repeated_ngram(text: str, n: int = 4) -> bool:
     """Whether some sequence of ``n`` words occurs twice in ``text`` (case, punctuation and citations ignored).
 

@@ -6,13 +6,13 @@ import re
 from collections.abc import Iterator, Sequence
 from typing import Protocol
 
-from llm.text import words
+from llm.text import word_positions
 from llm.types import Generation, GenerationParams, Message, StreamIterator
 
-#: a sentence or line shorter than this (in words) may come back without ending the answer
+#: a run of this many words may not come back in an answer
 REPEAT_MIN_WORDS = 4
-_SENTENCE_END = frozenset(".!?…")
-_CLOSERS = frozenset("\"'»)]”’")
+#: where a sentence or a line ends, up to the next one's start
+_SENTENCE_END = re.compile(r"[.!?…][\"'»)\]”’]*[ \t]+|\n+")
 #: the start of a citation marker not closed yet ("[2", "[1, "): not words of the sentence
 _OPEN_MARKER = re.compile(r"\[[\d\s,;\-–]*$")
 
@@ -89,84 +89,77 @@ class StopScanner:
 
 
 class RepeatGuard:
-    """Ends a stream of text pieces when a sentence or line repeats an earlier one of the same text.
+    """Ends a stream of text pieces when a run of ``size`` words repeats an earlier run of the same text.
 
-    Small models loop ("X is Y. X is Y. X is Y."): the first repeat of a sentence (of at least
-    ``min_words`` words, compared without case, punctuation or citation markers) ends the text and is
-    not emitted. Only a sentence that so far matches the start of an earlier one is held back, so the
-    pieces emitted always join to the final text and the rest is shown at once.
+    Small models loop ("X is Y. X is Y. X is Y.", "the amount of a debt on the amount of a debt"): the
+    first run of ``size`` words (compared without case, punctuation or citation markers) seen earlier in
+    the answer ends it, just before that run, which is not emitted. Only the last ``size - 1`` words, which
+    may begin such a run, are held back, so the pieces emitted always join to the final text and the rest is
+    shown at once.
     """
 
-    def __init__(self, min_words: int = REPEAT_MIN_WORDS) -> None:
-        self._min_words = min_words
-        self._seen: set[tuple[str, ...]] = set()
-        self._sentence = ""  # the sentence being written, emitted or not
-        self._held = ""  # its part not emitted yet: all of it while it may be a repeat
-        self._candidate = True
+    def __init__(self, size: int = REPEAT_MIN_WORDS) -> None:
+        if size < 1:
+            raise ValueError("size must be at least 1")
+        self._size = size
+        self._text = ""  # everything fed so far
+        self._emitted = 0  # how much of it has been emitted
         self.stopped = False
 
     def feed(self, piece: str) -> str:
         """Add ``piece``; return the text that is now safe to emit ("" when nothing is)."""
-        out: list[str] = []
-        for char in piece:
-            if self.stopped:
-                break
-            self._sentence += char
-            if self._candidate:
-                self._held += char
-            else:
-                out.append(char)
-            if self._ends_sentence(char):
-                out.append(self._end_sentence())
-        if not self.stopped and self._candidate and not self._may_repeat():
-            self._candidate = False
-            out.append(self._held)
-            self._held = ""
-        return "".join(out)
+        if self.stopped:
+            return ""
+        self._text += piece
+        return self._release(final=False)
 
     def flush(self) -> str:
         """Return the text still held back once the stream has ended."""
-        return "" if self.stopped else self._end_sentence()
+        return "" if self.stopped else self._release(final=True)
 
-    def _ends_sentence(self, char: str) -> bool:
-        if char == "\n":
-            return True
-        if not char.isspace():
-            return False
-        body = self._sentence.rstrip()
-        while body and body[-1] in _CLOSERS:
-            body = body[:-1]
-        return bool(body) and body[-1] in _SENTENCE_END
+    def _release(self, *, final: bool) -> str:
+        text = self._text
+        settled = len(text)
+        if not final:
+            # a word at the very end may still grow, and an open citation marker ("[2") may still close
+            settled = len(text.rstrip("".join(c for c in text[-40:] if c.isalnum() or c == "_")))
+            opened = _OPEN_MARKER.search(text, max(0, settled - 40), settled)
+            if opened is not None:
+                settled = opened.start()
+        positions = word_positions(text[:settled])
+        seen: set[tuple[str, ...]] = set()
+        size = self._size
+        for i in range(len(positions) - size + 1):
+            gram = tuple(word for _, _, word in positions[i : i + size])
+            if gram in seen:
+                self.stopped = True
+                return self._emit(self._cut(positions[i][0], positions[i + size - 1][0]))
+            seen.add(gram)
+        if final:
+            return self._emit(len(text))
+        # the last size - 1 settled words may begin a repeated run with the words still to come: they are held
+        # back with what precedes them up to the word before
+        held_from = positions[len(positions) - size][1] if len(positions) >= size else 0
+        return self._emit(min(held_from, settled))
 
-    def _end_sentence(self) -> str:
-        sentence = tuple(words(self._sentence))
-        held = self._held
-        if self._candidate and len(sentence) >= self._min_words and sentence in self._seen:
-            self.stopped = True
-            held = ""
-        elif len(sentence) >= self._min_words:
-            self._seen.add(sentence)
-        self._sentence = self._held = ""
-        self._candidate = True
-        return held
+    def _cut(self, first: int, last: int) -> int:
+        """Where to end a text whose repeated run starts at ``first`` and is completed by the word at ``last``:
+        at the last sentence end before ``last`` (the run may span two sentences: "... a debt. It is also"),
+        else before the run, with what opens its line ("- ") when nothing else stands between them."""
+        ends = [match.end() for match in _SENTENCE_END.finditer(self._text, self._emitted, last)]
+        if ends and (ends[-1] >= first or not any(c.isalnum() for c in self._text[ends[-1] : first])):
+            return ends[-1]
+        return first
 
-    def _may_repeat(self) -> bool:
-        """Whether the sentence written so far is the start of an earlier one."""
-        sentence = _OPEN_MARKER.sub("", self._sentence)
-        so_far = words(sentence)
-        if not so_far:
-            return True
-        # the last word may still grow, unless something other than a letter follows it
-        partial = sentence[-1:].isalnum() or sentence[-1:] == "_"
-        whole, last = (so_far[:-1], so_far[-1]) if partial else (so_far, "")
-        n = len(whole)
-        if not partial:  # a whole earlier sentence is still a match: the end of this one decides
-            return any(list(seen[:n]) == whole for seen in self._seen if len(seen) >= n)
-        return any(list(seen[:n]) == whole and seen[n].startswith(last) for seen in self._seen if len(seen) > n)
+    def _emit(self, upto: int) -> str:
+        if upto <= self._emitted:
+            return ""
+        out, self._emitted = self._text[self._emitted : upto], upto
+        return out
 
 
 class AnswerScanner:
-    """What a backend emits of a model's text: cut at the first stop string, then at the first repeated sentence."""
+    """What a backend emits of a model's text: cut at the first stop string, then at the first repeated run of words."""
 
     def __init__(self, stop: Sequence[str], *, stop_on_repeat: bool = True) -> None:
         self._stop = StopScanner(stop)
@@ -174,7 +167,7 @@ class AnswerScanner:
 
     @property
     def stopped(self) -> bool:
-        """Whether a stop string or a repeated sentence has ended the text."""
+        """Whether a stop string or a repeated run of words has ended the text."""
         return self._stop.stopped or (self._repeat is not None and self._repeat.stopped)
 
     def feed(self, piece: str) -> str:

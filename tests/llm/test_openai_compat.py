@@ -89,6 +89,13 @@ def test_request_carries_model_messages_and_sampling_parameters(server: FakeOpen
         assert "stream_options" not in body
 
 
+def test_the_repeat_guard_holds_back_only_the_last_words(server: FakeOpenAIServer) -> None:
+    pieces, final = run(make_handler(server), True)
+
+    assert "".join(pieces) == final.text == FULL_REPLY
+    assert len(pieces) > 1  # streamed, not given at the end
+
+
 def test_generate_reads_the_answer_and_the_server_usage(server: FakeOpenAIServer) -> None:
     result = make_handler(server).generate("Hi", temperature=0)
 
@@ -103,7 +110,8 @@ def test_generate_reads_the_answer_and_the_server_usage(server: FakeOpenAIServer
 
 
 def test_stream_yields_each_event_then_the_usage(server: FakeOpenAIServer) -> None:
-    pieces, final = run(make_handler(server), True)
+    # without the repeat guard, which holds back the last words that may begin a repeat
+    pieces, final = run(make_handler(server, stop_on_repeat=False), True)
 
     assert pieces == REPLY_PIECES
     assert final.text == FULL_REPLY

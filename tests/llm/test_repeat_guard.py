@@ -1,4 +1,4 @@
-"""Ending a looping answer at its first repeated sentence or line, whatever the piece sizes."""
+"""Ending a looping answer before its first repeated run of four words, whatever the piece sizes."""
 
 from __future__ import annotations
 
@@ -50,12 +50,32 @@ def test_a_repeat_at_the_very_end_is_dropped(size: int) -> None:
     assert "".join(out) == "It is a long debt. "
 
 
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 1000])
+def test_a_phrase_repeated_inside_a_sentence_stops_the_stream_before_it(size: int) -> None:
+    text = "It decides on the amount of a debt on the amount of a debt on the"
+
+    out, stopped = run(RepeatGuard(), text, size)
+
+    assert stopped
+    assert "".join(out) == "It decides on the amount of a debt "
+
+
+@pytest.mark.parametrize("size", [1, 4, 1000])
+def test_citation_markers_and_case_do_not_hide_a_repeat(size: int) -> None:
+    text = "The Court decides the case [1]. It is new. the court decides the case [2] again."
+
+    out, stopped = run(RepeatGuard(), text, size)
+
+    assert stopped
+    assert "".join(out) == "The Court decides the case [1]. It is new. "
+
+
 @pytest.mark.parametrize(
     "text",
     [
-        "Paris is the capital of France. Paris is the capital of a large country. It has 2.1 million people.",
-        "Yes. Yes. Yes. It is.",  # short sentences may come back
-        "The sum is 14.2 billion. The sum is 14.2 billion euros.",
+        "Paris is the capital of France. It is also its largest city. It has 2.1 million people.",
+        "Yes. Yes. Yes. It is.",  # short runs may come back
+        "The sum is 14.2 billion [1]. The total came to 14.2 billion euros [2].",
         "Line one is here\nLine two is here\n\n\nLine three is here",
     ],
 )
@@ -67,13 +87,13 @@ def test_text_without_a_repeat_passes_whole(text: str, size: int) -> None:
     assert "".join(out) == text
 
 
-def test_only_a_possible_repeat_is_held_back() -> None:
+def test_only_the_words_that_may_begin_a_repeat_are_held_back() -> None:
     guard = RepeatGuard()
-    assert guard.feed("It is a long debt. ") == "It is a long debt. "
-    assert guard.feed("Then") == "Then"  # starts no earlier sentence: shown at once
-    assert guard.feed(" came more. It is a") == " came more. "  # may repeat: held
-    assert guard.feed(" short one.") == "It is a short one."
-    assert guard.flush() == ""
+    assert guard.feed("It is a long debt. ") == "It is"  # " a long debt. " may begin a repeat
+    assert guard.feed("Then came") == " a"  # "Then" is whole; "came" may still grow
+    assert guard.feed(" more [") == " long debt"
+    assert guard.feed("1]. ") == ""  # a citation is no word
+    assert guard.flush() == ". Then came more [1]. "
 
 
 @pytest.mark.parametrize("size", [1, 3, 1000])
