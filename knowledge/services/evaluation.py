@@ -386,7 +386,7 @@ def evaluation_run(
                         )
                     )
                 )
-                counts.add(answer.output, golds)
+                counts.add(answer.output, golds, highlight=answer.sources[0].highlight if answer.sources else None)
                 counts.add_cost(prompt_tokens=answer.prompt_tokens, first_piece_s=timer.seconds, seconds=answer.seconds)
                 if bar is not None:
                     bar.update(1)

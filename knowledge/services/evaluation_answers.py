@@ -85,6 +85,10 @@ class AnswerCounts:
     contains_first: int = 0
     repeated: int = 0
     words: list[int] = field(default_factory=list)
+    #: of the first source's highlight (the quote the API gives with each source): how often it holds a gold
+    #: answer (a question without sources counts as a miss), and its words
+    highlight_contains: int = 0
+    highlight_words: list[int] = field(default_factory=list)
     #: of the answers a model wrote: prompt tokens, seconds to the first streamed piece, seconds in all
     prompt_tokens: list[int] = field(default_factory=list)
     first_piece_s: list[float] = field(default_factory=list)
@@ -99,12 +103,16 @@ class AnswerCounts:
         if first_piece_s is not None:
             self.first_piece_s.append(first_piece_s)
 
-    def add(self, output: str, golds: Sequence[str]) -> None:
+    def add(self, output: str, golds: Sequence[str], *, highlight: str | None = None) -> None:
+        """Count one answer; ``highlight`` is its first source's (None: it has no source)."""
         self.questions += 1
         self.contains += answer_contains(output, golds)
         self.contains_first += answer_contains(first_sentence(output), golds)
         self.repeated += repeated_ngram(output)
         self.words.append(answer_words(output))
+        if highlight is not None:
+            self.highlight_contains += answer_contains(highlight, golds)
+            self.highlight_words.append(answer_words(highlight))
 
     def metrics(self) -> dict[str, Any]:
         n = max(1, self.questions)
@@ -118,6 +126,8 @@ class AnswerCounts:
         else:
             result["answer_repeated_4gram"] = round(self.repeated / n, 4)
         result["answer_words_median"] = statistics.median(self.words) if self.words else 0
+        result["highlight_contains"] = round(self.highlight_contains / n, 4)
+        result["highlight_words_median"] = statistics.median(self.highlight_words) if self.highlight_words else 0
         if self.prompt_tokens:
             result["prompt_tokens_median"] = statistics.median(self.prompt_tokens)
             result["answer_seconds_median"] = round(statistics.median(self.seconds), 2)

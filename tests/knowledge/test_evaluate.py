@@ -44,7 +44,15 @@ QUERIES = [
     ("q3", "Who replaces a lost badge?", {"d8": 1}),
 ]
 ANSWERS = [("q1", "d1", ["two in the morning", "Zorbulat"]), ("q3", "d8", ["reception desk"])]
-ANSWER_KEYS = {"answer_contains", "answer_contains_first", "answer_words_median", "answer_mode", "answers"}
+ANSWER_KEYS = {
+    "answer_contains",
+    "answer_contains_first",
+    "answer_words_median",
+    "answer_mode",
+    "answers",
+    "highlight_contains",
+    "highlight_words_median",
+}
 KEYS = {"ndcg@10", "recall@10", "recall@100", "mrr@10", "queries", "search_ms_p50", "search_ms_p95"}
 
 
@@ -94,6 +102,8 @@ def test_the_last_line_holds_the_metrics_and_the_collection_is_gone(
     assert metrics["recall@10"] == metrics["recall@100"] == 1.0
     assert 0.6 < metrics["ndcg@10"] <= 1.0 and 0.5 < metrics["mrr@10"] <= 1.0
     assert metrics["answer_contains"] == 1.0
+    assert metrics["highlight_contains"] == 1.0  # each first source's quote holds the answer
+    assert 0 < metrics["highlight_words_median"] <= 40
     assert "8 documents ready" in output
     _nothing_left(portal_dirs)
 

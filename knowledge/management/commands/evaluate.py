@@ -6,6 +6,7 @@ length in words (``answer_words_median``), with ``answer_contains_first`` (the f
 alone holds a gold answer) for extractive answers and ``answer_repeated_4gram`` (the share of answers
 repeating four words) for generated ones, with their median prompt tokens (``prompt_tokens_median``),
 seconds to the first streamed piece (``first_token_seconds_median``) and in all (``answer_seconds_median``);
+``highlight_contains`` and ``highlight_words_median`` for the quote each answer's first source carries;
 with ``--leave-out``, ``abstain_unanswerable`` and ``abstain_answerable``.
 """
 
