@@ -11,10 +11,13 @@ from llm.types import Generation, GenerationParams, Message, StreamIterator
 
 #: a run of this many words may not come back in an answer
 REPEAT_MIN_WORDS = 4
+#: the word a stream's text ends with (it may still grow), looked for in its last _LOOKBACK characters
+_TRAILING_WORD = re.compile(r"\w+\Z")
+_LOOKBACK = 200
 #: where a sentence or a line ends, up to the next one's start
 _SENTENCE_END = re.compile(r"[.!?…][\"'»)\]”’]*[ \t]+|\n+")
 #: the start of a citation marker not closed yet ("[2", "[1, "): not words of the sentence
-_OPEN_MARKER = re.compile(r"\[[\d\s,;\-–]*$")
+_OPEN_MARKER = re.compile(r"\[[\d\s,;\-–]*\Z")
 
 
 class Backend(Protocol):
@@ -104,6 +107,9 @@ class RepeatGuard:
         self._size = size
         self._text = ""  # everything fed so far
         self._emitted = 0  # how much of it has been emitted
+        self._scanned = 0  # how much of it has been read into words: up to a point no word or marker crosses
+        self._words: list[tuple[int, int, str]] = []  # (start, end, word) of the words read
+        self._seen: set[tuple[str, ...]] = set()  # the runs of ``size`` words read
         self.stopped = False
 
     def feed(self, piece: str) -> str:
@@ -122,24 +128,30 @@ class RepeatGuard:
         settled = len(text)
         if not final:
             # a word at the very end may still grow, and an open citation marker ("[2") may still close
-            settled = len(text.rstrip("".join(c for c in text[-40:] if c.isalnum() or c == "_")))
-            opened = _OPEN_MARKER.search(text, max(0, settled - 40), settled)
+            word = _TRAILING_WORD.search(text, max(self._scanned, settled - _LOOKBACK))
+            if word is not None:
+                settled = word.start()
+            opened = _OPEN_MARKER.search(text, max(self._scanned, settled - _LOOKBACK), settled)
             if opened is not None:
                 settled = opened.start()
-        positions = word_positions(text[:settled])
-        seen: set[tuple[str, ...]] = set()
-        size = self._size
-        for i in range(len(positions) - size + 1):
-            gram = tuple(word for _, _, word in positions[i : i + size])
-            if gram in seen:
+        words, size = self._words, self._size
+        checked = len(words)
+        if settled > self._scanned:
+            base = self._scanned
+            words.extend((base + a, base + b, w) for a, b, w in word_positions(text[base:settled]))
+            self._scanned = settled
+        for last in range(max(checked, size - 1), len(words)):
+            first = last - size + 1
+            gram = tuple(word for _, _, word in words[first : last + 1])
+            if gram in self._seen:
                 self.stopped = True
-                return self._emit(self._cut(positions[i][0], positions[i + size - 1][0]))
-            seen.add(gram)
+                return self._emit(self._cut(words[first][0], words[last][0]))
+            self._seen.add(gram)
         if final:
             return self._emit(len(text))
         # the last size - 1 settled words may begin a repeated run with the words still to come: they are held
         # back with what precedes them up to the word before
-        held_from = positions[len(positions) - size][1] if len(positions) >= size else 0
+        held_from = words[len(words) - size][1] if len(words) >= size else 0
         return self._emit(min(held_from, settled))
 
     def _cut(self, first: int, last: int) -> int:
