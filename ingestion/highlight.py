@@ -129,6 +129,20 @@ _MAX_ANSWER_WORDS = 120
 _REFERENCE_LINE = re.compile(
     r"^[ \t]*(?:\^|\d{1,4}[.)][ \t]).*?(?:https?://|www\.|\bdoi:|\bRetrieved\b).*$", re.MULTILINE | re.IGNORECASE
 )
+# A web page's or a document's furniture, in English and French: a copyright line, sharing and cookie notices,
+# navigation. Read only in short sentences (_BOILERPLATE_MAX_WORDS): a long one that names "cookies" is prose.
+_BOILERPLATE = re.compile(
+    r"©|\(c\)\s*\d{4}|\bcopyright\b|\ball rights reserved\b|\btous droits réservés\b|\bcookies?\b"
+    r"|\bshare (?:this|on)\b|\bpartager (?:sur|cette|cet)\b|\bskip to (?:main )?content\b|\baller au contenu\b"
+    r"|\bback to top\b|\bretour en haut\b|\bprint this page\b|\bimprimer cette page\b|\bsubscribe to our\b"
+    r"|\babonnez-vous\b|\bprivacy policy\b|\bpolitique de confidentialité\b|\bterms of (?:use|service)\b"
+    r"|\bmentions légales\b|\bplan du site\b|\bsitemap\b|\bnewsletter\b",
+    re.IGNORECASE,
+)
+_BOILERPLATE_MAX_WORDS = 15
+_URL = re.compile(r"(?:https?://|www\.)\S+", re.IGNORECASE)
+# a sentence with fewer words than this outside its addresses is an address, not an answer
+_MIN_WORDS_BESIDE_URLS = 4
 # What an answer's reader (the pages, an API client) takes for a citation: "[2]", "[2, 3]", "[2-4]".
 _MARKER_LIKE = re.compile(r"\[(\s*\d+(?:\s*[,;\-–]\s*\d+)*\s*)\]")
 
@@ -231,13 +245,22 @@ def _clipped(text: str) -> str:
     return text
 
 
+def _furniture(sentence: str) -> bool:
+    """Whether ``sentence`` is an address or a page's furniture (a copyright line, a sharing or cookie notice),
+    which names something but never answers a question."""
+    if len(_URL.sub(" ", sentence).split()) < _MIN_WORDS_BESIDE_URLS and _URL.search(sentence):
+        return True
+    return len(sentence.split()) <= _BOILERPLATE_MAX_WORDS and _BOILERPLATE.search(sentence) is not None
+
+
 def highlight(question: str, passage: str, *, max_sentences: int = 2) -> Highlight:
     """The one or two consecutive sentences of ``passage`` that share the most terms with ``question``.
 
     Rare terms weigh more than common ones (an idf over the passage's sentences); with no shared
     term at all the passage's first sentence is returned with coverage 0. Heading lines (the title a
-    chunk opens with, see :func:`heading_lines`) and the lines of a reference list ("55. ... (https://...)")
-    are not quoted unless the passage is nothing else, and
+    chunk opens with, see :func:`heading_lines`), the lines of a reference list ("55. ... (https://...)"),
+    bare addresses and a page's furniture ("© 2024 ... All rights reserved.") are not quoted unless the
+    passage is nothing else, and
     several sentences are quoted only when they fit the highlight's length limit together.
     """
     analyzer = _analyzer()
@@ -251,10 +274,10 @@ def highlight(question: str, passage: str, *, max_sentences: int = 2) -> Highlig
     n = len(spans)
     # a heading line (a document's title above its text) names the topic, so it shares the question's
     # words, but it never holds the answer: it is not quoted, unless the passage is nothing else
-    # nor does a line of a reference list
+    # nor does a line of a reference list, an address alone or a page's furniture
     references = [(m.start(), m.end()) for m in _REFERENCE_LINE.finditer(passage)]
     quotable = [
-        not heading and not any(a <= start and end <= b for a, b in references)
+        not heading and not any(a <= start and end <= b for a, b in references) and not _furniture(passage[start:end])
         for heading, (start, end) in zip(heading_lines(passage, spans), spans, strict=True)
     ]
     if not any(quotable):

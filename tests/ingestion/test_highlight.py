@@ -47,6 +47,27 @@ def test_a_reference_list_line_is_not_quoted_as_an_answer() -> None:
     assert "Games played" in only.text
 
 
+def test_addresses_and_page_furniture_are_not_quoted_as_answers() -> None:
+    passage = (
+        "Norwich City\n"
+        "https://www.canaries.co.uk/club/history-of-the-club-founded-1902\n"
+        "© 2024 Norwich City Football Club, founded 1902. All rights reserved.\n"
+        "Partager sur Facebook : le club fondé en 1902\n"
+        "The club was founded in 1902 at the Criterion Cafe.\n"
+        "Cookies help us run the club's website."
+    )
+    found = highlight("When was the club founded?", passage)
+
+    assert found.text == "The club was founded in 1902 at the Criterion Cafe."
+    assert [text for text, _ in found.sentences] == [found.text]
+    # prose that names an address, or cookies, in a long sentence is still prose
+    prose = (
+        "The club history, written by the supporters' trust and published at https://example.org/history, says "
+        "the club was founded in 1902 and explains in detail how the cookies sold at the first match paid its kit."
+    )
+    assert highlight("When was the club founded?", prose).text == prose
+
+
 def test_heading_lines_are_titles_above_prose_not_table_rows_or_list_items() -> None:
     text = "Guide\nInstallation\nRun the installer. Then restart.\n\nName | Age\nBob | 42\nAlice | 37"
     spans = split_sentences(text)
