@@ -96,9 +96,9 @@ class RepeatGuard:
 
     Small models loop ("X is Y. X is Y. X is Y.", "the amount of a debt on the amount of a debt"): the
     first run of ``size`` words (compared without case, punctuation or citation markers) seen earlier in
-    the answer ends it, just before that run, which is not emitted. Only the last ``size - 1`` words, which
-    may begin such a run, are held back, so the pieces emitted always join to the final text and the rest is
-    shown at once.
+    the answer ends it, just before that run, which is not emitted. Only the last words that begin an earlier
+    run (at most ``size - 1`` and the word being written) are held back, so the pieces emitted always join to
+    the final text and the rest is shown at once.
     """
 
     def __init__(self, size: int = REPEAT_MIN_WORDS) -> None:
@@ -110,6 +110,7 @@ class RepeatGuard:
         self._scanned = 0  # how much of it has been read into words: up to a point no word or marker crosses
         self._words: list[tuple[int, int, str]] = []  # (start, end, word) of the words read
         self._seen: set[tuple[str, ...]] = set()  # the runs of ``size`` words read
+        self._next: dict[tuple[str, ...], set[str]] = {}  # the words that follow each start of a run read
         self.stopped = False
 
     def feed(self, piece: str) -> str:
@@ -126,14 +127,15 @@ class RepeatGuard:
     def _release(self, *, final: bool) -> str:
         text = self._text
         settled = len(text)
+        partial = ""
         if not final:
             # a word at the very end may still grow, and an open citation marker ("[2") may still close
             word = _TRAILING_WORD.search(text, max(self._scanned, settled - _LOOKBACK))
             if word is not None:
-                settled = word.start()
+                settled, partial = word.start(), word.group().casefold()
             opened = _OPEN_MARKER.search(text, max(self._scanned, settled - _LOOKBACK), settled)
             if opened is not None:
-                settled = opened.start()
+                settled, partial = opened.start(), ""
         words, size = self._words, self._size
         checked = len(words)
         if settled > self._scanned:
@@ -147,12 +149,27 @@ class RepeatGuard:
                 self.stopped = True
                 return self._emit(self._cut(words[first][0], words[last][0]))
             self._seen.add(gram)
+            for k in range(size):
+                self._next.setdefault(gram[:k], set()).add(gram[k])
         if final:
             return self._emit(len(text))
-        # the last size - 1 settled words may begin a repeated run with the words still to come: they are held
-        # back with what precedes them up to the word before
-        held_from = words[len(words) - size][1] if len(words) >= size else 0
-        return self._emit(min(held_from, settled))
+        # without a word being written, the blanks and punctuation after the last word wait for the next one
+        # (a cut before a repeated line drops the "- " that opens it)
+        shown = len(text) if partial else (words[-1][1] if words else 0)
+        return self._emit(self._held_from(partial, whole=shown))
+
+    def _held_from(self, partial: str, *, whole: int) -> int:
+        """Where the text that may begin a repeated run starts: the longest run of the last words (and the word
+        being written, ``partial``) that begins a run read before, held with what precedes it up to the word
+        before; ``whole`` (the end of what may be shown) when none does."""
+        words = self._words
+        for k in range(min(self._size - 1, len(words)), -1, -1):
+            following = self._next.get(tuple(word for _, _, word in words[len(words) - k :]))
+            if not following or (k == 0 and not partial):
+                continue
+            if not partial or any(word.startswith(partial) for word in following):
+                return words[len(words) - k - 1][1] if len(words) > k else 0
+        return whole
 
     def _cut(self, first: int, last: int) -> int:
         """Where to end a text whose repeated run starts at ``first`` and is completed by the word at ``last``:

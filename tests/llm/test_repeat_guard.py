@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from llm.backends.base import AnswerScanner, RepeatGuard
+from llm.text import repeated_ngram
 
 LOOP = (
     "The court decides on the debt. It is also empowered to make decisions on the amount of a debt. "
@@ -89,11 +92,12 @@ def test_text_without_a_repeat_passes_whole(text: str, size: int) -> None:
 
 def test_only_the_words_that_may_begin_a_repeat_are_held_back() -> None:
     guard = RepeatGuard()
-    assert guard.feed("It is a long debt. ") == "It is"  # " a long debt. " may begin a repeat
-    assert guard.feed("Then came") == " a"  # "Then" is whole; "came" may still grow
-    assert guard.feed(" more [") == " long debt"
-    assert guard.feed("1]. ") == ""  # a citation is no word
-    assert guard.flush() == ". Then came more [1]. "
+    assert guard.feed("It is a long debt. ") == "It is a long debt"  # nothing before: shown at once
+    assert guard.feed("Then came") == ". Then came"  # no earlier run begins with "Then" or "came"
+    assert guard.feed(" more [") == " more"  # "[" may open a citation
+    assert guard.feed("1]. It is") == ""  # "It is" begins an earlier run: held, with what precedes it
+    assert guard.feed(" a short one.") == " [1]. It is a short one"
+    assert guard.flush() == "."
 
 
 @pytest.mark.parametrize("size", [1, 3, 1000])
@@ -110,3 +114,19 @@ def test_answer_scanner_without_repeat_detection_lets_loops_through(size: int) -
 
     assert not stopped
     assert "".join(out) == LOOP
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_whatever_the_pieces_the_text_shown_is_a_prefix_without_a_repeated_run(seed: int) -> None:
+    rng = random.Random(seed)
+    vocabulary = ["the", "debt", "is", "due", "court", "[1]", ".", ",", "\n", "- ", "Paris", "[2", "a"]
+    text = "".join(rng.choice(vocabulary) + rng.choice(["", " ", " ", "  "]) for _ in range(rng.randint(5, 80)))
+
+    out, stopped = run(RepeatGuard(), text, rng.randint(1, 9))
+    shown = "".join(out)
+
+    assert text.startswith(shown)
+    assert not repeated_ngram(shown)
+    assert stopped == repeated_ngram(text)
+    if not stopped:
+        assert shown == text
