@@ -63,7 +63,7 @@ def _marker_numbers(marker: str) -> list[int]:
 
 def words(text: str) -> list[str]:
     """The words of ``text``, case-folded, without citation markers or punctuation."""
-    return _WORD.findall(_MARKER_ONE.sub(" ", text).casefold())
+    return [word for _, _, word in word_positions(text)]
 
 
 def word_positions(text: str) -> list[tuple[int, int, str]]:

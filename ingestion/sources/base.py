@@ -110,6 +110,11 @@ class Source(abc.ABC):
     def _download(self, item: Item, out: BinaryIO) -> None:
         """Write ``item``'s content to ``out``, through :meth:`_copy` so that the size cap holds."""
 
+    def link(self, item: Item) -> str:
+        """Where a reader opens ``item`` itself, as a web address: its ``url`` when that is one, else ""
+        (a folder's path on the server is no link)."""
+        return item.url if item.url.startswith(("http://", "https://")) else ""
+
     def listing(self) -> Listing:
         """Enumerate the whole source (see :meth:`items`) and return what was found and what failed."""
         found = tuple(self.items())

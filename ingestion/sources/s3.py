@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from pathlib import PurePosixPath
 from typing import Any, BinaryIO
+from urllib.parse import quote
 
 from ingestion.sources.base import DEFAULT_MAX_BYTES, Item, Source, mime_for_name
 from ingestion.sources.errors import ItemTooLarge, ItemUnavailable, SourceConfigError, SourceUnreachable
@@ -26,9 +27,9 @@ class S3Source(Source):
     then); without it, AWS S3 in ``region``. The credentials are passed in; when ``access_key_id`` is None,
     boto3's own chain is used (an instance role, say). The patterns (see :mod:`ingestion.sources.patterns`)
     are matched against the key relative to the prefix's folder; keys ending with "/" (folder markers) are
-    skipped. Keys are the whole object keys, ``url`` is ``s3://bucket/key`` (a location, not a web link:
-    readers download through the portal), ``version`` is the ETag without its quotes. A bucket that does not
-    exist, refused credentials or access, or an endpoint that does not answer raise
+    skipped. Keys are the whole object keys, ``url`` is ``s3://bucket/key`` (a location; :meth:`link` gives
+    the object's https address), ``version`` is the ETag without its quotes. A bucket that does not exist,
+    refused credentials or access, or an endpoint that does not answer raise
     :class:`SourceUnreachable`, during the listing too: a listing cut short must not read as deletions.
     """
 
@@ -78,6 +79,13 @@ class S3Source(Source):
 
     def __repr__(self) -> str:
         return f"S3Source({self.bucket!r}, prefix={self.prefix!r}, endpoint_url={self.endpoint_url!r})"
+
+    def link(self, item: Item) -> str:
+        """The object's https address: path-style on ``endpoint_url``, else virtual-hosted on AWS."""
+        key = quote(item.key)
+        if self.endpoint_url:
+            return f"{self.endpoint_url.rstrip('/')}/{self.bucket}/{key}"
+        return f"https://{self.bucket}.s3.{self.region or 'us-east-1'}.amazonaws.com/{key}"
 
     def items(self) -> Iterator[Item]:
         """List the bucket under the prefix (see the class's docstring)."""

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
 
 from django.conf import settings
 from django.db import transaction
@@ -209,7 +208,9 @@ class _Sync:
                 SourceItem.objects.filter(pk=moved.pk).update(
                     key=item.key, version=item.version, url=item.url, seen_at=timezone.now()
                 )
-                Document.objects.filter(pk=moved.document_id).update(title=item.name[:300], origin_url=_origin(item))
+                Document.objects.filter(pk=moved.document_id).update(
+                    title=item.name[:300], origin_url=self.engine.link(item)
+                )
                 return "updated"
             if known is not None and known.sha256 == sha256:
                 SourceItem.objects.filter(pk=known.pk).update(version=item.version, seen_at=timezone.now())
@@ -235,7 +236,7 @@ class _Sync:
                         version=item.version, sha256=sha256, url=item.url, seen_at=timezone.now()
                     )
                     outcome = "updated"
-            Document.objects.filter(pk=document.pk).update(origin_url=_origin(item))
+            Document.objects.filter(pk=document.pk).update(origin_url=self.engine.link(item))
         return outcome
 
     def remove_vanished(self) -> None:
@@ -246,20 +247,6 @@ class _Sync:
                 continue  # hidden by a failure or beyond the crawl's limit: not gone
             document_services.document_delete(document=known.document)
             self._beat("removed", known.key)
-
-
-def _origin(item: Item) -> str:
-    """Where a reader finds the item itself: a page's URL, a bucket object's https address (on ``S3_ENDPOINT_URL``,
-    path-style, else on AWS); "" for a folder, whose path on the server is no link."""
-    if item.url.startswith(("http://", "https://")):
-        return item.url
-    if item.url.startswith("s3://"):
-        bucket, _, key = item.url.removeprefix("s3://").partition("/")
-        if settings.S3_ENDPOINT_URL:
-            return f"{settings.S3_ENDPOINT_URL.rstrip('/')}/{bucket}/{quote(key)}"
-        region = settings.S3_REGION or "us-east-1"
-        return f"https://{bucket}.s3.{region}.amazonaws.com/{quote(key)}"
-    return ""
 
 
 # --- scheduling ---------------------------------------------------------------------------------------------

@@ -131,7 +131,6 @@ def test_a_stream_the_model_server_breaks_midway_is_charged_once(api: APIClient,
         settings.RAG_LLM_BACKEND = "openai"
         settings.RAG_LLM_BASE_URL = server.base_url
         settings.RAG_LLM_MODEL = "test-model"
-        settings.RAG_LLM_STOP_ON_REPEAT = False  # each piece passes at once (the guard holds back the last words)
         server.behaviour.pieces = ["One", " two", " three", " four"]
         server.behaviour.cut_after = 2  # the connection drops after " two"
         response = api.post("/api/v1/generate/", {"prompt": STORY, "max_tokens": 50, "stream": True}, format="json")

@@ -396,11 +396,13 @@ def test_a_change_that_finds_the_previous_version_still_processing_waits_for_the
     assert alpha.version == 3 and "Third edition" in " ".join(alpha.chunks.values_list("text", flat=True))
 
 
-def test_a_bucket_object_on_aws_links_to_its_virtual_hosted_address(settings: Any) -> None:
+def test_a_bucket_object_on_aws_links_to_its_virtual_hosted_address(settings: Any, tmp_path: Path) -> None:
     from ingestion.sources import Item
 
     settings.S3_ENDPOINT_URL, settings.S3_REGION = "", "eu-west-3"
+    bucket = Source(name="aws", kind=Source.Kind.S3, location="acme/docs/")
     item = Item(key="docs/a b.pdf", name="a b.pdf", url="s3://acme/docs/a b.pdf", size=1, version="e", mime_type=None)
-    assert sources._origin(item) == "https://acme.s3.eu-west-3.amazonaws.com/docs/a%20b.pdf"
-    folder = Item(key="a.txt", name="a.txt", url="", size=1, version="v", mime_type=None)
-    assert sources._origin(folder) == ""
+    assert sources.source_engine(bucket).link(item) == "https://acme.s3.eu-west-3.amazonaws.com/docs/a%20b.pdf"
+    folder = Source(name="share", kind=Source.Kind.FOLDER, location=str(tmp_path))
+    item = Item(key="a.txt", name="a.txt", url=str(tmp_path / "a.txt"), size=1, version="v", mime_type=None)
+    assert sources.source_engine(folder).link(item) == ""

@@ -89,7 +89,7 @@ def test_request_carries_model_messages_and_sampling_parameters(server: FakeOpen
         assert "stream_options" not in body
 
 
-def test_the_repeat_guard_holds_back_only_the_last_words(server: FakeOpenAIServer) -> None:
+def test_with_the_repeat_guard_the_reply_still_streams_in_pieces(server: FakeOpenAIServer) -> None:
     pieces, final = run(make_handler(server), True)
 
     assert "".join(pieces) == final.text == FULL_REPLY
@@ -110,7 +110,7 @@ def test_generate_reads_the_answer_and_the_server_usage(server: FakeOpenAIServer
 
 
 def test_stream_yields_each_event_then_the_usage(server: FakeOpenAIServer) -> None:
-    # without the repeat guard, which holds back the last words that may begin a repeat
+    # without the repeat guard, which holds back what may begin a repeat and the punctuation after a word
     pieces, final = run(make_handler(server, stop_on_repeat=False), True)
 
     assert pieces == REPLY_PIECES
