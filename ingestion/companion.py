@@ -1,4 +1,4 @@
-"""A companion embedder: a second model whose vector each passage keeps beside the primary one, and what a search
+"""A companion embedder: other models whose vectors each passage keeps beside the primary one, and what a search
 store keeps of an embedder's passages (:func:`passage_embeddings`) and names it by (:func:`store_identity`)."""
 
 from __future__ import annotations
@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -15,59 +16,87 @@ from .store import PassageEmbeddings, StoreIdentity
 if TYPE_CHECKING:
     from .embedding import Embedder
 
-__all__ = ["CompanionEmbedder", "passage_embeddings", "store_identity"]
+__all__ = ["CompanionEmbedder", "CompanionModel", "companion_vectors", "passage_embeddings", "store_identity"]
 
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class CompanionModel:
+    """One model of a companion: its name, how to load it, the languages it is given and its dimension
+    (None: learnt by loading it)."""
+
+    name: str
+    make: Callable[[], Embedder]
+    languages: tuple[str, ...]
+    dimension: int | None = None
+
+    def speaks(self, languages: Collection[str]) -> bool:
+        """Whether a text voted for ``languages`` is given to this model (True when the vote is empty)."""
+        return not languages or any(code in self.languages for code in languages)
+
+    @property
+    def label(self) -> str:
+        """The model and its languages, as a store identity records them (``name@en,fr``)."""
+        return f"{self.name}@{','.join(self.languages)}"
+
+
 class CompanionEmbedder:
-    """An embedder with a second model beside it, whose vector each passage also keeps (its own array in
-    :class:`~ingestion.store.PassageEmbeddings`): the searcher fuses its cosine as a third side.
+    """An embedder with companion models beside it, whose vectors each passage also keeps (one array in
+    :class:`~ingestion.store.PassageEmbeddings`): the searcher fuses their cosine as a third side.
 
-    Everything the dense side uses (name, dimension, vectors, token counts) is the primary embedder's. The
-    companion is loaded on first use (torch and sentence-transformers: a web process loads it on the first
-    question in one of ``languages``); its name and dimension are known without loading it.
+    Everything the dense side uses (name, dimension, vectors, token counts) is the primary embedder's. Each
+    companion model is loaded on first use (a web process loads it on the first question in one of its
+    languages); its name and dimension are known without loading it.
 
-    ``languages`` are the languages the companion is given: an English-only model such as all-MiniLM-L6-v2
-    gives noise on other languages (0.45 nDCG@10 on French PIAF), so a passage whose stop words say it is in
-    none of them gets a row of zeros, and a question in none of them is not asked (:meth:`companion_query`).
+    Each model is given the passages and questions of its own ``languages``: an English-only model such as
+    all-MiniLM-L6-v2 gives noise on other languages (0.45 nDCG@10 on French PIAF), so a passage whose stop
+    words say it is in none of them gets zeros from it, and a question in none of them is not asked. Several
+    models (all-MiniLM-L6-v2 for English, multilingual USE for French) each fill their own block of the
+    companion vector, so a question embedded by one model meets only that model's passage vectors: the
+    other blocks add nothing to the cosine. A passage whose language cannot be told is given to every model
+    (its vector normalised as a whole); a question of that kind is asked of the models of the languages of
+    the searched chunks.
     """
 
-    def __init__(
-        self,
-        primary: Embedder,
-        make_companion: Callable[[], Embedder],
-        companion_name: str,
-        languages: Sequence[str],
-        *,
-        companion_dimension: int | None = None,
-    ) -> None:
+    def __init__(self, primary: Embedder, models: Sequence[CompanionModel]) -> None:
+        if not models:
+            raise ValueError("a companion embedder needs at least one companion model")
         self.primary = primary
         self.name = primary.name
         self.dimension = primary.dimension
         self.max_tokens = primary.max_tokens
-        self.companion_name = companion_name
-        self.companion_languages = tuple(languages)
-        self._companion_dimension = companion_dimension
-        self._make_companion = make_companion
-        self._companion: Embedder | None = None
+        self.models = tuple(models)
+        self.companion_languages = tuple(dict.fromkeys(code for model in self.models for code in model.languages))
+        self._dimensions = [model.dimension for model in self.models]
+        self._loaded: list[Embedder | None] = [None] * len(self.models)
         self._analyzer: Any = None
         self._lock = threading.Lock()
 
     @property
-    def companion(self) -> Embedder:
-        """The companion model, loaded on first use."""
+    def companion_label(self) -> str:
+        """What a store identity records of the companion: each model with its languages."""
+        return " + ".join(model.label for model in self.models)
+
+    def companion_model(self, index: int = 0) -> Embedder:
+        """The ``index``-th companion model, loaded on first use."""
         with self._lock:
-            if self._companion is None:
-                self._companion = self._make_companion()
-            return self._companion
+            loaded = self._loaded[index]
+            if loaded is None:
+                loaded = self._loaded[index] = self.models[index].make()
+            return loaded
+
+    def _dimension_of(self, index: int) -> int:
+        known = self._dimensions[index]
+        if known is None:
+            known = self._dimensions[index] = int(self.companion_model(index).dimension)
+        return known
 
     @property
     def companion_dimension(self) -> int:
-        """The dimension of the companion's vectors (read from its folder when it can be; else it is loaded)."""
-        if self._companion_dimension is None:
-            self._companion_dimension = int(self.companion.dimension)
-        return self._companion_dimension
+        """The dimension of the companion vectors: the models' blocks side by side (read from the models'
+        folders when they tell; else the models are loaded)."""
+        return sum(self._dimension_of(index) for index in range(len(self.models)))
 
     def count_tokens(self, text: str) -> int:
         return self.primary.count_tokens(text)
@@ -78,20 +107,27 @@ class CompanionEmbedder:
     def embed_query(self, text: str) -> np.ndarray:
         return self.primary.embed_query(text)
 
-    def given_to_companion(self, texts: Sequence[str]) -> list[int]:
-        """The positions of ``texts`` that are given to the companion: those that may be in its languages
-        (a text whose stop words do not tell is given to it)."""
-        return [i for i, text in enumerate(texts) if self.speaks(self._languages_of(text))]
+    def blocks(self, texts: Sequence[str]) -> list[tuple[int, slice, list[int]]]:
+        """For each companion model: its index, its block of the companion vector and the positions of
+        ``texts`` it is given (those that may be in its languages)."""
+        votes = [self._languages_of(text) for text in texts]
+        out = []
+        start = 0
+        for index, model in enumerate(self.models):
+            end = start + self._dimension_of(index)
+            out.append((index, slice(start, end), [i for i, vote in enumerate(votes) if model.speaks(vote)]))
+            start = end
+        return out
 
-    def embed_companion(self, texts: Sequence[str]) -> np.ndarray:
-        """The companion's vectors of ``texts`` (all of them; see :meth:`given_to_companion`), float32."""
+    def embed_companion(self, texts: Sequence[str], index: int = 0) -> np.ndarray:
+        """The ``index``-th companion model's vectors of ``texts`` (all of them; see :meth:`blocks`), float32."""
         if not texts:
-            return np.zeros((0, self.companion_dimension), dtype=np.float32)
-        return np.ascontiguousarray(self.companion.embed_passages(texts), dtype=np.float32)
+            return np.zeros((0, self._dimension_of(index)), dtype=np.float32)
+        return np.ascontiguousarray(self.companion_model(index).embed_passages(texts), dtype=np.float32)
 
     def speaks(self, languages: Collection[str]) -> bool:
-        """Whether a text voted for ``languages`` is given to the companion (True when the vote is empty)."""
-        return not languages or any(code in self.companion_languages for code in languages)
+        """Whether a text voted for ``languages`` is given to a companion model (True when the vote is empty)."""
+        return any(model.speaks(languages) for model in self.models)
 
     def _languages_of(self, text: str) -> list[str]:
         if self._analyzer is None:
@@ -102,20 +138,47 @@ class CompanionEmbedder:
         return voted
 
     def companion_query(self, text: str, corpus_languages: Collection[str] = ()) -> np.ndarray | None:
-        """The companion's vector of a question (float32, L2-normalised), or None when it is not asked: the
-        question is in none of its languages, or the model cannot embed it (logged; the search goes on).
+        """The companion vector of a question (float32, L2-normalised: the block of each model of its
+        languages filled), or None when it is not asked: the question is in none of the models' languages, or
+        they cannot embed it (logged; the search goes on).
 
         A question whose stop words do not tell its language (claims and keyword queries have few) is read
-        as being in ``corpus_languages``, those of the chunks searched (asked when that is empty too).
+        as being in ``corpus_languages``, those of the chunks searched (every model is asked when that is
+        empty too).
         """
-        if not self.speaks(self._languages_of(text) or corpus_languages):
+        languages = self._languages_of(text) or corpus_languages
+        vector = np.zeros(self.companion_dimension, dtype=np.float32)
+        asked = False
+        for index, block, _ in self.blocks(()):
+            if not self.models[index].speaks(languages):
+                continue
+            try:
+                vector[block] = self.companion_model(index).embed_query(text)
+            except Exception:  # a model that cannot load costs this side, not the search
+                logger.exception(
+                    "The companion search side is skipped for %s: its model could not embed the question",
+                    self.models[index].name,
+                )
+                continue
+            asked = True
+        if not asked:
             return None
-        try:
-            vector = self.companion.embed_query(text)
-        except Exception:  # a model that cannot load costs this side, not the search
-            logger.exception("The companion search side is skipped: its model could not embed the question")
-            return None
-        return np.asarray(vector, dtype=np.float32)
+        norm = float(np.linalg.norm(vector))
+        return vector / norm if norm > 0 else None
+
+
+def companion_vectors(
+    embedder: CompanionEmbedder, texts: Sequence[str], embed: Callable[[int, list[str]], np.ndarray]
+) -> np.ndarray:
+    """The companion vectors of ``texts``: each model's ``embed(index, texts)`` in its block, for the texts it
+    is given (zeros elsewhere), each row L2-normalised as a whole (zero when no model is given the text)."""
+    rows = np.zeros((len(texts), embedder.companion_dimension), dtype=np.float32)
+    for index, block, positions in embedder.blocks(texts):
+        if positions:
+            rows[positions, block] = embed(index, [texts[i] for i in positions])
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    np.divide(rows, norms, out=rows, where=norms > 0)
+    return rows
 
 
 def passage_embeddings(embedder: Embedder, texts: Sequence[str]) -> PassageEmbeddings:
@@ -124,11 +187,9 @@ def passage_embeddings(embedder: Embedder, texts: Sequence[str]) -> PassageEmbed
     dense = np.ascontiguousarray(embedder.embed_passages(texts), dtype=np.float32).reshape(-1, embedder.dimension)
     if not isinstance(embedder, CompanionEmbedder):
         return PassageEmbeddings(dense)
-    companion = np.zeros((len(texts), embedder.companion_dimension), dtype=np.float32)
-    spoken = embedder.given_to_companion(texts)
-    if spoken:
-        companion[spoken] = embedder.embed_companion([texts[i] for i in spoken])
-    return PassageEmbeddings(dense, companion)
+    return PassageEmbeddings(
+        dense, companion_vectors(embedder, texts, lambda index, given: embedder.embed_companion(given, index))
+    )
 
 
 def store_identity(embedder: Embedder) -> StoreIdentity:
@@ -137,6 +198,5 @@ def store_identity(embedder: Embedder) -> StoreIdentity:
     The companion's languages are part of it: they decide which passages get a companion vector, so changing
     them asks for ``rebuild_index`` (passages of a newly added language would keep empty ones otherwise)."""
     if isinstance(embedder, CompanionEmbedder):
-        companion = f"{embedder.companion_name}@{','.join(embedder.companion_languages)}"
-        return StoreIdentity(embedder.name, embedder.dimension, companion, embedder.companion_dimension)
+        return StoreIdentity(embedder.name, embedder.dimension, embedder.companion_label, embedder.companion_dimension)
     return StoreIdentity(embedder.name, embedder.dimension)

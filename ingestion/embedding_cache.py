@@ -5,10 +5,10 @@ cores), and the same model given the same text gives the same vector: re-ingesti
 document, rebuilding the index or re-running an evaluation need not compute it again.
 
 A passage's embeddings (:class:`~ingestion.store.PassageEmbeddings`) are cached per model: the dense vector
-under the primary model's name, the companion's under the companion's own name. Each entry is that one
-model's vector of that exact text, so vectors of different models are never mixed, and turning a companion
-on (or changing its languages) reuses every dense vector. Which passages are given to the companion is
-decided before the cache (by their language), so a passage the companion is not given is not looked up.
+under the primary model's name, each companion model's under its own name. Each entry is that one model's
+vector of that exact text, so vectors of different models are never mixed, and turning a companion on (or
+changing its languages or adding a model) reuses every vector already computed. Which passages are given to a
+companion model is decided before the cache (by their language), so a passage it is not given is not looked up.
 
 The cache is one SQLite file (``vectors.sqlite3`` in the configured folder) in WAL mode, so the
 worker processes of one machine can share it; each process opens its own connection (never across a
@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .companion import companion_vectors
 from .embedding import CompanionEmbedder, Embedder, passage_embeddings
 from .store import PassageEmbeddings
 
@@ -160,17 +161,13 @@ def embed_passages_cached(embedder: Embedder, texts: Sequence[str], cache: Embed
     dense = _cached_vectors(cache, embedder.name, embedder.dimension, texts, embedder.embed_passages)
     if not isinstance(embedder, CompanionEmbedder):
         return PassageEmbeddings(dense)
-    companion = np.zeros((len(texts), embedder.companion_dimension), dtype=np.float32)
-    spoken = embedder.given_to_companion(texts)
-    if spoken:
-        companion[spoken] = _cached_vectors(
-            cache,
-            embedder.companion_name,
-            embedder.companion_dimension,
-            [texts[i] for i in spoken],
-            embedder.embed_companion,
-        )
-    return PassageEmbeddings(dense, companion)
+
+    def cached(index: int, given: list[str]) -> np.ndarray:
+        model = embedder.models[index]
+        dimension = embedder.companion_model(index).dimension if model.dimension is None else model.dimension
+        return _cached_vectors(cache, model.name, dimension, given, lambda t: embedder.embed_companion(t, index))
+
+    return PassageEmbeddings(dense, companion_vectors(embedder, texts, cached))
 
 
 def _cached_vectors(

@@ -270,25 +270,32 @@ if env.int("RAG_EMBEDDER_TERMS", default=0):
         "RAG_EMBEDDER_TERMS was retired (latent terms hurt English retrieval): remove it; the companion embedder "
         "(RAG_COMPANION_EMBEDDER) is the third search side"
     )
-# A companion embedder fills the third search side: its vector is kept beside each chunk and its cosine
-# fused for questions in RAG_COMPANION_LANGUAGES. "minilm" = the packaged all-MiniLM-L6-v2 (English only; the
-# default with e5: SciFact nDCG@10 0.734 -> 0.746), a local sentence-transformers folder,
-# or "" = none. While chunks embedded before it was set remain, the side is off: `manage.py rebuild_index`.
-# "auto" (the default) is that choice: minilm with e5 and no latent terms, else none.
-RAG_COMPANION_EMBEDDER = env.str("RAG_COMPANION_EMBEDDER", default="auto").strip()
+# Companion models fill the third search side: their vectors are kept beside each chunk and their cosine
+# fused for questions in their languages. Models separated by blanks, each "model" (given
+# RAG_COMPANION_LANGUAGES) or "model@en,fr" (given those): "minilm" = the packaged all-MiniLM-L6-v2 (English
+# only: SciFact nDCG@10 0.734 -> 0.746), "use" = the packaged multilingual Universal Sentence Encoder v3 (for
+# French: PIAF nDCG@10 see bench/README.md), a local sentence-transformers folder, or "" = none. While chunks
+# embedded before it was set remain, the side is off: `manage.py rebuild_index`.
+# "auto" (the default) is "minilm@en use@fr" with e5, else none.
+RAG_COMPANION_EMBEDDER = " ".join(env.str("RAG_COMPANION_EMBEDDER", default="auto").split())
 if RAG_COMPANION_EMBEDDER.lower() == "auto":
-    RAG_COMPANION_EMBEDDER = "minilm" if RAG_EMBEDDER == "e5" else ""
+    RAG_COMPANION_EMBEDDER = "minilm@en use@fr" if RAG_EMBEDDER == "e5" else ""
 if RAG_COMPANION_EMBEDDER.lower() in ("none", "off"):
     RAG_COMPANION_EMBEDDER = ""
-if RAG_COMPANION_EMBEDDER and RAG_COMPANION_EMBEDDER != "minilm" and not Path(RAG_COMPANION_EMBEDDER).is_dir():
-    raise ImproperlyConfigured(
-        f"RAG_COMPANION_EMBEDDER must be minilm, a sentence-transformers folder or empty; "
-        f"{RAG_COMPANION_EMBEDDER!r} is not a folder"
-    )
 RAG_COMPANION_LANGUAGES = tuple(code.strip().lower() for code in env.list("RAG_COMPANION_LANGUAGES", default=["en"]))
-if not all(re.fullmatch(r"[a-z]{2}", code) for code in RAG_COMPANION_LANGUAGES):
+_companion_codes = RAG_COMPANION_LANGUAGES
+for _entry in RAG_COMPANION_EMBEDDER.split():
+    _model, _, _codes = _entry.partition("@")
+    if _model.lower() not in ("minilm", "use") and not Path(_model).is_dir():
+        raise ImproperlyConfigured(
+            f"RAG_COMPANION_EMBEDDER must list minilm, use or sentence-transformers folders (each optionally "
+            f"followed by @ and its languages), or be empty; {_model!r} is not a folder"
+        )
+    _companion_codes += tuple(code.strip().lower() for code in _codes.split(",") if code.strip())
+if not all(re.fullmatch(r"[a-z]{2}", code) for code in _companion_codes):
     raise ImproperlyConfigured(
-        f"RAG_COMPANION_LANGUAGES must be two-letter language codes (en,fr); got {RAG_COMPANION_LANGUAGES}"
+        f"RAG_COMPANION_LANGUAGES (and the languages after @ in RAG_COMPANION_EMBEDDER) must be two-letter "
+        f"language codes (en,fr); got {_companion_codes}"
     )
 RAG_EMBED_BATCH_SIZE = _positive_int("RAG_EMBED_BATCH_SIZE", 16)
 RAG_EMBED_THREADS = _positive_int("RAG_EMBED_THREADS", min(4, os.cpu_count() or 1))

@@ -54,6 +54,8 @@ def test_secret_key_is_read_from_a_file(tmp_path: Path) -> None:
         ("RAG_LLM_BACKEND", "openai", "RAG_LLM_BASE_URL"),
         ("RAG_COMPANION_EMBEDDER", "/no/such/model", "is not a folder"),
         ("RAG_COMPANION_LANGUAGES", "english", "two-letter language codes"),
+        ("RAG_COMPANION_EMBEDDER", "use@french", "two-letter language codes"),
+        ("RAG_COMPANION_EMBEDDER", "minilm nosuchmodel@fr", "'nosuchmodel' is not a folder"),
         ("RAG_FUSION", "max", "RAG_FUSION must be one of"),
         ("AUTH_GROUP_MAP", "finance=", "directory-group=portal-group pairs"),
         ("AUTH_LOCAL_LOGIN", "false", "needs a directory"),
@@ -74,10 +76,11 @@ def test_malformed_values_stop_the_start_with_a_clear_error(
 @pytest.mark.parametrize(
     ("extra", "companion"),
     [
-        ({}, "minilm"),
+        ({}, "minilm@en use@fr"),
         ({"RAG_EMBEDDER": "sentence-transformers"}, ""),  # MiniLM is the embedder already
         ({"RAG_COMPANION_EMBEDDER": "none"}, ""),
-        ({"RAG_COMPANION_EMBEDDER": "auto"}, "minilm"),  # docker-compose's default
+        ({"RAG_COMPANION_EMBEDDER": "auto"}, "minilm@en use@fr"),  # docker-compose's default
+        ({"RAG_COMPANION_EMBEDDER": " minilm   use@de,fr "}, "minilm use@de,fr"),
     ],
 )
 def test_the_companion_embedder_is_on_by_default_with_e5(tmp_path: Path, extra: dict[str, str], companion: str) -> None:

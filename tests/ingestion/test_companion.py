@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +13,11 @@ from ingestion import embedding
 from ingestion.embedding import (
     E5_NAME,
     PACKAGED_ST_NAME,
+    USE_NAME,
     CompanionEmbedder,
     Embedder,
+    UseEmbedder,
+    companion_entries,
     get_embedder,
     passage_embeddings,
     store_identity,
@@ -21,7 +25,7 @@ from ingestion.embedding import (
 from ingestion.index import FaissStore
 from ingestion.search import HybridSearcher, SearchConfig
 from ingestion.store import PassageEmbeddings, StoreIdentity
-from tests.ingestion.fixtures_engine import COMPANION_CONFIG, e5, minilm, open_store
+from tests.ingestion.fixtures_engine import BILINGUAL_CONFIG, COMPANION_CONFIG, e5, minilm, open_store
 
 ENGLISH = [
     "Invoices from Quendrix are paid by bank transfer within thirty days.",
@@ -91,7 +95,7 @@ def test_the_companion_is_not_loaded_to_learn_its_dimension(monkeypatch: pytest.
     assert isinstance(made, CompanionEmbedder)
 
     assert store_identity(made) == StoreIdentity(E5_NAME, 384, f"{PACKAGED_ST_NAME}@en", 384)
-    assert made._companion is None  # read from the model folder's configuration
+    assert made._loaded == [None]  # read from the model folder's configuration
 
 
 def test_a_companion_folder_gives_its_dimension_from_its_configuration(tmp_path: Path) -> None:
@@ -173,9 +177,7 @@ def test_a_companion_that_cannot_load_costs_its_side_not_the_search(
     def broken() -> Embedder:
         raise OSError("model folder gone")
 
-    failing = CompanionEmbedder(
-        embedder.primary, broken, embedder.companion_name, ("en",), companion_dimension=embedder.companion_dimension
-    )
+    failing = CompanionEmbedder(embedder.primary, [replace(embedder.models[0], make=broken)])
     degraded = HybridSearcher(store, failing, SearchConfig())
 
     hits = degraded.search("When are the Quendrix invoices paid?", 3)
@@ -218,3 +220,76 @@ def test_the_side_waits_for_a_rebuild_when_some_chunks_were_embedded_without_it(
     with store.writer() as writer:  # what rebuild_index does
         writer.add([1], passage_embeddings(embedder, ENGLISH[:1]), document_id=1, collection_id=1, texts=ENGLISH[:1])
     assert all(h.companion_score is not None for h in searcher.search(question, 3))
+
+
+# ---- several companion models, one block each (the default: all-MiniLM-L6-v2 for English, USE for French) ----
+
+
+@pytest.fixture(scope="module")
+def bilingual() -> CompanionEmbedder:
+    made = get_embedder(BILINGUAL_CONFIG)
+    assert isinstance(made, CompanionEmbedder)
+    return made
+
+
+def test_companion_models_are_listed_with_their_own_languages_or_the_default_ones() -> None:
+    assert companion_entries("minilm@en use@fr", ("en",)) == [("minilm", ("en",)), ("use", ("fr",))]
+    assert companion_entries(" minilm  use@DE, ", ("en", "fr")) == [("minilm", ("en", "fr")), ("use", ("de",))]
+    assert companion_entries("", ("en",)) == []
+
+
+def test_each_companion_model_fills_its_own_block_for_the_passages_of_its_languages(
+    bilingual: CompanionEmbedder,
+) -> None:
+    use = UseEmbedder()
+    texts = [ENGLISH[0], FRENCH[0], "Quendrix 2024"]
+
+    companion = passage_embeddings(bilingual, texts).companion
+
+    assert store_identity(bilingual) == StoreIdentity(E5_NAME, 384, f"{PACKAGED_ST_NAME}@en + {USE_NAME}@fr", 896)
+    assert companion is not None and companion.shape == (3, 896)
+    english, french = companion[:, :384], companion[:, 384:]
+    np.testing.assert_allclose(english[0], minilm().embed_passages(ENGLISH[:1])[0], atol=1e-5)
+    assert not french[0].any() and not english[1].any()
+    np.testing.assert_allclose(french[1], use.embed_passages(FRENCH[:1])[0], atol=1e-5)
+    # a text whose language cannot be told is given to both, its row of unit length as a whole
+    assert np.linalg.norm(english[2]) == pytest.approx(np.linalg.norm(french[2]), abs=1e-4)
+    assert np.linalg.norm(companion, axis=1) == pytest.approx([1.0, 1.0, 1.0], abs=1e-4)
+
+
+def test_a_question_meets_only_the_block_of_its_language(bilingual: CompanionEmbedder) -> None:
+    english = bilingual.companion_query("How long does Quendrix wait for its money?")
+    french = bilingual.companion_query("Quand les factures de Quendrix sont-elles payées ?")
+    german = bilingual.companion_query("Wann werden die Rechnungen von Quendrix bezahlt, und von wem?")
+
+    assert english is not None and french is not None
+    assert english[:384].any() and not english[384:].any()
+    assert french[384:].any() and not french[:384].any()
+    assert german is None  # no model speaks it
+    # no stop word to tell: the models of the searched chunks' languages are asked
+    keywords = bilingual.companion_query("Quendrix invoices", {"fr"})
+    assert keywords is not None and keywords[384:].any() and not keywords[:384].any()
+
+
+def test_the_french_companion_scores_french_questions(tmp_path: Path, bilingual: CompanionEmbedder) -> None:
+    store = open_store(tmp_path, bilingual)
+    texts = ENGLISH + FRENCH
+    with store.writer() as writer:
+        writer.add(
+            list(range(1, len(texts) + 1)),
+            passage_embeddings(bilingual, texts),
+            document_id=1,
+            collection_id=1,
+            texts=texts,
+        )
+    searcher = HybridSearcher(store, bilingual, SearchConfig())
+
+    french = searcher.search("Quand les factures de Quendrix sont-elles payées ?", 5)
+    english = searcher.search("When are the Quendrix invoices paid?", 5)
+
+    assert french[0].chunk_id == 4 and all(h.companion_score is not None for h in french)
+    # English passages hold nothing in the French block: the French model gives them 0
+    assert {h.chunk_id: h.companion_score for h in french if h.chunk_id <= 3} == dict.fromkeys(
+        [h.chunk_id for h in french if h.chunk_id <= 3], 0.0
+    )
+    assert english[0].chunk_id == 1 and english[0].companion_score == max(h.companion_score or 0 for h in english)

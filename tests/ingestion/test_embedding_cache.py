@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ingestion.embedding import CompanionEmbedder, passage_embeddings
+from ingestion.embedding import CompanionEmbedder, CompanionModel, passage_embeddings
 from ingestion.embedding_cache import EmbeddingCache, embed_passages_cached, open_cache, text_digest
 from ingestion.language import TextAnalyzer, passage_terms
 from ingestion.pipeline import PipelineOptions, embed_prepared, prepare_file
@@ -144,7 +144,7 @@ def test_the_pipeline_uses_the_cache_when_configured(tmp_path: Path) -> None:
 def _with_companion(
     primary: CountingEmbedder, companion: CountingEmbedder, languages: tuple[str, ...] = ("en",)
 ) -> CompanionEmbedder:
-    return CompanionEmbedder(primary, lambda: companion, companion.name, languages, companion_dimension=8)
+    return CompanionEmbedder(primary, [CompanionModel(companion.name, lambda: companion, languages, 8)])
 
 
 ENGLISH = ["The canteen is closed on Friday.", "Invoices are paid within thirty days."]

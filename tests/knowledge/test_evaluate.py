@@ -129,9 +129,10 @@ def test_keep_leaves_the_collection_and_a_second_run_reuses_the_cached_vectors(
     embedder = engines.get_embedder()
     chunks = Chunk.objects.filter(document__collection=collection).count()
     assert stored[embedder.name] == chunks  # one dense vector a chunk
-    assert isinstance(embedder, CompanionEmbedder) and 0 < stored[embedder.companion_name] <= chunks
+    assert isinstance(embedder, CompanionEmbedder)
+    assert all(0 < stored[model.name] <= chunks for model in embedder.models)  # each model's own vectors
 
-    def no_embedding(self: Any, texts: Any) -> Any:
+    def no_embedding(self: Any, texts: Any, *model: int) -> Any:
         raise AssertionError(f"{len(texts)} passages embedded again")
 
     for method in ("embed_passages", "embed_companion"):  # the dense vectors and the companion's

@@ -120,7 +120,7 @@ def test_readiness_says_when_the_companion_side_waits_for_a_rebuild(
     from ingestion.store import PassageEmbeddings
     from tests.ingestion.fixtures_engine import unit_vectors
 
-    assert settings.RAG_COMPANION_EMBEDDER == "minilm"  # the default
+    assert settings.RAG_COMPANION_EMBEDDER == "minilm@en use@fr"  # the default
     identity = engines.store_identity()
     with engines.open_store(identity).writer() as writer:  # one chunk without its companion vector
         writer.add(
