@@ -67,7 +67,6 @@ class CompanionEmbedder:
         self.dimension = primary.dimension
         self.max_tokens = primary.max_tokens
         self.models = tuple(models)
-        self.companion_languages = tuple(dict.fromkeys(code for model in self.models for code in model.languages))
         self._dimensions = [model.dimension for model in self.models]
         self._loaded: list[Embedder | None] = [None] * len(self.models)
         self._analyzer: Any = None
@@ -107,27 +106,25 @@ class CompanionEmbedder:
     def embed_query(self, text: str) -> np.ndarray:
         return self.primary.embed_query(text)
 
+    def _slices(self) -> list[slice]:
+        """Each companion model's block of the companion vector."""
+        ends = np.cumsum([self._dimension_of(index) for index in range(len(self.models))]).tolist()
+        return [slice(end - self._dimension_of(index), end) for index, end in enumerate(ends)]
+
     def blocks(self, texts: Sequence[str]) -> list[tuple[int, slice, list[int]]]:
         """For each companion model: its index, its block of the companion vector and the positions of
         ``texts`` it is given (those that may be in its languages)."""
         votes = [self._languages_of(text) for text in texts]
-        out = []
-        start = 0
-        for index, model in enumerate(self.models):
-            end = start + self._dimension_of(index)
-            out.append((index, slice(start, end), [i for i, vote in enumerate(votes) if model.speaks(vote)]))
-            start = end
-        return out
+        return [
+            (index, block, [i for i, vote in enumerate(votes) if self.models[index].speaks(vote)])
+            for index, block in enumerate(self._slices())
+        ]
 
     def embed_companion(self, texts: Sequence[str], index: int = 0) -> np.ndarray:
         """The ``index``-th companion model's vectors of ``texts`` (all of them; see :meth:`blocks`), float32."""
         if not texts:
             return np.zeros((0, self._dimension_of(index)), dtype=np.float32)
         return np.ascontiguousarray(self.companion_model(index).embed_passages(texts), dtype=np.float32)
-
-    def speaks(self, languages: Collection[str]) -> bool:
-        """Whether a text voted for ``languages`` is given to a companion model (True when the vote is empty)."""
-        return any(model.speaks(languages) for model in self.models)
 
     def _languages_of(self, text: str) -> list[str]:
         if self._analyzer is None:
@@ -149,7 +146,7 @@ class CompanionEmbedder:
         languages = self._languages_of(text) or corpus_languages
         vector = np.zeros(self.companion_dimension, dtype=np.float32)
         asked = False
-        for index, block, _ in self.blocks(()):
+        for index, block in enumerate(self._slices()):
             if not self.models[index].speaks(languages):
                 continue
             try:
