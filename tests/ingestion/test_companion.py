@@ -18,6 +18,7 @@ from ingestion.embedding import (
     Embedder,
     UseEmbedder,
     companion_entries,
+    expected_identity,
     get_embedder,
     passage_embeddings,
     store_identity,
@@ -293,3 +294,12 @@ def test_the_french_companion_scores_french_questions(tmp_path: Path, bilingual:
         [h.chunk_id for h in french if h.chunk_id <= 3], 0.0
     )
     assert english[0].chunk_id == 1 and english[0].companion_score == max(h.companion_score or 0 for h in english)
+
+
+def test_the_identity_a_configuration_builds_is_known_without_loading_a_model(
+    embedder: CompanionEmbedder, bilingual: CompanionEmbedder
+) -> None:
+    assert expected_identity(BILINGUAL_CONFIG) == store_identity(bilingual)
+    assert expected_identity(COMPANION_CONFIG) == store_identity(embedder)
+    assert expected_identity(replace(COMPANION_CONFIG, companion="")) == store_identity(embedder.primary)
+    assert expected_identity(replace(COMPANION_CONFIG, companion="/no/such/folder")) is None  # only loading tells

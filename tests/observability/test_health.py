@@ -139,7 +139,37 @@ def test_readiness_says_when_the_companion_side_waits_for_a_rebuild(
 
     assert check["ok"] is True and check["chunks_without_companion"] == 1
     assert "rebuild_index" in check["note"]
-    settings.RAG_COMPANION_EMBEDDER = ""  # no third side configured: nothing to say
+    settings.RAG_COMPANION_EMBEDDER = ""  # no third side configured: nothing to say of it (the models differ now)
+    engines.reset()
+    assert "embedded without" not in client.get("/readyz").json()["checks"]["index"].get("note", "")
+
+
+@pytest.mark.django_db
+def test_readiness_says_when_the_store_holds_other_models_than_the_configured_ones(
+    client: Any, settings: Any, portal_dirs: dict[str, Path]
+) -> None:
+    from ingestion.store import PassageEmbeddings, StoreIdentity
+    from tests.ingestion.fixtures_engine import unit_vectors
+
+    # a store built by an earlier release's default (the English companion alone)
+    identity = engines.store_identity()
+    former = StoreIdentity(identity.embedder, identity.dimension, identity.companion.split(" + ")[0], 384)
+    with engines.open_store(former).writer() as writer:
+        writer.add(
+            [1],
+            PassageEmbeddings(unit_vectors(1, 384), unit_vectors(1, 384)),
+            document_id=1,
+            collection_id=1,
+            texts=["a"],
+        )
+    engines.reset()
+
+    check = client.get("/readyz").json()["checks"]["index"]
+
+    assert check["ok"] is True  # questions are still answered, with the models that built the store
+    assert "not of the configured models" in check["note"] and "rebuild_index" in check["note"]
+    settings.RAG_COMPANION_EMBEDDER = "minilm"  # configured as the store was built: nothing to say
+    engines.reset()
     assert "note" not in client.get("/readyz").json()["checks"]["index"]
 
 
