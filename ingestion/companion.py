@@ -85,7 +85,8 @@ class CompanionEmbedder:
                 loaded = self._loaded[index] = self.models[index].make()
             return loaded
 
-    def _dimension_of(self, index: int) -> int:
+    def model_dimension(self, index: int) -> int:
+        """The dimension of the ``index``-th companion model's vectors (it is loaded when its folder does not tell)."""
         known = self._dimensions[index]
         if known is None:
             known = self._dimensions[index] = int(self.companion_model(index).dimension)
@@ -95,7 +96,7 @@ class CompanionEmbedder:
     def companion_dimension(self) -> int:
         """The dimension of the companion vectors: the models' blocks side by side (read from the models'
         folders when they tell; else the models are loaded)."""
-        return sum(self._dimension_of(index) for index in range(len(self.models)))
+        return sum(self.model_dimension(index) for index in range(len(self.models)))
 
     def count_tokens(self, text: str) -> int:
         return self.primary.count_tokens(text)
@@ -108,8 +109,8 @@ class CompanionEmbedder:
 
     def _slices(self) -> list[slice]:
         """Each companion model's block of the companion vector."""
-        ends = np.cumsum([self._dimension_of(index) for index in range(len(self.models))]).tolist()
-        return [slice(end - self._dimension_of(index), end) for index, end in enumerate(ends)]
+        ends = np.cumsum([self.model_dimension(index) for index in range(len(self.models))]).tolist()
+        return [slice(end - self.model_dimension(index), end) for index, end in enumerate(ends)]
 
     def blocks(self, texts: Sequence[str]) -> list[tuple[int, slice, list[int]]]:
         """For each companion model: its index, its block of the companion vector and the positions of
@@ -123,7 +124,7 @@ class CompanionEmbedder:
     def embed_companion(self, texts: Sequence[str], index: int = 0) -> np.ndarray:
         """The ``index``-th companion model's vectors of ``texts`` (all of them; see :meth:`blocks`), float32."""
         if not texts:
-            return np.zeros((0, self._dimension_of(index)), dtype=np.float32)
+            return np.zeros((0, self.model_dimension(index)), dtype=np.float32)
         return np.ascontiguousarray(self.companion_model(index).embed_passages(texts), dtype=np.float32)
 
     def _languages_of(self, text: str) -> list[str]:

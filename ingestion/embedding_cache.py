@@ -163,9 +163,8 @@ def embed_passages_cached(embedder: Embedder, texts: Sequence[str], cache: Embed
         return PassageEmbeddings(dense)
 
     def cached(index: int, given: list[str]) -> np.ndarray:
-        model = embedder.models[index]
-        dimension = embedder.companion_model(index).dimension if model.dimension is None else model.dimension
-        return _cached_vectors(cache, model.name, dimension, given, lambda t: embedder.embed_companion(t, index))
+        name, dimension = embedder.models[index].name, embedder.model_dimension(index)
+        return _cached_vectors(cache, name, dimension, given, lambda t: embedder.embed_companion(t, index))
 
     return PassageEmbeddings(dense, companion_vectors(embedder, texts, cached))
 
