@@ -16,7 +16,15 @@ from .store import PassageEmbeddings, StoreIdentity
 if TYPE_CHECKING:
     from .embedding import Embedder
 
-__all__ = ["CompanionEmbedder", "CompanionModel", "companion_vectors", "passage_embeddings", "store_identity"]
+__all__ = [
+    "CompanionEmbedder",
+    "CompanionModel",
+    "companion_entries",
+    "companion_label",
+    "companion_vectors",
+    "passage_embeddings",
+    "store_identity",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +47,22 @@ class CompanionModel:
     def label(self) -> str:
         """The model and its languages, as a store identity records them (``name@en,fr``)."""
         return f"{self.name}@{','.join(self.languages)}"
+
+
+def companion_entries(spec: str, languages: Sequence[str]) -> list[tuple[str, tuple[str, ...]]]:
+    """The companion models of ``RAG_COMPANION_EMBEDDER`` with their languages: ``spec`` lists models
+    separated by blanks, each ``model`` (given ``languages``) or ``model@en,fr`` (given those)."""
+    entries = []
+    for entry in spec.split():
+        model, _, own = entry.partition("@")
+        codes = tuple(code.strip().lower() for code in own.split(",") if code.strip()) if own else tuple(languages)
+        entries.append((model, codes))
+    return entries
+
+
+def companion_label(models: Sequence[CompanionModel]) -> str:
+    """What a store identity records of companion ``models``: each with its languages (``name@en + name@fr``)."""
+    return " + ".join(model.label for model in models)
 
 
 class CompanionEmbedder:
@@ -75,7 +99,7 @@ class CompanionEmbedder:
     @property
     def companion_label(self) -> str:
         """What a store identity records of the companion: each model with its languages."""
-        return " + ".join(model.label for model in self.models)
+        return companion_label(self.models)
 
     def companion_model(self, index: int = 0) -> Embedder:
         """The ``index``-th companion model, loaded on first use."""
@@ -109,8 +133,12 @@ class CompanionEmbedder:
 
     def _slices(self) -> list[slice]:
         """Each companion model's block of the companion vector."""
-        ends = np.cumsum([self.model_dimension(index) for index in range(len(self.models))]).tolist()
-        return [slice(end - self.model_dimension(index), end) for index, end in enumerate(ends)]
+        slices, start = [], 0
+        for index in range(len(self.models)):
+            end = start + self.model_dimension(index)
+            slices.append(slice(start, end))
+            start = end
+        return slices
 
     def blocks(self, texts: Sequence[str]) -> list[tuple[int, slice, list[int]]]:
         """For each companion model: its index, its block of the companion vector and the positions of

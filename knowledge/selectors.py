@@ -96,7 +96,7 @@ def _check_index() -> dict[str, Any]:
     rebuild = _running_rebuild()
     if rebuild is not None:
         check["rebuild"] = rebuild
-    if rebuild is None and (other := _other_models(state)):
+    if rebuild is None and (other := _other_models()):
         check["note"] = (
             f"the search store holds vectors of {other}, not of the configured models: questions are answered with "
             "those, uploads fail until `manage.py rebuild_index` runs"
@@ -109,24 +109,16 @@ def _check_index() -> dict[str, Any]:
     return check
 
 
-def _other_models(state: dict[str, Any]) -> str:
+def _other_models() -> str:
     """The models the store's vectors were made with, when they are not the configured ones ("" otherwise, or
     when that cannot be told without loading a model)."""
     from ingestion.embedding import expected_identity
     from knowledge.services import engines
 
-    expected = expected_identity(engines.embedder_config())
-    if expected is None or "embedder" not in state:
+    expected, saved = expected_identity(engines.embedder_config()), engines.saved_identity()
+    if expected is None or saved is None or saved == expected:
         return ""
-    held = (
-        state["embedder"],
-        state.get("dimension"),
-        state.get("companion") or "",
-        state.get("companion_dimension") or 0,
-    )
-    if held == (expected.embedder, expected.dimension, expected.companion, expected.companion_dimension):
-        return ""
-    return f"{state['embedder']}" + (f" with the companion {state['companion']}" if state.get("companion") else "")
+    return saved.embedder + (f" with the companion {saved.companion}" if saved.companion else "")
 
 
 def _running_rebuild() -> dict[str, Any] | None:

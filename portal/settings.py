@@ -18,6 +18,8 @@ from typing import Any
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from ingestion.companion import companion_entries
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
@@ -284,14 +286,13 @@ if RAG_COMPANION_EMBEDDER.lower() in ("none", "off"):
     RAG_COMPANION_EMBEDDER = ""
 RAG_COMPANION_LANGUAGES = tuple(code.strip().lower() for code in env.list("RAG_COMPANION_LANGUAGES", default=["en"]))
 _companion_codes = RAG_COMPANION_LANGUAGES
-for _entry in RAG_COMPANION_EMBEDDER.split():
-    _model, _, _codes = _entry.partition("@")
+for _model, _codes in companion_entries(RAG_COMPANION_EMBEDDER, RAG_COMPANION_LANGUAGES):
     if _model.lower() not in ("minilm", "use") and not Path(_model).is_dir():
         raise ImproperlyConfigured(
             f"RAG_COMPANION_EMBEDDER must list minilm, use or sentence-transformers folders (each optionally "
             f"followed by @ and its languages), or be empty; {_model!r} is not a folder"
         )
-    _companion_codes += tuple(code.strip().lower() for code in _codes.split(",") if code.strip())
+    _companion_codes += _codes
 if not all(re.fullmatch(r"[a-z]{2}", code) for code in _companion_codes):
     raise ImproperlyConfigured(
         f"RAG_COMPANION_LANGUAGES (and the languages after @ in RAG_COMPANION_EMBEDDER) must be two-letter "

@@ -132,9 +132,9 @@ def test_a_companion_folder_gives_its_dimension_from_its_configuration(tmp_path:
     assert embedding._sentence_transformer_dimension("") == minilm().dimension == 384
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory, embedder: CompanionEmbedder) -> FaissStore:
-    made = open_store(tmp_path_factory.mktemp("companion-store"), embedder)
+def _store_of_every_passage(folder: Path, embedder: CompanionEmbedder) -> FaissStore:
+    """A store of the English passages (chunks 1-3) and the French ones (4-5), embedded by ``embedder``."""
+    made = open_store(folder, embedder)
     texts = ENGLISH + FRENCH
     with made.writer() as writer:
         writer.add(
@@ -145,6 +145,11 @@ def store(tmp_path_factory: pytest.TempPathFactory, embedder: CompanionEmbedder)
             texts=texts,
         )
     return made
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory, embedder: CompanionEmbedder) -> FaissStore:
+    return _store_of_every_passage(tmp_path_factory.mktemp("companion-store"), embedder)
 
 
 def test_the_companion_scores_questions_in_its_languages_only(store: FaissStore, embedder: CompanionEmbedder) -> None:
@@ -273,17 +278,7 @@ def test_a_question_meets_only_the_block_of_its_language(bilingual: CompanionEmb
 
 
 def test_the_french_companion_scores_french_questions(tmp_path: Path, bilingual: CompanionEmbedder) -> None:
-    store = open_store(tmp_path, bilingual)
-    texts = ENGLISH + FRENCH
-    with store.writer() as writer:
-        writer.add(
-            list(range(1, len(texts) + 1)),
-            passage_embeddings(bilingual, texts),
-            document_id=1,
-            collection_id=1,
-            texts=texts,
-        )
-    searcher = HybridSearcher(store, bilingual, SearchConfig())
+    searcher = HybridSearcher(_store_of_every_passage(tmp_path, bilingual), bilingual, SearchConfig())
 
     french = searcher.search("Quand les factures de Quendrix sont-elles payées ?", 5)
     english = searcher.search("When are the Quendrix invoices paid?", 5)

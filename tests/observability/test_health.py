@@ -152,8 +152,8 @@ def test_readiness_says_when_the_store_holds_other_models_than_the_configured_on
     from tests.ingestion.fixtures_engine import unit_vectors
 
     # a store built by an earlier release's default (the English companion alone)
-    identity = engines.store_identity()
-    former = StoreIdentity(identity.embedder, identity.dimension, identity.companion.split(" + ")[0], 384)
+    english = engines.get_embedder().models[0]  # type: ignore[attr-defined]
+    former = StoreIdentity(engines.store_identity().embedder, 384, english.label, 384)
     with engines.open_store(former).writer() as writer:
         writer.add(
             [1],
