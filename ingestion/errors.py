@@ -38,6 +38,11 @@ class EmptyDocumentError(IngestionError):
     code = "empty"
 
 
+#: how every error that a rebuild of the search store mends ends: ``manage.py rebuild_index`` queues the
+#: documents that failed with it again once the store is rebuilt
+REBUILD_HINT = "run `manage.py rebuild_index`"
+
+
 class IndexMismatchError(IngestionError):
     """The saved index was built by another embedder or dimension than the configured one."""
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .embedding import CompanionEmbedder, Embedder, store_identity
-from .errors import IndexMismatchError
+from .errors import REBUILD_HINT, IndexMismatchError
 from .language import DEFAULT_LANGUAGES, TextAnalyzer
 from .rerank import Reranker
 from .store import ChunkFacts, SearchStore, StoreIdentity, StoreView
@@ -145,7 +145,7 @@ class HybridSearcher:
         if store.identity != expected:
             raise IndexMismatchError(
                 f"The search store was built with {_describe(store.identity)} but the configured embedder is "
-                f"{_describe(expected)}: run `manage.py rebuild_index`"
+                f"{_describe(expected)}: {REBUILD_HINT}"
             )
         self.store = store
         self.embedder = embedder

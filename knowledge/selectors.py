@@ -99,7 +99,7 @@ def _check_index() -> dict[str, Any]:
     if rebuild is None and (other := _other_models()):
         check["note"] = (
             f"the search store holds vectors of {other}, not of the configured models: questions are answered with "
-            "those, uploads fail until `manage.py rebuild_index` runs"
+            "those, uploads fail until `manage.py rebuild_index` runs (it queues them again)"
         )
     elif settings.RAG_COMPANION_EMBEDDER and state.get("chunks_without_companion"):
         check["note"] = (

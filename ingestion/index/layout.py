@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import IndexCorruptError, IndexMismatchError
+from ..errors import REBUILD_HINT, IndexCorruptError, IndexMismatchError
 
 FORMAT = 2
 CURRENT_FILE = "CURRENT"
@@ -87,7 +87,7 @@ def is_segment_name(name: str) -> bool:
 
 
 def _rebuild_message(directory: Path, problem: str) -> str:
-    return f"The search index at {directory} {problem}: run `manage.py rebuild_index`"
+    return f"The search index at {directory} {problem}: {REBUILD_HINT}"
 
 
 def _read_pointer(directory: Path) -> str | None:

@@ -11,7 +11,7 @@ from typing import Any
 from filelock import FileLock
 from filelock import Timeout as LockTimeout
 
-from ..errors import IndexCorruptError, IndexMismatchError
+from ..errors import REBUILD_HINT, IndexCorruptError, IndexMismatchError
 from ..store import StoreIdentity
 from .layout import (
     _DEAD,
@@ -55,7 +55,7 @@ def _check_identity(saved: dict[str, Any], identity: StoreIdentity) -> None:
     if any(saved.get(key) != value for key, value in expected.items()):
         raise IndexMismatchError(
             f"The index was built with {_describe(saved)} but the configured embedder is {_describe(expected)}: "
-            "run `manage.py rebuild_index`"
+            f"{REBUILD_HINT}"
         )
 
 

@@ -47,7 +47,7 @@ import psycopg
 from django.db import connections, transaction
 
 from ingestion.background import BackgroundRun
-from ingestion.errors import IndexBusyError, IndexMismatchError
+from ingestion.errors import REBUILD_HINT, IndexBusyError, IndexMismatchError
 from ingestion.language import PassageTerms
 from ingestion.store import ExportBatch, PassageEmbeddings, StoreIdentity
 
@@ -205,7 +205,7 @@ class PostgresStore:
     def _mismatch(self, space: _Space) -> IndexMismatchError:
         return IndexMismatchError(
             f"The search store was built with {_describe(space.identity)} but the configured embedder is "
-            f"{_describe(self.identity)}: run `manage.py rebuild_index`"
+            f"{_describe(self.identity)}: {REBUILD_HINT}"
         )
 
     def _create_space(self, cursor: Any, state: str, *, hnsw: bool) -> _Space:

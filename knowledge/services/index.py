@@ -12,7 +12,9 @@ from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.utils import timezone
 
+from ingestion.errors import REBUILD_HINT
 from knowledge.models import DOCUMENT_ANSWERING_STATUSES, Chunk, Document, SearchRebuild
+from knowledge.services import documents as document_services
 from knowledge.services import engines
 
 if TYPE_CHECKING:
@@ -28,6 +30,8 @@ class RebuildReport:
     documents: int
     vectors: int
     backend: str
+    #: documents that had failed because the store awaited this rebuild, queued again
+    requeued: int = 0
 
 
 @dataclass(frozen=True)
@@ -141,7 +145,8 @@ def index_rebuild(*, progress: Callable[[int], None] | None = None) -> RebuildRe
     Works after a change of embedder too, without downtime: the new vectors are built beside the old ones,
     questions are answered from the old ones (embedded with the previous model) meanwhile, and the new ones
     replace them when complete. Documents uploaded meanwhile wait for the rebuild to end (their tasks are
-    retried every minute for as long as it runs, see ``knowledge.tasks``). Documents chunked for another
+    retried every minute for as long as it runs, see ``knowledge.tasks``); those that failed before it started,
+    because the store held another model's vectors, are queued again at its end. Documents chunked for another
     embedder keep their chunks; re-ingest them if the new model's limit is smaller. The run and its progress
     are recorded in ``SearchRebuild`` (shown in the admin).
     """
@@ -178,7 +183,23 @@ def index_rebuild(*, progress: Callable[[int], None] | None = None) -> RebuildRe
     )
     engines.reset()
     Document.objects.filter(pk__in=ready.values("pk")).update(embedder=identity.embedder)
-    return RebuildReport(documents=ready.count(), vectors=len(engines.get_store().ids()), backend=store.backend)
+    vectors = len(engines.get_store().ids())
+    return RebuildReport(
+        documents=ready.count(), vectors=vectors, backend=store.backend, requeued=_requeue_awaiting_rebuild()
+    )
+
+
+def _requeue_awaiting_rebuild() -> int:
+    """Queue again the documents that failed because the store awaited a rebuild (uploaded after a change of
+    embedding model, or while the index could not be read): their files were kept, and they can be indexed now."""
+    awaiting = Document.objects.filter(status=Document.Status.FAILED, error__contains=REBUILD_HINT).order_by("pk")
+    count = 0
+    for document in awaiting:
+        document_services.document_reingest(document=document)
+        count += 1
+    if count:
+        logger.info("%s documents that failed while the search store awaited a rebuild were queued again", count)
+    return count
 
 
 def index_check() -> IndexCheckReport:

@@ -88,6 +88,16 @@ def _answer_extractive() -> None:
     engines.get_searcher().embedder.embed_query(_QUESTION)
 
 
+def _load_companions() -> None:
+    """Each companion model reads a question: the extractive step asks an English one, which loads the model
+    of English only, and a French question would otherwise wait for its own model on first use."""
+    from knowledge.services import engines
+
+    embedder = engines.get_searcher().embedder
+    for index in range(len(getattr(embedder, "models", ()))):
+        embedder.companion_model(index).embed_query(_QUESTION)
+
+
 def _load_llm() -> None:
     from knowledge.services import engines
 
@@ -101,7 +111,7 @@ def _generate() -> None:
 
 
 def default_steps() -> list[Step]:
-    """The searcher, an extractive answer, then the language model and one generated token.
+    """The searcher, an extractive answer, each companion model, then the language model and one generated token.
 
     The model is always warmed: ``mode: "generative"`` and ``/api/v1/generate/`` are accepted whatever
     ``RAG_ANSWER_MODE`` says.
@@ -109,6 +119,7 @@ def default_steps() -> list[Step]:
     return [
         ("searcher", _build_searcher),
         ("extractive", _answer_extractive),
+        ("companions", _load_companions),
         ("llm", _load_llm),
         ("generate", _generate),
     ]

@@ -116,6 +116,28 @@ def test_rebuild_index_prints_its_progress_and_records_the_run(
     assert (run.status, run.done, run.total) == (SearchRebuild.Status.DONE, 1, 1)
 
 
+def test_an_upload_that_failed_for_want_of_a_rebuild_is_queued_again_by_it(
+    settings: Any, ingest: Callable[..., Document], text_file: Callable[[str, str], Path], eager_celery: None
+) -> None:
+    from ingestion.errors import REBUILD_HINT
+
+    ingest(text_file("glaciers.txt", TEXTS["glaciers.txt"]))
+    settings.RAG_COMPANION_EMBEDDER = ""  # another model is configured, and nobody has run rebuild_index yet
+    waiting = ingest(text_file("cider.txt", TEXTS["cider.txt"]))
+    assert waiting.status == Document.Status.FAILED and REBUILD_HINT in waiting.error
+    assert waiting.file.storage.exists(waiting.file.name)  # the file is kept
+
+    out = io.StringIO()
+    call_command("rebuild_index", stdout=out)
+
+    assert "rebuilt: 1 chunks from 1 documents" in out.getvalue()
+    assert "1 documents that failed while the store awaited this rebuild were queued again" in out.getvalue()
+    waiting.refresh_from_db()  # queued again, and (tasks run in this process here) indexed
+    assert (waiting.status, waiting.error) == (Document.Status.READY, "")
+    assert _best("How is cider made?") == "cider.txt"
+    assert index_services.index_check().consistent
+
+
 def test_without_the_previous_model_on_record_the_store_asks_for_a_rebuild(
     settings: Any, ingest: Callable[..., Document], text_file: Callable[[str, str], Path]
 ) -> None:

@@ -163,6 +163,10 @@ def test_an_empty_index_warms_up_too(recording_llm: RecordingLLM) -> None:
     assert warmup.readiness_check()["state"] == "ready"
     assert _searcher_built()
     assert recording_llm.calls == ["load", ("Hello", {"max_tokens": 1, "temperature": 0})]
+    # every companion model is loaded, the French one too, though the warm-up's question is English
+    embedder = engines.get_searcher().embedder
+    assert [model.languages for model in embedder.models] == [("en",), ("fr",)]  # the default pair
+    assert all(loaded is not None for loaded in embedder._loaded)
 
 
 @pytest.mark.django_db

@@ -29,3 +29,7 @@ class Command(BaseCommand):
         self.stdout.write(
             f"Search store ({report.backend}) rebuilt: {report.vectors} chunks from {report.documents} documents."
         )
+        if report.requeued:
+            self.stdout.write(
+                f"{report.requeued} documents that failed while the store awaited this rebuild were queued again."
+            )
