@@ -18,7 +18,7 @@ import re
 import threading
 import unicodedata
 from collections import Counter
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -134,6 +134,13 @@ class TextAnalyzer:
         kept = [fold(w) for w in words if w not in stop]
         result: list[str] = self._stemmer(language).stemWords(kept)
         return result
+
+    def term_map(self, words: Iterable[str], language: str) -> dict[str, str]:
+        """Each distinct word of ``words`` that is not a stop word of ``language``, with its index term (what
+        :meth:`tokens` makes of it): one stemmer call for a whole passage."""
+        stop = self._stopwords[language]
+        distinct = [w for w in dict.fromkeys(words) if w not in stop]
+        return dict(zip(distinct, self._stemmer(language).stemWords([fold(w) for w in distinct]), strict=True))
 
     def query_tokens(self, text: str, candidates: Collection[str] = ()) -> list[str]:
         """Index terms of a query: read in its language, or in each candidate language when unsure."""

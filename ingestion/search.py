@@ -8,8 +8,9 @@ folding and Snowball stems). Both take the collection and document filters insid
 A third side, when the embedder has a companion model (``ingestion.embedding.CompanionEmbedder``), rescores
 the union of the dense and BM25 candidates with the companion's cosine, for questions in the companion's
 languages. It finds nothing new, so it needs no index of its own; it reorders what the two others found, and
-fuses with them like a third ranking. A configured cross-encoder (``ingestion.rerank``) then reorders the
-best fused candidates.
+fuses with them like a third ranking. The best fused candidates are then scored again by their best sentence
+(``ingestion.sentences``: the share of the question's idf-weighted terms one sentence holds), and a configured
+cross-encoder (``ingestion.rerank``) reorders them last.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from .embedding import CompanionEmbedder, Embedder, store_identity
 from .errors import REBUILD_HINT, IndexMismatchError
 from .language import DEFAULT_LANGUAGES, TextAnalyzer
 from .rerank import Reranker
+from .sentences import sentence_shares
 from .store import ChunkFacts, SearchStore, StoreIdentity, StoreView
 
 __all__ = ["HybridSearcher", "SearchConfig", "SearchHit", "fuse"]
@@ -58,6 +60,11 @@ class SearchConfig:
     bm25_b: float = 0.4
     #: how many of the best fused candidates a configured reranker reorders (the rest follow them)
     rerank_k: int = 30
+    #: weight of the sentence side (convex fusion of the hybrid search; 0 = off): the share of the question's
+    #: idf-weighted terms that a candidate's best sentence holds, added to the fused score of the best
+    #: ``sentence_k`` candidates, which are then ordered again (the rest follow them)
+    sentence_weight: float = 0.5
+    sentence_k: int = 30
     #: languages the lexical analysis of questions recognises, the first one winning ties and unknown texts
     languages: tuple[str, ...] = DEFAULT_LANGUAGES
 
@@ -80,6 +87,9 @@ class SearchHit:
     rerank_score: float | None = None
     #: the companion's cosine (None when that side did not run)
     companion_score: float | None = None
+    #: the share of the question's weighted terms the chunk's best sentence holds (None when that side did not
+    #: score the chunk)
+    sentence_score: float | None = None
 
 
 def _validate(config: SearchConfig) -> None:
@@ -87,6 +97,8 @@ def _validate(config: SearchConfig) -> None:
         raise ValueError(f"unknown fusion {config.fusion!r}: choose among {FUSIONS}")
     if config.retrievers not in RETRIEVERS:
         raise ValueError(f"unknown retrievers {config.retrievers!r}: choose among {RETRIEVERS}")
+    if config.sentence_weight < 0 or config.sentence_k < 0:
+        raise ValueError("sentence_weight and sentence_k must not be negative")
 
 
 def fuse(
@@ -173,14 +185,17 @@ class HybridSearcher:
         vector = self.embedder.embed_query(query)
         config = self.config
         corpus = self.corpus_languages(query, view) if config.retrievers != "dense" else frozenset[str]()
+        # a question without stop words is read in each language of the stored chunks
+        terms = self.analyzer.query_tokens(query, corpus) if config.retrievers != "dense" else []
         dense: list[tuple[int, float]] = []
         lexical: list[tuple[int, float]] = []
         if config.retrievers != "bm25":
             dense = view.dense(vector, max(config.dense_k, k), collections=collections, documents=documents)
         if config.retrievers != "dense":
-            lexical = self._lexical(query, max(config.bm25_k, k), view, corpus, collections, documents)
-        companion = self._companion(query, view, corpus, dense, lexical) if config.retrievers == "hybrid" else []
-        return self._fuse(query, view, vector, dense, lexical, k, companion)
+            lexical = self._lexical(terms, max(config.bm25_k, k), view, collections, documents)
+        hybrid = config.retrievers == "hybrid"
+        companion = self._companion(query, view, corpus, dense, lexical) if hybrid else []
+        return self._fuse(query, view, vector, dense, lexical, k, companion, terms if hybrid else [])
 
     def bm25(
         self,
@@ -193,7 +208,8 @@ class HybridSearcher:
     ) -> list[tuple[int, float]]:
         """BM25 alone: the ``k`` best allowed chunks as (chunk id, BM25 score), best first."""
         view = view or self.store.view()
-        return self._lexical(query, k, view, self.corpus_languages(query, view), collections, documents)
+        terms = self.analyzer.query_tokens(query, self.corpus_languages(query, view))
+        return self._lexical(terms, k, view, collections, documents)
 
     def corpus_languages(self, query: str, view: StoreView) -> frozenset[str]:
         """The languages of the stored chunks when ``query``'s stop words do not tell its own (the only case
@@ -202,15 +218,12 @@ class HybridSearcher:
 
     def _lexical(
         self,
-        query: str,
+        terms: Sequence[str],
         k: int,
         view: StoreView,
-        corpus: frozenset[str],
         collections: Collection[int] | None,
         documents: Collection[int] | None,
     ) -> list[tuple[int, float]]:
-        # a question without stop words is read in each language of the stored chunks
-        terms = self.analyzer.query_tokens(query, corpus)
         if k <= 0 or not terms:
             return []
         config = self.config
@@ -264,6 +277,7 @@ class HybridSearcher:
         lexical: list[tuple[int, float]],
         k: int,
         companion: Sequence[tuple[int, float]] = (),
+        terms: Sequence[str] = (),
     ) -> list[SearchHit]:
         fused = fuse(dense, lexical, self.config, companion)
         cosines = dict(dense)
@@ -271,10 +285,21 @@ class HybridSearcher:
         companion_scores = dict(companion)
         ordered = sorted(fused, key=lambda c: (-fused[c], -cosines.get(c, -2.0)))
         facts: dict[int, ChunkFacts] = {}
+        shares: dict[int, float] = {}
+        config = self.config
+        if terms and config.sentence_weight > 0 and config.sentence_k > 0 and config.fusion == "convex":
+            head = ordered[: config.sentence_k]
+            facts = view.facts(head)
+            texts = [facts[c].text if c in facts else "" for c in head]
+            found = sentence_shares(self.analyzer, view.idfs(terms), texts, self.analyzer.languages_of(query))
+            shares = dict(zip(head, found, strict=True))
+            for chunk_id, share in shares.items():
+                fused[chunk_id] += config.sentence_weight * share
+            ordered = sorted(head, key=lambda c: (-fused[c], -cosines.get(c, -2.0))) + ordered[len(head) :]
         reranked: dict[int, float] = {}
         if self.reranker is not None and self.config.rerank_k > 0:
             head = ordered[: self.config.rerank_k]
-            facts = view.facts(head)
+            facts.update(view.facts([c for c in head if c not in facts]))
             texts = [facts[c].text if c in facts else "" for c in head]
             scores = self.reranker.scores(query, texts)
             reranked = {c: float(v) for c, v in zip(head, scores.tolist(), strict=True)}
@@ -298,6 +323,7 @@ class HybridSearcher:
                     document_id=fact.document_id if fact is not None else -1,
                     rerank_score=reranked.get(chunk_id),
                     companion_score=companion_scores.get(chunk_id),
+                    sentence_score=shares.get(chunk_id),
                 )
             )
         return hits

@@ -158,6 +158,11 @@ class StoreView(Protocol):
         (chunk id, score), best first; only chunks with at least one of the terms."""
         ...
 
+    def idfs(self, terms: Sequence[str]) -> dict[str, float]:
+        """BM25's inverse document frequency of each of ``terms`` over the whole store, as :meth:`lexical` scores
+        them (a term no chunk holds gets the highest)."""
+        ...
+
     def languages(self) -> frozenset[str]:
         """The languages the stored chunks were analysed in (to read an unclear question)."""
         ...

@@ -393,6 +393,11 @@ RAG_FUSION = _choice("RAG_FUSION", "convex", ("convex", "rrf"))
 RAG_COMPANION_WEIGHT = _float("RAG_COMPANION_WEIGHT", _float("RAG_TERMS_WEIGHT", 0.5))
 if RAG_COMPANION_WEIGHT < 0:
     raise ImproperlyConfigured("RAG_COMPANION_WEIGHT must not be negative")
+# Weight of the sentence side (convex fusion; 0 = off): the best 30 fused candidates gain this times the share of
+# the question's idf-weighted terms that their best single sentence holds, and are ordered again.
+RAG_SENTENCE_WEIGHT = _float("RAG_SENTENCE_WEIGHT", 0.5)
+if RAG_SENTENCE_WEIGHT < 0:
+    raise ImproperlyConfigured("RAG_SENTENCE_WEIGHT must not be negative")
 
 
 def _rate(name: str, default: str) -> str:

@@ -226,25 +226,11 @@ class FaissView:
         return _best(found_ids, found_scores, k)
 
     # ---- lexical ------------------------------------------------------------------------------------
-    def lexical(
-        self,
-        terms: Sequence[str],
-        k: int,
-        *,
-        collections: Collection[int] | None = None,
-        documents: Collection[int] | None = None,
-        k1: float,
-        b: float,
-    ) -> list[tuple[int, float]]:
-        """BM25 of the live chunks holding any of ``terms`` (each term counted once)."""
-        unique = list(dict.fromkeys(terms))
-        if k <= 0 or not self._live or not unique:
-            return []
-        if (collections is not None and not collections) or (documents is not None and not documents):
-            return []
-        keys = _term_keys(unique)
+    def _postings(self, terms: Sequence[str]) -> tuple[np.ndarray, list[list[tuple[int, np.ndarray, np.ndarray]]]]:
+        """How many live chunks hold each of ``terms``, and per part (term index, positions, term frequencies) of
+        its live postings of them."""
+        keys = _term_keys(terms)
         frequencies = np.zeros(len(keys), dtype=np.int64)
-        # per part: (term index, positions, term frequencies) of its live postings of the query's terms
         postings: list[list[tuple[int, np.ndarray, np.ndarray]]] = []
         for part in self._parts:
             segment = part.segment
@@ -263,6 +249,32 @@ class FaissView:
                         frequencies[term] += len(positions)
                         found.append((term, positions, tfs))
             postings.append(found)
+        return frequencies, postings
+
+    def idfs(self, terms: Sequence[str]) -> dict[str, float]:
+        unique = list(dict.fromkeys(terms))
+        if not unique:
+            return {}
+        frequencies, _ = self._postings(unique)
+        return {term: bm25_idf(int(df), self._live) for term, df in zip(unique, frequencies.tolist(), strict=True)}
+
+    def lexical(
+        self,
+        terms: Sequence[str],
+        k: int,
+        *,
+        collections: Collection[int] | None = None,
+        documents: Collection[int] | None = None,
+        k1: float,
+        b: float,
+    ) -> list[tuple[int, float]]:
+        """BM25 of the live chunks holding any of ``terms`` (each term counted once)."""
+        unique = list(dict.fromkeys(terms))
+        if k <= 0 or not self._live or not unique:
+            return []
+        if (collections is not None and not collections) or (documents is not None and not documents):
+            return []
+        frequencies, postings = self._postings(unique)
         idf = [bm25_idf(int(df), self._live) for df in frequencies.tolist()]
         allowed_collections = None if collections is None else _id_array(collections)
         allowed_documents = None if documents is None else _id_array(documents)

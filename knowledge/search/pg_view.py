@@ -132,6 +132,23 @@ class PostgresView:
         return [(int(row[0]), float(row[1])) for row in cursor.fetchall()]
 
     # ---- lexical ----------------------------------------------------------------------------------------
+    def idfs(self, terms: Sequence[str]) -> dict[str, float]:
+        unique = list(dict.fromkeys(terms))
+        if self.space is None or not unique:
+            return {}
+        with self.store._cursor() as cursor:
+            cursor.execute(
+                "SELECT s.n, t.terms, t.dfs FROM "
+                "(SELECT coalesce(sum(chunks), 0) AS n FROM search_language_now) s, "
+                "(SELECT coalesce(array_agg(term ORDER BY term), '{}') AS terms, "
+                "coalesce(array_agg(df ORDER BY term), '{}') AS dfs "
+                "FROM search_term_now WHERE term = ANY(%s::text[]) AND df > 0) t",
+                (unique,),
+            )
+            n, held, dfs = cursor.fetchone()
+        found = dict(zip(held, (int(df) for df in dfs), strict=True))
+        return {term: bm25_idf(found.get(term, 0), int(n)) for term in unique}
+
     def lexical(
         self,
         terms: Sequence[str],

@@ -39,6 +39,7 @@ SEARCH_SETTINGS = (
     "RAG_FUSION",
     "RAG_RERANK_CANDIDATES",
     "RAG_COMPANION_WEIGHT",
+    "RAG_SENTENCE_WEIGHT",
     "RAG_RERANKER_MODEL",
 )
 INGEST_SETTINGS = (
@@ -83,6 +84,7 @@ class SearchStoreConfig:
     fusion: str  # RAG_FUSION: "convex" or "rrf"
     rerank_candidates: int  # RAG_RERANK_CANDIDATES
     companion_weight: float  # RAG_COMPANION_WEIGHT
+    sentence_weight: float  # RAG_SENTENCE_WEIGHT
     reranker_model: str  # RAG_RERANKER_MODEL ("" = no reranking)
     reranker_threads: int  # RAG_EMBED_THREADS
 
@@ -204,6 +206,7 @@ def read_search_config() -> SearchStoreConfig:
         fusion=_choice("RAG_FUSION", ("convex", "rrf")),
         rerank_candidates=_int("RAG_RERANK_CANDIDATES", minimum=1),
         companion_weight=_float("RAG_COMPANION_WEIGHT"),
+        sentence_weight=_float("RAG_SENTENCE_WEIGHT"),
         reranker_model=_str("RAG_RERANKER_MODEL"),
         reranker_threads=_int("RAG_EMBED_THREADS", minimum=1),
     )

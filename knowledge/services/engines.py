@@ -245,6 +245,7 @@ def get_searcher() -> HybridSearcher:
             fusion=search.fusion,
             rerank_k=search.rerank_candidates,
             companion_weight=search.companion_weight,
+            sentence_weight=search.sentence_weight,
         )
         return HybridSearcher(_store(identity), embedder, config, reranker=get_reranker())
 

@@ -143,6 +143,7 @@ def test_another_setting_or_a_reset_keeps_the_loaded_models(registry: engines.En
         ({"RAG_EMBEDDER": "word2vec"}, "RAG_EMBEDDER must be one of"),
         ({"RAG_SEARCH_BACKEND": "elastic"}, "RAG_SEARCH_BACKEND must be one of"),
         ({"RAG_COMPANION_WEIGHT": -1.0}, "RAG_COMPANION_WEIGHT must be at least 0"),
+        ({"RAG_SENTENCE_WEIGHT": -0.5}, "RAG_SENTENCE_WEIGHT must be at least 0"),
         ({"RAG_CHUNK_OVERLAP": 400, "RAG_CHUNK_TOKENS": 350}, "RAG_CHUNK_OVERLAP must be smaller"),
         ({"RAG_LLM_BACKEND": "openai", "RAG_LLM_BASE_URL": ""}, "needs RAG_LLM_BASE_URL"),
         ({"RAG_LLM_TIMEOUT": "soon"}, "RAG_LLM_TIMEOUT must be a number"),

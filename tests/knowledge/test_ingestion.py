@@ -243,8 +243,12 @@ def test_the_searcher_follows_the_search_settings(
     engines.reset()
     hits = engines.get_searcher().search("Are the glaciers of Iceland shrinking?", k=1)
     assert hits[0].companion_score is not None  # the companion scores English questions by default
+    assert hits[0].sentence_score is not None  # and so does the sentence side
 
     settings.RAG_FUSION, settings.RAG_COMPANION_WEIGHT = "rrf", 0.0  # a changed setting: a new searcher
+    settings.RAG_SENTENCE_WEIGHT = 0.0
     searcher = engines.get_searcher()
     assert (searcher.config.fusion, searcher.config.companion_weight) == ("rrf", 0.0)
-    assert searcher.search("Are the glaciers of Iceland shrinking?", k=1)[0].companion_score is None
+    assert searcher.config.sentence_weight == 0.0
+    hit = searcher.search("Are the glaciers of Iceland shrinking?", k=1)[0]
+    assert hit.companion_score is None and hit.sentence_score is None

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ingestion.errors import IndexMismatchError
-from ingestion.language import PassageTerms, TextAnalyzer, passage_terms
+from ingestion.language import PassageTerms, TextAnalyzer, bm25_idf, passage_terms
 from ingestion.store import PassageEmbeddings, SearchStore, StoreIdentity
 
 from .conftest import COMPANION_IDENTITY, IDENTITY, Doc, corpus, load, open_backend, postgres_problem, unit, writing
@@ -192,6 +192,22 @@ def test_bm25_scores_are_those_of_bm25s_over_the_whole_store(open_store: Callabl
     assert top == lexical(store, common + rare)[:5]
 
 
+def test_idfs_are_those_bm25_scores_with(open_store: Callable[..., SearchStore]) -> None:
+    docs = corpus(30, 6, seed=11)
+    store = open_store()
+    load(store, docs)
+    analyses = [a for doc in docs for a in passage_terms(TextAnalyzer(), doc.texts)]
+    common, rare = common_and_rare_terms(docs)
+    idfs = store.view().idfs([*common, *rare, "nowhere", common[0]])
+
+    assert list(idfs) == [*common, *rare, "nowhere"]  # each term once, in the order asked
+    for term in [*common, *rare, "nowhere"]:
+        df = sum(term in analysis.counts for analysis in analyses)
+        assert idfs[term] == pytest.approx(bm25_idf(df, len(analyses)), rel=1e-9), term
+    assert idfs["nowhere"] > max(idfs[t] for t in rare) > max(idfs[t] for t in common)
+    assert store.view().idfs([]) == {}
+
+
 def test_bm25_and_dense_agree_across_the_two_stores(db: Any, tmp_path: Path) -> None:
     if problem := postgres_problem():
         pytest.skip(problem)
@@ -209,6 +225,7 @@ def test_bm25_and_dense_agree_across_the_two_stores(db: Any, tmp_path: Path) -> 
     assert [c for c, _ in faiss_dense] == [c for c, _ in postgres_dense]
     np.testing.assert_allclose([s for _, s in faiss_dense], [s for _, s in postgres_dense], atol=1e-5)
     assert stores[0].view().languages() == stores[1].view().languages() == frozenset({"en", "fr"})
+    assert stores[0].view().idfs(common + rare) == pytest.approx(stores[1].view().idfs(common + rare), rel=1e-9)
 
 
 def test_companion_vectors_are_scored_apart(open_store: Callable[..., SearchStore]) -> None:
