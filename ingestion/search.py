@@ -268,6 +268,15 @@ class HybridSearcher:
             self._warned_missing = missing
         logger.warning(message)
 
+    def _sentence_shares(
+        self, query: str, view: StoreView, terms: Sequence[str], head: Sequence[int], facts: dict[int, ChunkFacts]
+    ) -> dict[int, float]:
+        """The sentence side's score of each chunk of ``head``: the share of the question's idf-weighted terms its
+        best sentence holds (``ingestion.sentences``)."""
+        texts = [facts[c].text if c in facts else "" for c in head]
+        found = sentence_shares(self.analyzer, view.idfs(terms), texts, self.analyzer.languages_of(query))
+        return dict(zip(head, found, strict=True))
+
     def _fuse(
         self,
         query: str,
@@ -290,9 +299,7 @@ class HybridSearcher:
         if terms and config.sentence_weight > 0 and config.sentence_k > 0 and config.fusion == "convex":
             head = ordered[: config.sentence_k]
             facts = view.facts(head)
-            texts = [facts[c].text if c in facts else "" for c in head]
-            found = sentence_shares(self.analyzer, view.idfs(terms), texts, self.analyzer.languages_of(query))
-            shares = dict(zip(head, found, strict=True))
+            shares = self._sentence_shares(query, view, terms, head, facts)
             for chunk_id, share in shares.items():
                 fused[chunk_id] += config.sentence_weight * share
             ordered = sorted(head, key=lambda c: (-fused[c], -cosines.get(c, -2.0))) + ordered[len(head) :]
