@@ -347,6 +347,26 @@ def document_reingest(*, document: Document, dispatch: bool = True) -> Document:
     return document
 
 
+def document_version_retry(*, version: DocumentVersion, dispatch: bool = True) -> bool:
+    """Queue again a new version whose run failed while the current one kept answering (the current one answers
+    meanwhile, as for any new version). False, and nothing done, when it is not the document's newest version or
+    another new version is waiting or being processed."""
+    with transaction.atomic():
+        locked = Document.objects.select_for_update().filter(pk=version.document_id).first()
+        if locked is None or version.number <= locked.version:
+            return False
+        newest = locked.versions.order_by("-number").values_list("number", flat=True).first()
+        if newest != version.number or document_pending_version(locked.pk, locked.version) is not None:
+            return False
+        DocumentVersion.objects.filter(pk=version.pk).update(status=DocumentVersion.Status.QUEUED, error="")
+        Document.objects.filter(pk=locked.pk).update(
+            status=Document.Status.QUEUED, stage="", error="", lost_runs=0, updated_at=timezone.now()
+        )
+        if dispatch:
+            _dispatch_on_commit(locked.pk)
+    return True
+
+
 def document_delete(
     *, document: Document, actor: AbstractBaseUser | None = None, api_key: ApiKey | None = None, ip_address: str = ""
 ) -> None:

@@ -17,7 +17,7 @@ from django.core.management import call_command
 from django.db import connection
 
 from ingestion.errors import IndexBusyError
-from knowledge.models import Document, SearchRebuild
+from knowledge.models import Chunk, Document, SearchRebuild
 from knowledge.selectors import readiness
 from knowledge.services import engines
 from knowledge.services import index as index_services
@@ -135,6 +135,33 @@ def test_an_upload_that_failed_for_want_of_a_rebuild_is_queued_again_by_it(
     waiting.refresh_from_db()  # queued again, and (tasks run in this process here) indexed
     assert (waiting.status, waiting.error) == (Document.Status.READY, "")
     assert _best("How is cider made?") == "cider.txt"
+    assert index_services.index_check().consistent
+
+
+def test_a_new_version_that_failed_for_want_of_a_rebuild_is_queued_again_by_it(
+    settings: Any, ingest: Callable[..., Document], text_file: Callable[[str, str], Path], eager_celery: None
+) -> None:
+    from ingestion.errors import REBUILD_HINT
+    from knowledge.models import DocumentVersion
+    from knowledge.services import documents as document_services
+
+    document = ingest(text_file("cider.txt", TEXTS["cider.txt"]))
+    settings.RAG_COMPANION_EMBEDDER = ""  # another model is configured, and nobody has run rebuild_index yet
+    new_text = TEXTS["cider.txt"].replace("oak barrels", "steel tanks")
+    document_services.document_replace(document=document, file=io.BytesIO(new_text.encode()), filename="cider.txt")
+    document.refresh_from_db()
+    assert (document.status, document.version) == (Document.Status.READY, 1)  # the first version still answers
+    failed = DocumentVersion.objects.get(document=document, number=2)
+    assert failed.status == DocumentVersion.Status.FAILED and REBUILD_HINT in failed.error
+
+    out = io.StringIO()
+    call_command("rebuild_index", stdout=out)
+
+    assert "1 documents that failed while the store awaited this rebuild were queued again" in out.getvalue()
+    document.refresh_from_db()
+    assert (document.status, document.version) == (Document.Status.READY, 2)
+    [hit] = engines.get_searcher().search("In what is cider fermented?", k=1)
+    assert "steel tanks" in Chunk.objects.get(pk=hit.chunk_id).text  # the second version answers now
     assert index_services.index_check().consistent
 
 
