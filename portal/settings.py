@@ -453,6 +453,9 @@ OIDC_CLIENT_SECRET = env.str("OIDC_CLIENT_SECRET", default="")
 OIDC_SCOPES = env.str("OIDC_SCOPES", default="openid email profile groups").strip()
 OIDC_GROUPS_CLAIM = env.str("OIDC_GROUPS_CLAIM", default="groups").strip()
 OIDC_PROVIDER_NAME = env.str("OIDC_PROVIDER_NAME", default="").strip() or "single sign-on"
+# Signing out of the portal ends the provider's session too (RP-initiated logout, when the provider publishes an
+# end_session_endpoint); register https://<portal host>/accounts/login/ at the provider as a post-logout redirect URI.
+OIDC_SIGN_OUT = _bool("OIDC_SIGN_OUT", True)
 if OIDC_ISSUER_URL and not OIDC_CLIENT_ID:
     raise ImproperlyConfigured("OIDC_ISSUER_URL is set: OIDC_CLIENT_ID must be set too")
 # --- OIDC library settings (helper: OIDC) ---

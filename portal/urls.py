@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from csp.decorators import csp_update
 from django.contrib import admin
-from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerSplitView
 
@@ -34,7 +33,7 @@ urlpatterns = [
         sign_in_limited(oidc.SignInView.as_view(authentication_form=SignInForm)),
         name="login",
     ),
-    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("accounts/logout/", oidc.SignOutView.as_view(), name="logout"),
     # OpenID Connect sign-in (404 while OIDC_ISSUER_URL is empty); /oidc/callback/ is the redirect URI
     path("oidc/", include(oidc.urlpatterns)),
     path("api/v1/", include(api_urls.v1)),

@@ -21,6 +21,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
 
 import jwt
 import requests
@@ -128,6 +129,25 @@ def oidc_provider() -> OIDCProvider:
     )
     _discovered[issuer] = (time.monotonic(), provider)
     return provider
+
+
+def oidc_sign_out_url(*, user_backend: str, return_to: str) -> str:
+    """Where a browser goes after the portal's own sign-out so that the provider's session ends too
+    (RP-initiated logout): the provider's ``end_session_endpoint`` with the client id and ``return_to`` (which the
+    provider must know as a post-logout redirect URI). "" when the person did not sign in through the provider
+    (``user_backend``: the session's authentication backend), ``OIDC_SIGN_OUT`` is off, or the provider has no
+    such endpoint or cannot be reached (the portal's sign-out stands alone then)."""
+    if not settings.OIDC_ISSUER_URL or not settings.OIDC_SIGN_OUT or not user_backend.endswith(".PortalOIDCBackend"):
+        return ""
+    try:
+        endpoint = oidc_provider().end_session_endpoint
+    except OIDCSignInError as exc:
+        log.warning("Signed out of the portal only: the provider's sign-out is unknown (%s)", exc)
+        return ""
+    if not endpoint:
+        return ""
+    query = urlencode({"client_id": settings.OIDC_CLIENT_ID, "post_logout_redirect_uri": return_to})
+    return f"{endpoint}{'&' if '?' in endpoint else '?'}{query}"
 
 
 @contextmanager

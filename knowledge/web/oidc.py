@@ -16,8 +16,9 @@ from urllib.parse import urlencode
 
 from django.conf import settings
 from django.contrib import auth, messages
+from django.contrib.auth import BACKEND_SESSION_KEY
 from django.contrib.auth.signals import user_login_failed
-from django.contrib.auth.views import LoginView
+from django.contrib.auth.views import LoginView, LogoutView
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import resolve_url
 from django.urls import path, reverse
@@ -25,7 +26,7 @@ from django.utils.translation import gettext as _
 from django.views.generic import View
 from mozilla_django_oidc.views import OIDCAuthenticationRequestView
 
-from knowledge.services.directory_oidc import OIDCSignInError, oidc_provider, oidc_setting
+from knowledge.services.directory_oidc import OIDCSignInError, oidc_provider, oidc_setting, oidc_sign_out_url
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +147,19 @@ class SignInView(LoginView):
         context["oidc_provider_name"] = settings.OIDC_PROVIDER_NAME if settings.OIDC_ISSUER_URL else ""
         context["password_sign_in"] = _password_sign_in()
         return context
+
+
+class SignOutView(LogoutView):
+    """Django's sign-out; a person who signed in through the provider is then sent to the provider's own sign-out
+    (``directory_oidc.oidc_sign_out_url``), which sends them back to the login page."""
+
+    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        provider_url = oidc_sign_out_url(
+            user_backend=request.session.get(BACKEND_SESSION_KEY, ""),
+            return_to=request.build_absolute_uri(resolve_url(settings.LOGOUT_REDIRECT_URL)),
+        )
+        response: HttpResponse = super().post(request, *args, **kwargs)
+        return HttpResponseRedirect(provider_url) if provider_url else response
 
 
 urlpatterns = [

@@ -17,7 +17,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin
@@ -144,6 +144,10 @@ class TestProvider:
                 f"{self.issuer}/reg",
                 json={
                     "redirect_uris": list(redirect_uris),
+                    # where the provider's sign-out sends people back: each portal's login page
+                    "post_logout_redirect_uris": [
+                        uri.replace("/oidc/callback/", "/accounts/login/") for uri in redirect_uris
+                    ],
                     "grant_types": ["authorization_code", "refresh_token"],
                     "response_types": ["code"],
                     "token_endpoint_auth_method": "client_secret_basic",
@@ -156,12 +160,21 @@ class TestProvider:
         return self._clients[redirect_uris]
 
     # a person at the provider
-    def sign_in(self, authorize_url: str, username: str, password: str | None = None, *, cancel: bool = False) -> str:
+    def sign_in(
+        self,
+        authorize_url: str,
+        username: str,
+        password: str | None = None,
+        *,
+        cancel: bool = False,
+        browser: httpx.Client | None = None,
+    ) -> str:
         """Follow ``authorize_url`` to the provider's login form, fill it in (or press Cancel) and return the
-        URL the provider then sends the browser to (the portal's callback, with the code or the error)."""
+        URL the provider then sends the browser to (the portal's callback, with the code or the error).
+        ``browser``: a client whose cookies (the provider's session) outlive the call; a new one by default."""
         if password is None:
             password = ACCOUNTS[username]["password"] if username in ACCOUNTS else ""
-        with httpx.Client(timeout=10) as browser:
+        with nullcontext(browser) if browser is not None else httpx.Client(timeout=10) as browser:
             response = browser.get(authorize_url)
             url = urljoin(authorize_url, response.headers["location"])
             page = browser.get(url)

@@ -5,10 +5,12 @@ next sign-in and, for API keys, at the next read with the refresh token; failure
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from typing import Any
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, urljoin, urlparse
 
+import httpx
 import pytest
 from django.contrib.auth.models import Group
 from django.core.cache import cache
@@ -122,6 +124,59 @@ def test_code_flow_with_pkce_signs_in_and_mirrors_the_groups_claim(
     assert _titles(client) == ["Q3 results"]
     assert AuditEvent.objects.filter(action=AuditEvent.Action.SIGN_IN, user=alice).count() == 1
     assert _failures() == 0
+
+
+def _follow_at_the_provider(browser: httpx.Client, url: str) -> str:
+    """Where the provider sends ``browser`` from ``url`` (its redirects followed while they stay at the provider)."""
+    response = browser.get(url)
+    while response.status_code in (302, 303) and not response.headers["location"].startswith("http://testserver"):
+        response = browser.get(urljoin(url, response.headers["location"]))
+    return response.headers.get("location", "") if response.status_code in (302, 303) else response.text
+
+
+def test_signing_out_ends_the_session_at_the_provider_too(client: Any, oidc_on: TestProvider) -> None:
+    with httpx.Client(timeout=10) as browser:
+        callback = oidc_on.sign_in(_start(client), "alice", browser=browser)
+        client.get(callback.removeprefix("http://testserver"))
+        # while the provider's session lasts, asking again signs in without the login form
+        assert _follow_at_the_provider(browser, _start(client)).startswith(CALLBACK)
+
+        response = client.post("/accounts/logout/")
+
+        assert "_auth_user_id" not in client.session  # signed out of the portal
+        end_session = urlparse(response["Location"])
+        endpoint = f"{end_session.scheme}://{end_session.netloc}{end_session.path}"
+        assert endpoint == discovered_provider().end_session_endpoint
+        assert parse_qs(end_session.query) == {
+            "client_id": [oidc_on.client_for(CALLBACK)[0]],
+            "post_logout_redirect_uri": ["http://testserver/accounts/login/"],
+        }
+        page = browser.get(response["Location"])  # the provider asks to confirm, then sends back to the login page
+        form = re.search(r'<form[^>]*action="([^"]+)"', page.text)
+        assert page.status_code == 200 and form is not None, page.text
+        fields = dict(re.findall(r'<input[^>]*name="([^"]+)"[^>]*value="([^"]*)"', page.text))
+        done = browser.post(urljoin(response["Location"], form.group(1)), data={**fields, "logout": "yes"})
+        assert done.status_code in (302, 303), done.text
+        assert done.headers["location"] == "http://testserver/accounts/login/"
+        # the provider's session is over: signing in again shows its login form
+        assert not _follow_at_the_provider(browser, _start(client)).startswith(CALLBACK)
+
+
+def test_a_local_account_signs_out_of_the_portal_alone(client: Any, oidc_on: TestProvider, django_user_model: Any):
+    django_user_model.objects.create_user(username="local", password="pw-local-123")
+    assert client.login(username="local", password="pw-local-123")  # the password form, not the provider
+    response = client.post("/accounts/logout/")
+    assert response.status_code == 302 and response["Location"] == "/accounts/login/"
+
+
+def test_with_oidc_sign_out_off_the_providers_session_is_left_alone(
+    client: Any, oidc_on: TestProvider, settings: Any
+) -> None:
+    settings.OIDC_SIGN_OUT = False
+    _sign_in(client, oidc_on, "alice")
+    response = client.post("/accounts/logout/")
+    assert response.status_code == 302 and response["Location"] == "/accounts/login/"
+    assert "_auth_user_id" not in client.session
 
 
 def test_a_group_removed_at_the_provider_is_lost_at_the_next_sign_in(
