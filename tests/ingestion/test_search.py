@@ -177,6 +177,10 @@ def test_language_vote_and_query_analysis() -> None:
     # without a clue the query is read in each candidate language (here French and German stems differ)
     assert analyzer.query_tokens("électricités") == analyzer.query_tokens("electricites") == ["electricit"]
     assert set(analyzer.query_tokens("Flüssen", ["fr", "de"])) == {"flussen", "fluss"}
+    # a passage's distinct words mapped to their terms, as tokens() reads them (stop words left out)
+    passage = words("Les électricités et les électricités de la ville")
+    assert analyzer.term_map(passage, "fr") == {"électricités": "electricit", "ville": "vill"}
+    assert list(analyzer.term_map(passage, "fr").values()) == list(dict.fromkeys(analyzer.tokens(passage, "fr")))
 
 
 def test_weights_change_the_fusion(searcher: HybridSearcher) -> None:
