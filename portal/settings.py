@@ -125,8 +125,9 @@ MIDDLEWARE = [
     # a request id for every log line of the request, and one access line per API call
     "knowledge.observability.middleware.RequestContextMiddleware",
     "django.middleware.security.SecurityMiddleware",
-    # Content-Security-Policy on every response (CONTENT_SECURITY_POLICY below)
-    "csp.middleware.CSPMiddleware",
+    # Content-Security-Policy on every response (CONTENT_SECURITY_POLICY below; django-csp's middleware, whose
+    # form-action also names the OpenID provider while signing out goes on to it)
+    "knowledge.web.oidc.PortalCSPMiddleware",
     # /metrics answers here, before host validation: Prometheus scrapes by service name or address
     "knowledge.observability.middleware.MetricsMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",

@@ -21,7 +21,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import jwt
 import requests
@@ -148,6 +148,16 @@ def oidc_sign_out_url(*, user_backend: str, return_to: str) -> str:
         return ""
     query = urlencode({"client_id": settings.OIDC_CLIENT_ID, "post_logout_redirect_uri": return_to})
     return f"{endpoint}{'&' if '?' in endpoint else '?'}{query}"
+
+
+def oidc_sign_out_origin() -> str:
+    """The origin a sign-out form's answer may send the browser on to (the provider's, where its
+    ``end_session_endpoint`` is), or "" when the portal's sign-out stands alone. Browsers hold that redirect to the
+    page's Content-Security-Policy ``form-action``, which must name it."""
+    if not settings.OIDC_ISSUER_URL or not settings.OIDC_SIGN_OUT:
+        return ""
+    issuer = urlsplit(settings.OIDC_ISSUER_URL)
+    return f"{issuer.scheme}://{issuer.netloc}"
 
 
 @contextmanager

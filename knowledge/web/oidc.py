@@ -10,23 +10,31 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace as dataclass_replace
 from functools import wraps
 from typing import Any
 from urllib.parse import urlencode
 
+from csp.middleware import CSPMiddleware, PolicyParts
 from django.conf import settings
 from django.contrib import auth, messages
 from django.contrib.auth import BACKEND_SESSION_KEY
 from django.contrib.auth.signals import user_login_failed
 from django.contrib.auth.views import LoginView, LogoutView
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase, HttpResponseRedirect
 from django.shortcuts import resolve_url
 from django.urls import path, reverse
 from django.utils.translation import gettext as _
 from django.views.generic import View
 from mozilla_django_oidc.views import OIDCAuthenticationRequestView
 
-from knowledge.services.directory_oidc import OIDCSignInError, oidc_provider, oidc_setting, oidc_sign_out_url
+from knowledge.services.directory_oidc import (
+    OIDCSignInError,
+    oidc_provider,
+    oidc_setting,
+    oidc_sign_out_origin,
+    oidc_sign_out_url,
+)
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +168,29 @@ class SignOutView(LogoutView):
         )
         response: HttpResponse = super().post(request, *args, **kwargs)
         return HttpResponseRedirect(provider_url) if provider_url else response
+
+
+class PortalCSPMiddleware(CSPMiddleware):
+    """django-csp's middleware (``CONTENT_SECURITY_POLICY``), whose ``form-action`` also names the OpenID provider
+    while signing out goes on to it: a browser refuses a form's redirect to an origin that directive does not
+    name, and the "Sign out" button is a form on every page."""
+
+    def get_policy_parts(
+        self, request: HttpRequest, response: HttpResponseBase, report_only: bool = False
+    ) -> PolicyParts:
+        parts = super().get_policy_parts(request, response, report_only)
+        origin = oidc_sign_out_origin()
+        if origin:
+            update = dict(parts.update or {})
+            update["form-action"] = [*_as_list(update.get("form-action")), origin]
+            parts = dataclass_replace(parts, update=update)
+        return parts
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list | tuple | set) else [value]
 
 
 urlpatterns = [

@@ -172,11 +172,14 @@ def test_a_local_account_signs_out_of_the_portal_alone(client: Any, oidc_on: Tes
 def test_with_oidc_sign_out_off_the_providers_session_is_left_alone(
     client: Any, oidc_on: TestProvider, settings: Any
 ) -> None:
+    assert f"form-action 'self' {oidc_on.issuer};" in client.get("/accounts/login/")["Content-Security-Policy"]
     settings.OIDC_SIGN_OUT = False
     _sign_in(client, oidc_on, "alice")
     response = client.post("/accounts/logout/")
     assert response.status_code == 302 and response["Location"] == "/accounts/login/"
     assert "_auth_user_id" not in client.session
+    # forms lead nowhere else than the portal then
+    assert "form-action 'self';" in client.get("/accounts/login/")["Content-Security-Policy"]
 
 
 def test_a_group_removed_at_the_provider_is_lost_at_the_next_sign_in(

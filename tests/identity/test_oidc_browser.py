@@ -59,3 +59,26 @@ def test_a_person_signs_in_through_the_providers_login_page(
     alice = django_user_model.objects.get(directory__subject=ACCOUNTS["alice"]["sub"])
     assert sorted(alice.groups.values_list("name", flat=True)) == ["everyone", "finance"]
     sync_api.expect(page.locator("body")).to_contain_text("alice")
+
+
+def test_signing_out_ends_the_session_at_the_provider_too(
+    page: Any, live_server: Any, settings: Any, provider: TestProvider
+) -> None:
+    oidc_settings(settings, provider, f"{live_server.url}/oidc/callback/")
+    page.goto("/accounts/login/")
+    page.get_by_role("link", name="Sign in with Test IdP").click()
+    page.fill("#username", "alice")
+    page.fill("#password", ACCOUNTS["alice"]["password"])
+    page.click("#submit")
+    page.wait_for_url(f"{live_server.url}/**")
+
+    # the button is a form of the portal's page: its Content-Security-Policy lets it go on to the provider
+    page.get_by_role("button", name="Sign out").click()
+    page.wait_for_url(f"{provider.issuer}/session/end**")
+    page.get_by_role("button", name="Yes, sign me out").click()
+    page.wait_for_url(f"{live_server.url}/accounts/login/")
+
+    # signed out at the provider too: its login form asks again, where it would otherwise sign straight back in
+    page.get_by_role("link", name="Sign in with Test IdP").click()
+    page.wait_for_url(f"{provider.issuer}/interaction/**")
+    sync_api.expect(page.locator("#username")).to_be_visible()
