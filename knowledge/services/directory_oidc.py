@@ -137,7 +137,7 @@ def oidc_sign_out_url(*, user_backend: str, return_to: str) -> str:
     provider must know as a post-logout redirect URI). "" when the person did not sign in through the provider
     (``user_backend``: the session's authentication backend), ``OIDC_SIGN_OUT`` is off, or the provider has no
     such endpoint or cannot be reached (the portal's sign-out stands alone then)."""
-    if not settings.OIDC_ISSUER_URL or not settings.OIDC_SIGN_OUT or not user_backend.endswith(".PortalOIDCBackend"):
+    if not oidc_sign_out_origin() or not user_backend.endswith(".PortalOIDCBackend"):
         return ""
     try:
         endpoint = oidc_provider().end_session_endpoint

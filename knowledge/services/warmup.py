@@ -91,11 +91,13 @@ def _answer_extractive() -> None:
 def _load_companions() -> None:
     """Each companion model reads a question: the extractive step asks an English one, which loads the model
     of English only, and a French question would otherwise wait for its own model on first use."""
+    from ingestion.embedding import CompanionEmbedder
     from knowledge.services import engines
 
     embedder = engines.get_searcher().embedder
-    for index in range(len(getattr(embedder, "models", ()))):
-        embedder.companion_model(index).embed_query(_QUESTION)
+    if isinstance(embedder, CompanionEmbedder):
+        for index in range(len(embedder.models)):
+            embedder.companion_model(index).embed_query(_QUESTION)
 
 
 def _load_llm() -> None:

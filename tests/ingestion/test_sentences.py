@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
@@ -110,6 +109,6 @@ def test_only_the_head_is_scored_and_only_in_a_convex_hybrid_search(searcher: Hy
         HybridSearcher(searcher.store, searcher.embedder, replace(searcher.config, sentence_weight=-1.0))
 
 
-def test_a_question_without_terms_is_fused_as_before(searcher: HybridSearcher, tmp_path: Path) -> None:
+def test_a_question_without_terms_is_fused_as_before(searcher: HybridSearcher) -> None:
     hits = searcher.search("the of to", 3)  # stop words only: no BM25 side, no sentence side
     assert hits and all(h.sentence_score is None for h in hits)
