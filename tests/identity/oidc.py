@@ -9,6 +9,7 @@ provider's own login form, with a fresh cookie jar each time (so the provider al
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -193,14 +194,18 @@ class TestProvider:
 
 
 def _install() -> None:
-    if (FOLDER / "node_modules" / "oidc-provider").is_dir():
-        return
-    if NPM is None:
-        pytest.skip("npm is not installed: the test OpenID provider (oidc-provider) cannot be installed")
-    command = [NPM, "ci" if (FOLDER / "package-lock.json").exists() else "install", "--no-audit", "--no-fund"]
-    done = subprocess.run(command, cwd=FOLDER, capture_output=True, text=True, timeout=300, check=False)
-    if done.returncode != 0:
-        pytest.skip(f"npm could not install the test OpenID provider (no registry?): {done.stderr[-500:]}")
+    # one install at a time: the test processes of a parallel run (make test) each start a provider, and `npm ci`
+    # empties node_modules first, under the feet of another process's server
+    with (FOLDER / ".install.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (FOLDER / "node_modules" / "oidc-provider").is_dir():
+            return
+        if NPM is None:
+            pytest.skip("npm is not installed: the test OpenID provider (oidc-provider) cannot be installed")
+        command = [NPM, "ci" if (FOLDER / "package-lock.json").exists() else "install", "--no-audit", "--no-fund"]
+        done = subprocess.run(command, cwd=FOLDER, capture_output=True, text=True, timeout=300, check=False)
+        if done.returncode != 0:
+            pytest.skip(f"npm could not install the test OpenID provider (no registry?): {done.stderr[-500:]}")
 
 
 @pytest.fixture(scope="session")
