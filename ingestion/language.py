@@ -140,7 +140,7 @@ class TextAnalyzer:
         :meth:`tokens` makes of it): one stemmer call for a whole passage."""
         stop = self._stopwords[language]
         distinct = [w for w in dict.fromkeys(words) if w not in stop]
-        return dict(zip(distinct, self._stemmer(language).stemWords([fold(w) for w in distinct]), strict=True))
+        return dict(zip(distinct, self.tokens(distinct, language), strict=True))
 
     def query_tokens(self, text: str, candidates: Collection[str] = ()) -> list[str]:
         """Index terms of a query: read in its language, or in each candidate language when unsure."""

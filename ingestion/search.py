@@ -288,34 +288,41 @@ class HybridSearcher:
         companion: Sequence[tuple[int, float]] = (),
         terms: Sequence[str] = (),
     ) -> list[SearchHit]:
-        fused = fuse(dense, lexical, self.config, companion)
+        config = self.config
+        fused = fuse(dense, lexical, config, companion)
         cosines = dict(dense)
         bm25_scores = dict(lexical)
         companion_scores = dict(companion)
-        ordered = sorted(fused, key=lambda c: (-fused[c], -cosines.get(c, -2.0)))
         facts: dict[int, ChunkFacts] = {}
+
+        def by_fused(chunk_id: int) -> tuple[float, float]:
+            return -fused[chunk_id], -cosines.get(chunk_id, -2.0)
+
+        def read(chunk_ids: Sequence[int]) -> None:
+            missing = [c for c in chunk_ids if c not in facts]
+            if missing:
+                facts.update(view.facts(missing))
+
+        ordered = sorted(fused, key=by_fused)
         shares: dict[int, float] = {}
-        config = self.config
         if terms and config.sentence_weight > 0 and config.sentence_k > 0 and config.fusion == "convex":
             head = ordered[: config.sentence_k]
-            facts = view.facts(head)
+            read(head)
             shares = self._sentence_shares(query, view, terms, head, facts)
             for chunk_id, share in shares.items():
                 fused[chunk_id] += config.sentence_weight * share
-            ordered = sorted(head, key=lambda c: (-fused[c], -cosines.get(c, -2.0))) + ordered[len(head) :]
+            ordered = sorted(head, key=by_fused) + ordered[len(head) :]
         reranked: dict[int, float] = {}
-        if self.reranker is not None and self.config.rerank_k > 0:
-            head = ordered[: self.config.rerank_k]
-            facts.update(view.facts([c for c in head if c not in facts]))
+        if self.reranker is not None and config.rerank_k > 0:
+            head = ordered[: config.rerank_k]
+            read(head)
             texts = [facts[c].text if c in facts else "" for c in head]
             scores = self.reranker.scores(query, texts)
             reranked = {c: float(v) for c, v in zip(head, scores.tolist(), strict=True)}
             # stable: equal reranker scores keep their fused order
             ordered = sorted(head, key=lambda c: -reranked[c]) + ordered[len(head) :]
         best = ordered[:k]
-        unknown = [c for c in best if c not in facts]
-        if unknown:
-            facts.update(view.facts(unknown))
+        read(best)
         hits = []
         for chunk_id in best:
             fact = facts.get(chunk_id)

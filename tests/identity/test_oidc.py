@@ -23,6 +23,7 @@ from knowledge.services.directory_oidc import oidc_provider as discovered_provid
 from tests.identity.oidc import ACCOUNTS, TestProvider, oidc_settings
 from tests.identity.oidc import oidc_provider as oidc_provider  # fixture
 from tests.identity.oidc import provider as provider  # fixture
+from tests.web.support import policy_directives
 
 pytestmark = pytest.mark.django_db
 
@@ -72,9 +73,8 @@ def _titles(client: Any, **headers: str) -> list[str]:
 
 
 def _form_action(client: Any) -> str:
-    """The login page's CSP ``form-action`` sources (the header's directives come in no fixed order)."""
-    policy = client.get("/accounts/login/")["Content-Security-Policy"]
-    directives = dict(part.strip().partition(" ")[::2] for part in policy.split(";") if part.strip())
+    """The login page's CSP ``form-action`` sources."""
+    directives = dict(d.partition(" ")[::2] for d in policy_directives(client.get("/accounts/login/")))
     return directives["form-action"]
 
 

@@ -10,19 +10,16 @@ from typing import Any
 import pytest
 
 from tests.web.support import STRICT_POLICY as STRICT
+from tests.web.support import policy_directives
 
 pytestmark = pytest.mark.django_db
-
-
-def _directives(response: Any) -> list[str]:
-    return [part.strip() for part in response["Content-Security-Policy"].split(";")]
 
 
 @pytest.mark.parametrize("path", ["/accounts/login/", "/", "/documents/", "/admin/", "/admin/knowledge/document/"])
 def test_pages_carry_a_strict_policy(admin_user_logged_in: Any, path: str) -> None:
     response = admin_user_logged_in.get(path)
     assert response.status_code == 200
-    directives = _directives(response)
+    directives = policy_directives(response)
     assert all(directive in directives for directive in STRICT), directives
     assert "unsafe" not in response["Content-Security-Policy"]
 
@@ -31,7 +28,7 @@ def test_pages_carry_a_strict_policy(admin_user_logged_in: Any, path: str) -> No
 def test_the_api_viewers_allow_inline_styles_and_nothing_else_more(client: Any, path: str) -> None:
     response = client.get(path)
     assert "fonts.googleapis.com" not in response.content.decode()  # nothing loaded from elsewhere
-    directives = _directives(response)
+    directives = policy_directives(response)
     assert "style-src 'self' 'unsafe-inline'" in directives
     assert "script-src 'self'" in directives
     assert "worker-src 'self' blob:" in directives
